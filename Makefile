@@ -1,0 +1,60 @@
+# earthops: `make demo` and `make test` work on a fresh machine (Python 3.11 and Go on the PATH).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+PYTEST_ARGS ?=
+
+.PHONY: setup crds verify-crds envtest samples demo test unit integration bench lock clean help
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 14
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade "pip>=24"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[all]"
+	@touch $@
+
+setup: $(STAMP) ## create .venv and install earthops with every extra from the lock
+
+crds: setup ## regenerate crds/ and the chart's CRDs from earthops.api
+	$(BIN)/earthops crds --out crds --out charts/earthops/crds
+
+verify-crds: setup ## fail if crds/ or the chart's CRDs drifted from the models
+	$(BIN)/python -m pytest -q tests/unit/test_crds.py -k drift
+
+envtest: setup ## build (once, cached by version) kube-apiserver, etcd and friends for the tests
+	bash tests/envtest/build.sh
+
+samples: setup ## fetch the real sample imagery and catalogue it
+	$(BIN)/earthops samples
+
+demo: setup samples ## set up, then run the main example on the embedded executor
+	$(BIN)/earthops run --dry-run -f examples/ship-iceberg/
+	@# a kind whose runtime is not built yet is refused before anything runs (exit code 3): say so
+	@$(BIN)/earthops run -f examples/ship-iceberg/; rc=$$?; \
+	  if [ $$rc -eq 3 ]; then echo "demo: the embedded executor refused the kinds it cannot run yet (see above); nothing was run"; \
+	  elif [ $$rc -ne 0 ]; then exit $$rc; else $(BIN)/earthops get; fi
+
+test: setup envtest ## set up, then run the unit and integration tests (CI runs exactly this)
+	$(BIN)/python -m pytest -m "not bench" $(PYTEST_ARGS)
+
+unit: setup ## only the fast unit tests
+	$(BIN)/python -m pytest -m unit $(PYTEST_ARGS)
+
+integration: setup envtest ## only the integration tests (real API server, S3, ...)
+	$(BIN)/python -m pytest -m integration $(PYTEST_ARGS)
+
+bench: setup ## benchmarks in tests/bench (each prints a ratio measured side by side)
+	$(BIN)/python -m pytest -m bench -s tests/bench $(PYTEST_ARGS)
+
+lock: ## re-resolve the dependencies from pyproject.toml into constraints.txt
+	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/python -m pip install --quiet -e ".[all]"
+	{ head -n 2 constraints.txt; .lock-venv/bin/python -m pip freeze --exclude-editable; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt && rm -rf .lock-venv
+
+clean: ## remove the virtual environment and caches in the work tree
+	rm -rf $(VENV) .pytest_cache build *.egg-info operator/*.egg-info runtimes/*.egg-info

@@ -1,0 +1,238 @@
+"""Types shared by the four kinds: references, resources, Ray cluster shape, storage, status."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, StringConstraints, WithJsonSchema, model_validator
+from pydantic_core import PydanticCustomError
+
+from earthops.api.base import ApiModel, Rule, keyed_list
+
+# --- scalar types -----------------------------------------------------------------------------------
+
+#: A DNS-1123 subdomain name (what Kubernetes accepts for a resource name).
+Name = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"),
+]
+#: A DNS-1123 label (what Kubernetes accepts for a namespace, a label value-like name).
+Label = Annotated[str, StringConstraints(min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")]
+
+_QUANTITY = r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+#: A Kubernetes resource quantity (`2Gi`, `500m`, `4`), as Kubernetes writes it in CRDs.
+Quantity = Annotated[
+    int | Annotated[str, StringConstraints(pattern=_QUANTITY)],
+    WithJsonSchema(
+        {"anyOf": [{"type": "integer"}, {"type": "string"}], "pattern": _QUANTITY, "x-kubernetes-int-or-string": True}
+    ),
+]
+#: A duration such as `90s`, `30m`, `2h` or `1h30m`.
+Duration = Annotated[str, StringConstraints(pattern=r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$")]
+
+# --- references ---------------------------------------------------------------------------------------
+
+
+class LocalRef(ApiModel):
+    """A reference to another earthops resource in the same namespace."""
+
+    name: Name
+    """Name of the referenced resource."""
+
+
+class SecretRef(ApiModel):
+    """A reference to a Secret in the resource's namespace."""
+
+    name: Name
+    """Name of the Secret."""
+
+
+class ModelRef(ApiModel):
+    """Which model to use: a registered model (optionally a fixed version), or the best model that a
+    TuningExperiment registered. Exactly one of `model` and `tuningExperiment`."""
+
+    cel_rules = (
+        Rule("has(self.model) != has(self.tuningExperiment)", "set exactly one of model and tuningExperiment"),
+        Rule("!has(self.version) || has(self.model)", "version can only be set together with model", ".version"),
+    )
+
+    model: Name | None = None
+    """Name of a model in the registry (`<store>/models/<namespace>/<model>`)."""
+    version: Annotated[str, StringConstraints(pattern=r"^v[0-9]+$")] | None = None
+    """Registered version (`v1`, `v2`, ...). Default: the newest version when the resource is created."""
+    tuning_experiment: Name | None = None
+    """Name of a TuningExperiment in this namespace: its best trial's registered model."""
+
+
+# --- storage ------------------------------------------------------------------------------------------
+
+_CREDENTIAL_WORDS = ("accesskey", "secretkey", "secret_access", "password", "token", "credential", "sessionkey")
+
+
+class Storage(ApiModel):
+    """Where artifacts go: a store URI and, for S3, the Secret that holds its credentials.
+
+    Credentials never appear in the spec: the Secret has the keys `AWS_ACCESS_KEY_ID`,
+    `AWS_SECRET_ACCESS_KEY` and optionally `AWS_ENDPOINT_URL` and `AWS_REGION`."""
+
+    uri: Annotated[str, StringConstraints(pattern=r"^(file:///|s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/|$))[^@]*$")] | None = None
+    """Store root, `s3://bucket/prefix` or `file:///path`. Default: the operator's store
+    (`--store`/`EARTHOPS_STORE`). User info (`key:secret@`) is rejected: use `secretRef`."""
+    secret_ref: SecretRef | None = None
+    """Secret with the S3 credentials (keys `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, optional
+    `AWS_ENDPOINT_URL`, `AWS_REGION`)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_credentials(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for key in data:
+                if any(w in str(key).lower().replace("-", "") for w in _CREDENTIAL_WORDS):
+                    raise PydanticCustomError(
+                        "credentials_in_spec",
+                        "field '{key}': credentials are not accepted in the spec; put them in a Secret "
+                        "and name it in storage.secretRef",
+                        {"key": key},
+                    )
+        return data
+
+
+# --- compute --------------------------------------------------------------------------------------------
+
+
+class TrialResources(ApiModel):
+    """Resources for one trial (or one task): Ray resources, also used for the pod requests."""
+
+    cpu: Annotated[float, Field(gt=0, le=1024)] = 1.0
+    """CPUs per trial (fractions allowed)."""
+    gpu: Annotated[float, Field(ge=0, le=64)] = 0.0
+    """GPUs per trial; a fraction (e.g. 0.25) packs several trials on one GPU."""
+    memory: Quantity | None = None
+    """Memory per trial, as a Kubernetes quantity (`4Gi`). Default: no memory reservation."""
+
+
+class Toleration(ApiModel):
+    """A pod toleration, passed through to the Ray pods."""
+
+    key: str | None = None
+    """Taint key; empty with operator Exists matches every taint."""
+    operator: Literal["Exists", "Equal"] = "Equal"
+    """How the key and value are matched."""
+    value: str | None = None
+    """Taint value for operator Equal."""
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    """Taint effect to match; empty matches all effects."""
+    toleration_seconds: int | None = None
+    """For NoExecute: how long the pod stays bound after the taint appears."""
+
+
+class RayNodeGroup(ApiModel):
+    """Pod shape of a Ray head or worker group."""
+
+    cpu: Quantity = 2
+    """CPU request and limit per pod."""
+    memory: Quantity = "8Gi"
+    """Memory request and limit per pod."""
+    gpu: Annotated[int, Field(ge=0, le=16)] = 0
+    """GPUs per pod (`nvidia.com/gpu` limit)."""
+
+
+class RayWorkerGroup(RayNodeGroup):
+    """A group of identical Ray worker pods."""
+
+    cel_rules = (
+        Rule("self.minReplicas <= self.replicas && self.replicas <= self.maxReplicas",
+             "worker group replicas must satisfy minReplicas <= replicas <= maxReplicas", ".replicas"),
+    )
+
+    name: Label
+    """Group name, unique in the cluster."""
+    replicas: Annotated[int, Field(ge=0, le=1000)] = 1
+    """Worker pods to start with."""
+    min_replicas: Annotated[int, Field(ge=0, le=1000)] = 0
+    """Lower bound for autoscaling."""
+    max_replicas: Annotated[int, Field(ge=1, le=1000)] = 1
+    """Upper bound for autoscaling."""
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    """Node labels this group's pods must run on (e.g. a GPU node pool); added to the cluster-wide ones."""
+
+
+class RayCompute(ApiModel):
+    """Shape of the Ray cluster that KubeRay starts for this resource (ignored in embedded mode, where
+    a local Ray runs)."""
+
+    image: str | None = None
+    """Ray image with earthops_runtime installed. Default: the operator's runtime image."""
+    head: RayNodeGroup = Field(default_factory=RayNodeGroup)
+    """The Ray head pod."""
+    worker_groups: Annotated[list[RayWorkerGroup], *keyed_list("name")] = Field(
+        default_factory=lambda: [RayWorkerGroup(name="workers")], max_length=16
+    )
+    """Worker groups (for example a CPU group and a GPU group)."""
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    """Node labels every Ray pod must run on."""
+    tolerations: list[Toleration] = Field(default_factory=list, max_length=32)
+    """Tolerations for every Ray pod (e.g. for tainted GPU nodes)."""
+    service_account_name: Name | None = None
+    """Service account of the Ray pods (for cloud IAM). Default: the namespace's default."""
+
+
+# --- status -----------------------------------------------------------------------------------------------
+
+Phase = Literal["Pending", "Running", "Succeeded", "Failed", "Ready"]
+
+
+class Condition(ApiModel):
+    """A Kubernetes-style condition: lastTransitionTime moves only when status changes."""
+
+    type: Annotated[str, StringConstraints(pattern=r"^[A-Z][A-Za-z0-9]*$", max_length=316)]
+    """Condition type (`Ready`, `DatasetReady`, ...)."""
+    status: Literal["True", "False", "Unknown"]
+    """Whether the condition holds."""
+    reason: Annotated[str, StringConstraints(pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$", max_length=1024)]
+    """A CamelCase word, for machines."""
+    message: Annotated[str, StringConstraints(max_length=32768)] = ""
+    """A sentence, for people."""
+    last_transition_time: datetime
+    """When status last changed."""
+    observed_generation: Annotated[int, Field(ge=0)] | None = None
+    """The resource generation the condition was computed for."""
+
+
+class Progress(ApiModel):
+    """How far the work is, in the runtime's unit (scenes, trials)."""
+
+    done: Annotated[int, Field(ge=0)] = 0
+    """Units finished (successfully or not)."""
+    total: Annotated[int, Field(ge=0)] | None = None
+    """Units in all, when known."""
+    unit: str = ""
+    """What is counted (`scenes`, `trials`)."""
+
+
+class CommonStatus(ApiModel):
+    """Status fields every kind has."""
+
+    model_config = ApiModel.model_config | {"extra": "ignore"}
+
+    phase: Phase = "Pending"
+    """Pending, Running, Succeeded or Failed (a ModelDeployment is Ready instead of Succeeded)."""
+    conditions: Annotated[list[Condition], *keyed_list("type")] = Field(default_factory=list)
+    """Latest observations; `Ready` on every kind."""
+    observed_generation: Annotated[int, Field(ge=0)] | None = None
+    """The generation of the spec this status describes."""
+    message: str = ""
+    """Human-readable summary of the current phase."""
+    progress: str = ""
+    """Progress for printing (`3/10 scenes`)."""
+    run_id: str | None = None
+    """Run identifier in the store (one run per spec generation)."""
+    results: str | None = None
+    """Where the run's artifacts are in the store (a URI)."""
+    start_time: datetime | None = None
+    """When the current run started."""
+    completion_time: datetime | None = None
+    """When the current run finished."""
+    ray_job_name: str | None = None
+    """The KubeRay RayJob running this resource (cluster mode)."""

@@ -1,0 +1,40 @@
+"""The runtime status file: what the data plane tells the control plane about a run.
+
+Each runtime entrypoint writes ``status.json`` in its run folder (atomically, as often as it likes).
+The operator and the embedded executor read it and project it into the resource status with the same
+function (:func:`earthops.status.derive`). Results use the kind's status field names (camelCase), so
+they can be merged into the resource status as they are.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import Field
+
+from earthops.api.base import ApiModel
+from earthops.api.common import Progress
+
+STATUS_FILE = "status.json"
+
+
+class RuntimeStatus(ApiModel):
+    """Content of ``<run folder>/status.json``."""
+
+    phase: Literal["Pending", "Running", "Succeeded", "Failed"]
+    """Where the run is."""
+    run_id: str
+    """The run this file belongs to."""
+    generation: int | None = None
+    """The resource generation the run was started for."""
+    progress: Progress = Field(default_factory=Progress)
+    """Units done out of total."""
+    reason: str = ""
+    """A CamelCase reason when the run failed (e.g. ``InvalidSource``)."""
+    message: str = ""
+    """A sentence for people."""
+    results: dict[str, Any] = Field(default_factory=dict)
+    """Kind-specific status fields (camelCase), merged into the resource status."""
+    updated_at: datetime
+    """When the file was written."""

@@ -1,0 +1,297 @@
+"""The `earthops` command line (kubectl-like). Heavy libraries are imported inside the commands that
+need them, so `earthops --help`, `get` and `crds` start fast."""
+
+from __future__ import annotations
+
+import json
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import yaml
+from rich.console import Console
+
+from earthops import __version__
+from earthops.api import KINDS, ManifestError, kind_for, load_manifests
+from earthops.store import ENV_STORE, Store, StoreError
+
+app = typer.Typer(
+    name="earthops",
+    help="Machine learning on Earth-observation data, as Kubernetes resources. "
+    "Runs the same manifests on a cluster (`earthops operator`) or on this machine (`earthops run -f`).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+err = Console(stderr=True, soft_wrap=True)
+out = Console(highlight=False, soft_wrap=True)
+
+# exit codes
+INVALID = 2
+UNSUPPORTED = 3
+
+StoreOpt = Annotated[
+    str | None,
+    typer.Option("--store", envvar=ENV_STORE, help="Store root URI (file:///path or s3://bucket/prefix). "
+                 "Default: ~/.local/share/earthops/store."),
+]
+NamespaceOpt = Annotated[str | None, typer.Option("--namespace", "-n", help="Namespace (default: all for get, "
+                                                  "'default' for describe).")]
+
+
+class Output(str, Enum):
+    table = "table"
+    wide = "wide"
+    json = "json"
+    yaml = "yaml"
+    name = "name"
+
+
+def _fail(message: str, code: int) -> typer.Exit:
+    err.print(f"[red]error:[/red] {message}", highlight=False, markup=True)
+    return typer.Exit(code)
+
+
+def _open_store(uri: str | None) -> Store:
+    try:
+        return Store.from_uri(uri)
+    except StoreError as exc:
+        raise _fail(str(exc), 1) from None
+
+
+@app.callback(invoke_without_command=True)
+def _root(
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+) -> None:
+    if version:
+        out.print(f"earthops {__version__}")
+        raise typer.Exit(0)
+
+
+@app.command()
+def crds(
+    out_dirs: Annotated[list[Path] | None, typer.Option("--out", "-o", help="Write one file per CRD into this "
+                                                        "folder (repeatable); default: print to stdout.")] = None,
+) -> None:
+    """Print (or write) the CustomResourceDefinitions generated from the models."""
+    from earthops import crds as gen
+
+    if not out_dirs:
+        sys.stdout.write("---\n".join(gen.render(info) for info in KINDS.values()))
+        return
+    for folder in out_dirs:
+        for path in gen.write(folder):
+            err.print(f"wrote {path}", highlight=False)
+
+
+@app.command()
+def run(
+    files: Annotated[list[Path], typer.Option("--filename", "-f", help="Manifest file or folder (repeatable).")],
+    store: StoreOpt = None,
+    ray_address: Annotated[str | None, typer.Option("--ray-address", help="Use this Ray cluster instead of a "
+                                                    "local Ray.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate and print the order; run nothing.")] = False,
+) -> None:
+    """Run manifests on this machine, in reference order. Exits non-zero if anything fails."""
+    from earthops.local import Executor, Unsupported
+
+    try:
+        resources = load_manifests(files)
+    except ManifestError as exc:
+        for problem in exc.problems:
+            err.print(f"[red]invalid:[/red] {problem}", highlight=False)
+        raise typer.Exit(INVALID) from None
+    if not resources:
+        raise _fail(f"no resources found in {', '.join(map(str, files))}", INVALID)
+    st = _open_store(store)
+    executor = Executor(st, ray_address=ray_address)
+    try:
+        planned = executor.plan(resources)
+    except ValueError as exc:
+        raise _fail(str(exc), INVALID) from None
+    if dry_run:
+        out.print(f"valid: {len(planned)} resource(s); would run in this order against {st.uri}:")
+        for i, r in enumerate(planned, 1):
+            runnable = "" if KINDS[r.kind].runtime else "   (no runtime in this version: would be refused)"
+            out.print(f"  {i}. {r.kind} {r.namespace}/{r.name}{runnable}")
+        return
+    try:
+        executor.check_supported(planned)
+    except Unsupported as exc:
+        raise _fail(str(exc), UNSUPPORTED) from None
+    _run_with_progress(executor, planned)
+
+
+def _run_with_progress(executor: Any, planned: list[Any]) -> None:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from earthops.display import plain_table, table_rows
+
+    failed = []
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[unit]}"),
+                  TimeElapsedColumn(), console=err, transient=False) as bars:
+        for r in planned:
+            task = bars.add_task(f"{r.kind} {r.namespace}/{r.name}", total=None, unit="")
+
+            def update(state: dict[str, Any], runtime: Any, task: Any = task) -> None:
+                if runtime is not None:
+                    p = runtime.progress
+                    bars.update(task, completed=p.done, total=p.total, unit=p.unit)
+
+            executor.on_progress = update
+            outcome = executor.apply(r)
+            status = outcome.resource.get("status") or {}
+            bars.update(task, total=1 if bars.tasks[task].total is None else bars.tasks[task].total,
+                        completed=bars.tasks[task].total or 1, unit="(unchanged)" if outcome.skipped else
+                        bars.tasks[task].fields.get("unit", ""))
+            if status.get("phase") == "Failed" or (status.get("phase") == "Pending" and not outcome.skipped):
+                failed.append((r, status))
+            header, rows = table_rows([outcome.resource])
+            bars.console.print(plain_table(header, rows), highlight=False)
+    for r, status in failed:
+        err.print(f"[red]failed:[/red] {r.kind} {r.namespace}/{r.name}: {status.get('message', '')}", highlight=False)
+    if failed:
+        raise typer.Exit(1)
+
+
+def _select(st: Store, kind: str | None, name: str | None, namespace: str | None) -> list[dict[str, Any]]:
+    from earthops.local import stored_resources
+
+    try:
+        kinds = [kind_for(kind).kind] if kind and kind != "all" and kind != "earthops" else list(KINDS)
+    except KeyError as exc:
+        raise _fail(exc.args[0], INVALID) from None
+    try:
+        docs = stored_resources(st, kinds, namespace)
+    except StoreError as exc:
+        raise _fail(str(exc), 1) from None
+    if name:
+        docs = [d for d in docs if d["metadata"]["name"] == name]
+        if not docs:
+            raise _fail(f'{kinds[0]} "{name}" not found in {st.uri}', 1)
+    return [{k: v for k, v in d.items() if k != "specHash"} for d in docs]
+
+
+@app.command()
+def get(
+    kind: Annotated[str | None, typer.Argument(help="Kind (eodatasets, tex, ...); default: all earthops kinds.")] = None,
+    name: Annotated[str | None, typer.Argument(help="Resource name.")] = None,
+    namespace: NamespaceOpt = None,
+    output: Annotated[Output, typer.Option("--output", "-o", help="table, wide, json, yaml or name.")] = Output.table,
+    store: StoreOpt = None,
+) -> None:
+    """List resources run on this machine, like `kubectl get`."""
+    from earthops.display import plain_table, table_rows
+
+    docs = _select(_open_store(store), kind, name, namespace)
+    if output is Output.json:
+        data = docs[0] if name else {"apiVersion": "v1", "kind": "List", "items": docs}
+        out.print(json.dumps(data, indent=2))
+        return
+    if output is Output.yaml:
+        out.print(yaml.safe_dump(docs[0] if name else {"apiVersion": "v1", "kind": "List", "items": docs},
+                                 sort_keys=False).rstrip())
+        return
+    if output is Output.name:
+        for d in docs:
+            out.print(f"{KINDS[d['kind']].singular}.{d['apiVersion'].split('/')[0]}/{d['metadata']['name']}")
+        return
+    if not docs:
+        err.print(f"No resources found{f' in {namespace} namespace' if namespace else ''}.", highlight=False)
+        return
+    by_kind: dict[str, list[dict[str, Any]]] = {}
+    for d in docs:
+        by_kind.setdefault(d["kind"], []).append(d)
+    blocks = []
+    for k, items in by_kind.items():
+        header, rows = table_rows(items, wide=output is Output.wide, namespaces=namespace is None)
+        if len(by_kind) > 1:
+            rows = [[f"{KINDS[k].singular}.earthops.dev/{r[1]}", *r[2:]] if namespace is None else
+                    [f"{KINDS[k].singular}.earthops.dev/{r[0]}", *r[1:]] for r in rows]
+            header = header[1:] if namespace is None else header
+        blocks.append(plain_table(header, rows))
+    out.print("\n\n".join(blocks))
+
+
+@app.command()
+def describe(
+    kind: Annotated[str, typer.Argument(help="Kind (eodataset, tex, ...).")],
+    name: Annotated[str, typer.Argument(help="Resource name.")],
+    namespace: Annotated[str, typer.Option("--namespace", "-n", help="Namespace.")] = "default",
+    store: StoreOpt = None,
+) -> None:
+    """Show one resource in detail, like `kubectl describe`."""
+    from earthops.display import describe as text
+
+    docs = _select(_open_store(store), kind, name, namespace)
+    out.print(text(docs[0]), highlight=False)
+
+
+@app.command()
+def operator(
+    namespace: Annotated[list[str] | None, typer.Option("--namespace", "-n", help="Watch this namespace "
+                                                         "(repeatable; globs such as 'team-*' allowed).")] = None,
+    all_namespaces: Annotated[bool, typer.Option("--all-namespaces", "-A", help="Watch every namespace.")] = False,
+    standalone: Annotated[bool, typer.Option("--standalone", help="Run without peering (a single replica).")] = False,
+    peering: Annotated[str | None, typer.Option("--peering", help="Peering object name: replicas coordinate so "
+                                                "only one handles events.")] = None,
+    liveness_port: Annotated[int, typer.Option("--liveness-port", help="Port of the liveness endpoint "
+                                               "(GET /healthz).")] = 8080,
+    metrics_port: Annotated[int, typer.Option("--metrics-port", help="Port of the Prometheus endpoint "
+                                              "(GET /metrics); 0 disables it.")] = 9090,
+    store: StoreOpt = None,
+    log_level: Annotated[str, typer.Option("--log-level", help="debug, info, warning or error.")] = "info",
+    log_format: Annotated[str, typer.Option("--log-format", help="text or json.")] = "text",
+) -> None:
+    """Run the operator (kopf) against the current Kubernetes context or in-cluster config."""
+    try:
+        from earthops.handlers.process import OperatorOptions, run_operator
+    except ImportError as exc:
+        raise _fail(f"the operator needs the 'operator' extra (pip install 'earthops[operator]'): {exc}", 1) from None
+    if all_namespaces and namespace:
+        raise _fail("--all-namespaces and --namespace exclude each other", INVALID)
+    if not all_namespaces and not namespace:
+        raise _fail("say which namespaces to watch: --namespace NS (repeatable) or --all-namespaces", INVALID)
+    if standalone and peering:
+        raise _fail("--standalone and --peering exclude each other", INVALID)
+    if log_level not in {"debug", "info", "warning", "error"}:
+        raise _fail(f"--log-level {log_level!r}: accepted: debug, info, warning, error", INVALID)
+    if log_format not in {"text", "json"}:
+        raise _fail(f"--log-format {log_format!r}: accepted: text, json", INVALID)
+    for port, flag in ((liveness_port, "--liveness-port"), (metrics_port, "--metrics-port")):
+        if not 0 <= port <= 65535 or (port == 0 and flag == "--liveness-port"):
+            raise _fail(f"{flag} {port}: accepted: 1-65535" + (" or 0" if flag == "--metrics-port" else ""), INVALID)
+    code = run_operator(OperatorOptions(
+        namespaces=tuple(namespace or ()), all_namespaces=all_namespaces, standalone=standalone or not peering,
+        peering=peering, liveness_port=liveness_port, metrics_port=metrics_port, store=store,
+        log_level=log_level, log_format=log_format,
+    ))
+    raise typer.Exit(code)
+
+
+@app.command()
+def samples(
+    cache: Annotated[Path | None, typer.Option("--cache", help="Cache folder (default: "
+                                               "$EARTHOPS_CACHE/samples or ~/.cache/earthops/samples).")] = None,
+) -> None:
+    """Fetch the real sample imagery (BigEarthNet Sentinel-1/2 example patches) and catalogue it in STAC."""
+    try:
+        from earthops_runtime import samples as s
+    except ImportError as exc:
+        raise _fail(f"samples need the 'runtime' extra (pip install 'earthops[runtime]'): {exc}", 1) from None
+    with err.status("fetching bigearthnet-common from the package registry ..."):
+        try:
+            catalog = s.bigearthnet_catalog(cache)
+        except Exception as exc:  # noqa: BLE001 - shown to the user with its cause
+            raise _fail(f"could not fetch the samples: {exc}", 1) from None
+    out.print(s.describe_catalog(catalog) if hasattr(s, "describe_catalog") else f"catalog: {catalog}", highlight=False)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,107 @@
+"""kubectl-like formatting of resources: tables from the CRDs' printer columns, describe, age."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import yaml
+
+from earthops.api import KINDS
+
+
+def jsonpath(doc: dict[str, Any], path: str) -> Any:
+    """Value at a simple printer-column path (``.status.chips.train``), or None."""
+    node: Any = doc
+    for part in path.strip(".").split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def age(timestamp: str | None, now: datetime | None = None) -> str:
+    """kubectl's short age: ``45s``, ``12m``, ``3h``, ``5d``."""
+    if not timestamp:
+        return "<unknown>"
+    then = datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
+    seconds = int(((now or datetime.now(UTC)) - then).total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= 2 * size or (unit == "m" and seconds >= size):
+            return f"{seconds // size}{unit}"
+    return f"{max(seconds, 0)}s"
+
+
+def _cell(value: Any, type_: str) -> str:
+    if value is None or value == "":
+        return ""
+    if type_ == "number" and isinstance(value, float):
+        return f"{value:.4g}"
+    if type_ == "boolean":
+        return "true" if value else "false"
+    return str(value)
+
+
+def table_rows(docs: list[dict[str, Any]], *, wide: bool = False, namespaces: bool = False) -> tuple[list[str], list[list[str]]]:
+    """Header and rows for one kind's resources, columns as in its CRD."""
+    if not docs:
+        return [], []
+    info = KINDS[docs[0]["kind"]]
+    cols = [c for c in info.printer_columns if wide or not c.priority]
+    header = (["NAMESPACE"] if namespaces else []) + ["NAME"] + [c.name.upper() for c in cols]
+    rows = []
+    for d in docs:
+        row = [d["metadata"].get("namespace", "default")] if namespaces else []
+        row.append(d["metadata"]["name"])
+        for c in cols:
+            v = jsonpath(d, c.json_path)
+            row.append(age(v) if c.type == "date" else _cell(v, c.type))
+        rows.append(row)
+    return header, rows
+
+
+def plain_table(header: list[str], rows: list[list[str]]) -> str:
+    """Columns padded like kubectl (three spaces apart), no borders: easy to grep and read."""
+    widths = [max(len(x) for x in col) for col in zip(header, *rows, strict=False)]
+    lines = ["   ".join(v.ljust(w) for v, w in zip(r, widths, strict=False)).rstrip() for r in [header, *rows]]
+    return "\n".join(lines)
+
+
+def describe(doc: dict[str, Any]) -> str:
+    """A ``kubectl describe``-like text of one resource."""
+    meta, status = doc["metadata"], doc.get("status") or {}
+    out = [
+        f"Name:         {meta['name']}",
+        f"Namespace:    {meta.get('namespace', 'default')}",
+        f"Kind:         {doc['kind']}",
+        f"API Version:  {doc['apiVersion']}",
+        f"Generation:   {meta.get('generation', '')}",
+        f"Created:      {meta.get('creationTimestamp', '')}",
+        "Spec:",
+        _indent(yaml.safe_dump(doc.get("spec", {}), sort_keys=False).rstrip()),
+        "Status:",
+        f"  Phase:                {status.get('phase', '')}",
+        f"  Progress:             {status.get('progress', '')}",
+        f"  Message:              {status.get('message', '')}",
+        f"  Observed Generation:  {status.get('observedGeneration', '')}",
+        f"  Run:                  {status.get('runId', '')}",
+        f"  Results:              {status.get('results', '')}",
+    ]
+    extra = {k: v for k, v in status.items() if k not in {"phase", "progress", "message", "observedGeneration", "runId",
+                                                             "results", "conditions", "kopf"}}
+    if extra:
+        out.append(_indent(yaml.safe_dump(extra, sort_keys=False).rstrip()))
+    conditions = status.get("conditions") or []
+    out.append("Conditions:")
+    if conditions:
+        header = ["Type", "Status", "Reason", "Last Transition", "Message"]
+        rows = [[c["type"], c["status"], c.get("reason", ""), c.get("lastTransitionTime", ""), c.get("message", "")]
+                for c in conditions]
+        out.append(_indent(plain_table(header, rows)))
+    else:
+        out.append("  <none>")
+    return "\n".join(out)
+
+
+def _indent(text: str, by: int = 2) -> str:
+    return "\n".join(" " * by + line for line in text.splitlines())

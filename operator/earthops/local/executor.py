@@ -1,0 +1,225 @@
+"""Run resources on this machine: order them by reference, run each kind's runtime entrypoint as a
+local process (``python -m earthops_runtime run``, the same command KubeRay runs), follow its
+``status.json``, and derive the resource status with the same function the operator uses.
+
+State lives in the store beside the runs: ``<area>/<ns>/<name>/resource.json`` holds the last applied
+resource with its generation and status; ``get`` and ``describe`` read it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from earthops.api import KINDS, Resource, parse_resource
+from earthops.api.runtime import STATUS_FILE, RuntimeStatus
+from earthops.status import Blocker, Execution, derive
+from earthops.store import Store, StoreError, run_prefix
+
+RESOURCE_FILE = "resource.json"
+
+
+class Unsupported(Exception):
+    """Some resources cannot run in this version; nothing was run."""
+
+
+def order(resources: list[Resource[Any, Any]], known: set[tuple[str, str, str]] = frozenset()) -> list[Resource[Any, Any]]:
+    """Resources sorted so that every resource comes after the ones it references (stable otherwise).
+
+    A reference must point at a resource in ``resources`` or in ``known`` (already in the store);
+    otherwise, or on a cycle, :class:`ValueError` names the resource and the reference."""
+    by_key = {r.key: r for r in resources}
+    problems, deps = [], {}
+    for r in resources:
+        refs = [(kind, r.namespace, name) for kind, name in KINDS[r.kind].references(r.spec)]
+        for ref in refs:
+            if ref not in by_key and ref not in known:
+                problems.append(f"{r.kind} {r.namespace}/{r.name} references {ref[0]} {ref[2]!r}, which is neither "
+                                "in the given manifests nor in the store")
+        deps[r.key] = [ref for ref in refs if ref in by_key]
+    if problems:
+        raise ValueError("\n".join(problems))
+    out: list[Resource[Any, Any]] = []
+    state: dict[tuple[str, str, str], str] = {}
+
+    def visit(key: tuple[str, str, str], path: list[tuple[str, str, str]]) -> None:
+        if state.get(key) == "done":
+            return
+        if state.get(key) == "visiting":
+            cycle = " -> ".join(f"{k[0]} {k[2]}" for k in [*path, key])
+            raise ValueError(f"reference cycle: {cycle}")
+        state[key] = "visiting"
+        for dep in deps[key]:
+            visit(dep, [*path, key])
+        state[key] = "done"
+        out.append(by_key[key])
+
+    for r in resources:
+        visit(r.key, [])
+    return out
+
+
+def stored_resources(store: Store, kinds: Iterable[str] | None = None, namespace: str | None = None) -> list[dict[str, Any]]:
+    """Every resource the embedded executor has recorded in the store (wire format, with status)."""
+    out = []
+    for kind in kinds or KINDS:
+        area = KINDS[kind].store_area
+        for ns in [namespace] if namespace else store.children(area):
+            for name in store.children(f"{area}/{ns}"):
+                key = f"{run_prefix(area, ns, name)}/{RESOURCE_FILE}"
+                if store.exists(key):
+                    out.append(store.read_json(key))
+    return out
+
+
+def spec_hash(resource: Resource[Any, Any]) -> str:
+    return hashlib.sha256(json.dumps(resource.spec.wire(), sort_keys=True).encode()).hexdigest()[:12]
+
+
+@dataclass
+class Outcome:
+    resource: dict[str, Any]
+    skipped: bool = False
+
+
+class Executor:
+    """Runs resources in embedded mode against one store."""
+
+    def __init__(self, store: Store, *, ray_address: str | None = None, poll_interval: float = 0.5,
+                 on_progress: Callable[[dict[str, Any], RuntimeStatus | None], None] | None = None):
+        self.store = store
+        self.ray_address = ray_address
+        self.poll_interval = poll_interval
+        self.on_progress = on_progress
+
+    # --- checks before anything runs ---------------------------------------------------------------
+
+    @staticmethod
+    def check_supported(resources: list[Resource[Any, Any]]) -> None:
+        missing = sorted({r.kind for r in resources if KINDS[r.kind].runtime is None})
+        if missing:
+            names = ", ".join(f"{r.kind} {r.namespace}/{r.name}" for r in resources if r.kind in missing)
+            raise Unsupported(
+                f"this version of earthops cannot run {', '.join(missing)} yet (no runtime is built for "
+                f"{'that kind' if len(missing) == 1 else 'those kinds'}); refused before running anything: {names}"
+            )
+
+    def plan(self, resources: list[Resource[Any, Any]]) -> list[Resource[Any, Any]]:
+        known = {(d["kind"], d["metadata"]["namespace"], d["metadata"]["name"]) for d in stored_resources(self.store)}
+        return order(resources, known)
+
+    # --- running -----------------------------------------------------------------------------------
+
+    def _state_key(self, r: Resource[Any, Any]) -> str:
+        return f"{run_prefix(KINDS[r.kind].store_area, r.namespace, r.name)}/{RESOURCE_FILE}"
+
+    def _load_state(self, r: Resource[Any, Any]) -> dict[str, Any] | None:
+        key = self._state_key(r)
+        return self.store.read_json(key) if self.store.exists(key) else None
+
+    def _blockers(self, r: Resource[Any, Any]) -> tuple[Blocker, ...]:
+        out = []
+        for kind, name in KINDS[r.kind].references(r.spec):
+            info = KINDS[kind]
+            key = f"{run_prefix(info.store_area, r.namespace, name)}/{RESOURCE_FILE}"
+            phase = (self.store.read_json(key).get("status") or {}).get("phase") if self.store.exists(key) else None
+            if phase != info.ready_phase:
+                out.append(Blocker(f"{kind.removeprefix('EO')}Ready", f"{kind.removeprefix('EO')}NotReady",
+                                   f"{kind} {name!r} is {phase or 'missing'}, not {info.ready_phase}",
+                                   failed=True))
+        return tuple(out)
+
+    def apply(self, r: Resource[Any, Any]) -> Outcome:
+        """Run one resource (its references must have run). Returns its recorded state."""
+        info = KINDS[r.kind]
+        previous = self._load_state(r)
+        digest = spec_hash(r)
+        prev_meta = (previous or {}).get("metadata", {})
+        same_spec = previous is not None and previous.get("specHash") == digest
+        generation = prev_meta.get("generation", 0) + (0 if same_spec else 1)
+        if same_spec and (previous.get("status") or {}).get("phase") == info.ready_phase:
+            return Outcome(previous, skipped=True)  # idempotent: this generation already succeeded
+
+        created = prev_meta.get("creationTimestamp") or datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        wire = r.wire()
+        wire["metadata"] = {**wire["metadata"], "generation": generation, "creationTimestamp": created}
+        wire.pop("status", None)
+        prev_status = (previous or {}).get("status") if same_spec else None
+        state = {**wire, "specHash": digest}
+
+        blockers = self._blockers(r)
+        if blockers:
+            state["status"] = derive(info, generation=generation, previous=prev_status,
+                                     execution=Execution("Pending"), blockers=blockers)
+            self.store.write_json(self._state_key(r), state)
+            return Outcome(state)
+
+        run_id = f"g{generation}-{digest[:8]}"
+        run_key = f"{run_prefix(info.store_area, r.namespace, r.name)}/{run_id}"
+        started = datetime.now(UTC)
+        state["status"] = derive(info, generation=generation, previous=prev_status,
+                                 execution=Execution("Running", start_time=started))
+        state["status"]["runId"] = run_id
+        self.store.write_json(self._state_key(r), state)
+        execution, runtime = self._run_process(info.runtime or "", wire, run_key, run_id, state, started)
+        state["status"] = derive(info, generation=generation, previous=state["status"], execution=execution,
+                                 runtime=runtime)
+        if runtime is not None and runtime.phase == "Succeeded":
+            state["status"]["results"] = self.store.url(run_key)
+        self.store.write_json(self._state_key(r), state)
+        return Outcome(state)
+
+    def _read_runtime(self, run_key: str) -> RuntimeStatus | None:
+        key = f"{run_key}/{STATUS_FILE}"
+        try:
+            return RuntimeStatus.model_validate(self.store.read_json(key)) if self.store.exists(key) else None
+        except (StoreError, ValueError):
+            return None  # mid-write on a store without atomic replace, or not there yet: poll again
+
+    def _run_process(self, entrypoint: str, wire: dict[str, Any], run_key: str, run_id: str,
+                     state: dict[str, Any], started: datetime) -> tuple[Execution, RuntimeStatus | None]:
+        with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+            json.dump(wire, f)
+            resource_file = f.name
+        cmd = [sys.executable, "-m", "earthops_runtime", "run", "--entrypoint", entrypoint,
+               "--resource", resource_file, "--store", self.store.uri, "--run-key", run_key, "--run-id", run_id]
+        if self.ray_address:
+            cmd += ["--ray-address", self.ray_address]
+        log_path = os.path.join(tempfile.gettempdir(), f"earthops-{run_id}.log")
+        try:
+            with open(log_path, "wb") as log:
+                proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                try:
+                    while proc.poll() is None:
+                        time.sleep(self.poll_interval)
+                        if self.on_progress:
+                            self.on_progress(state, self._read_runtime(run_key))
+                except KeyboardInterrupt:
+                    proc.terminate()
+                    proc.wait(30)
+                    raise
+        finally:
+            os.unlink(resource_file)
+        runtime = self._read_runtime(run_key)
+        if self.on_progress:
+            self.on_progress(state, runtime)
+        ended = datetime.now(UTC)
+        if proc.returncode == 0:
+            return Execution("Succeeded", start_time=started, end_time=ended), runtime
+        tail = open(log_path, errors="replace").read().strip().splitlines()[-5:]
+        message = f"the runtime exited with code {proc.returncode} (log: {log_path}): " + " | ".join(tail)
+        return Execution("Failed", "RuntimeError", message, start_time=started, end_time=ended), runtime
+
+
+def load_state(doc: dict[str, Any]) -> Resource[Any, Any]:
+    """A recorded state document back as a resource (status included)."""
+    return parse_resource({k: v for k, v in doc.items() if k != "specHash"}, "store")

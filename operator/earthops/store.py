@@ -1,0 +1,321 @@
+"""The store: one abstraction over fsspec for every artifact earthops writes or reads.
+
+A store is a URI root: ``file:///...`` (the default: a folder in the user's home) or
+``s3://bucket/prefix``. Keys are ``/``-separated paths relative to the root, laid out as in DESIGN.md
+(``datasets/<ns>/<name>/<run-id>/...``).
+
+Atomic publication: a run folder is written under a hidden staging prefix and only becomes visible
+when :meth:`Store.publish` finishes. On a local disk the staging folder is renamed into place (one
+atomic ``rename``). S3 has no rename, so the objects are copied server-side and a ``_published.json``
+marker, listing every file, is written last; a run without its marker does not exist for readers
+(:meth:`runs`, :meth:`is_published`). Single objects (``status.json``) are replaced atomically: a
+temporary file and ``os.replace`` locally, one PUT on S3.
+
+Credentials come from the environment (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``,
+``AWS_ENDPOINT_URL``, ``AWS_REGION``), or from a mounted Secret folder named by
+``EARTHOPS_STORE_CREDENTIALS_DIR`` holding files with those names. Never from a spec.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import posixpath
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import fsspec
+
+ENV_STORE = "EARTHOPS_STORE"
+ENV_CREDENTIALS_DIR = "EARTHOPS_STORE_CREDENTIALS_DIR"
+MARKER = "_published.json"
+STAGING = ".staging"
+_CREDENTIAL_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_REGION")
+
+
+class StoreError(RuntimeError):
+    """A store operation failed; the message names the URI and the cause."""
+
+
+def default_uri() -> str:
+    """``$EARTHOPS_STORE``, else ``~/.local/share/earthops/store`` (``$XDG_DATA_HOME`` honoured)."""
+    if os.environ.get(ENV_STORE):
+        return os.environ[ENV_STORE]
+    base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
+    return (base / "earthops" / "store").resolve().as_uri()
+
+
+def credentials(env: dict[str, str] | None = None) -> dict[str, str]:
+    """S3 settings from a mounted Secret folder (if named) over the environment."""
+    env = dict(os.environ if env is None else env)
+    out = {k: env[k] for k in _CREDENTIAL_KEYS if env.get(k)}
+    folder = env.get(ENV_CREDENTIALS_DIR)
+    if folder:
+        path = Path(folder)
+        if not path.is_dir():
+            raise StoreError(f"{ENV_CREDENTIALS_DIR}={folder}: no such folder (expected a mounted Secret)")
+        for key in _CREDENTIAL_KEYS:
+            if (path / key).is_file():
+                out[key] = (path / key).read_text().strip()
+    if env.get("AWS_ENDPOINT_URL_S3"):
+        out.setdefault("AWS_ENDPOINT_URL", env["AWS_ENDPOINT_URL_S3"])
+    return out
+
+
+def _s3_filesystem(creds: dict[str, str]) -> fsspec.AbstractFileSystem:
+    import s3fs
+
+    client_kwargs: dict[str, Any] = {}
+    if creds.get("AWS_ENDPOINT_URL"):
+        client_kwargs["endpoint_url"] = creds["AWS_ENDPOINT_URL"]
+    if creds.get("AWS_REGION"):
+        client_kwargs["region_name"] = creds["AWS_REGION"]
+    return s3fs.S3FileSystem(
+        key=creds.get("AWS_ACCESS_KEY_ID"),
+        secret=creds.get("AWS_SECRET_ACCESS_KEY"),
+        token=creds.get("AWS_SESSION_TOKEN"),
+        client_kwargs=client_kwargs,
+        # no listing cache: status.json and run folders change under us
+        use_listings_cache=False,
+        skip_instance_cache=True,
+        config_kwargs={"retries": {"max_attempts": 3, "mode": "standard"}, "connect_timeout": 5, "read_timeout": 30},
+    )
+
+
+def _explain(exc: BaseException) -> str:
+    """A short cause for people: botocore's codes rather than a traceback."""
+    text = str(exc) or type(exc).__name__
+    lowered = text.lower()
+    for needle, cause in (
+        ("invalidaccesskeyid", "the access key is not known to the server (check the credentials)"),
+        ("signaturedoesnotmatch", "the secret key does not match (check the credentials)"),
+        ("accessdenied", "access denied (check the credentials and the bucket policy)"),
+        ("forbidden", "access denied (check the credentials and the bucket policy)"),
+        ("nosuchbucket", "the bucket does not exist"),
+        ("could not connect", "the endpoint is unreachable"),
+        ("connect timeout", "the endpoint is unreachable"),
+        ("nocredentialserror", "no credentials: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or a Secret"),
+        ("unable to locate credentials", "no credentials: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or a Secret"),
+    ):
+        if needle in lowered.replace(" ", "") or needle in lowered:
+            return f"{cause} [{type(exc).__name__}: {text.splitlines()[0][:200]}]"
+    return f"{type(exc).__name__}: {text.splitlines()[0][:300] if text else ''}"
+
+
+class Store:
+    """A store root. Create with :meth:`from_uri`."""
+
+    def __init__(self, uri: str, fs: fsspec.AbstractFileSystem, root: str):
+        self.uri = uri.rstrip("/")
+        self.fs = fs
+        self._root = root.rstrip("/")
+        self.is_local = fs.protocol in ("file", "local") or "file" in getattr(fs, "protocol", ())
+
+    @classmethod
+    def from_uri(cls, uri: str | None = None, *, env: dict[str, str] | None = None) -> Store:
+        """Open the store at ``uri`` (default: :func:`default_uri`). Local folders are created."""
+        uri = uri or default_uri()
+        parsed = urlparse(uri)
+        if parsed.scheme in ("", "file"):
+            path = Path(parsed.path if parsed.scheme else uri).expanduser().resolve()
+            try:
+                path.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StoreError(f"store {uri}: cannot create the folder: {exc}") from exc
+            return cls(path.as_uri(), fsspec.filesystem("file"), str(path))
+        if parsed.scheme == "s3":
+            if parsed.username or parsed.password:
+                raise StoreError(f"store {parsed.scheme}://...@{parsed.hostname}: credentials in the URI are refused; "
+                                 "use the environment or a Secret")
+            if not parsed.netloc:
+                raise StoreError(f"store {uri}: no bucket named (expected s3://bucket/prefix)")
+            root = f"{parsed.netloc}{parsed.path}".rstrip("/")
+            return cls(f"s3://{root}", _s3_filesystem(credentials(env)), root)
+        raise StoreError(f"store {uri}: unsupported scheme {parsed.scheme!r}; accepted: file://, s3://")
+
+    # --- keys -------------------------------------------------------------------------------------
+
+    def _path(self, key: str) -> str:
+        key = key.strip("/")
+        if any(part in ("..", "") for part in key.split("/")) and key:
+            raise StoreError(f"store {self.uri}: invalid key {key!r}")
+        return f"{self._root}/{key}" if key else self._root
+
+    def url(self, key: str) -> str:
+        """The full URI of ``key``."""
+        return f"{self.uri}/{key.strip('/')}" if key.strip("/") else self.uri
+
+    def local_path(self, key: str) -> Path:
+        """The file-system path of ``key`` (local stores only), e.g. for libraries that want paths."""
+        if not self.is_local:
+            raise StoreError(f"store {self.uri}: not a local folder")
+        return Path(self._path(key))
+
+    @contextlib.contextmanager
+    def _errors(self, what: str, key: str) -> Iterator[None]:
+        try:
+            yield
+        except StoreError:
+            raise
+        except FileNotFoundError as exc:
+            if self.is_local:
+                raise StoreError(f"{what} {self.url(key)}: not found") from exc
+            # s3fs also says FileNotFound for a missing bucket: tell the two apart
+            bucket = self._root.split("/", 1)[0]
+            try:
+                bucket_exists = self.fs.exists(bucket)
+            except Exception:  # noqa: BLE001 - the original error is the one to report
+                bucket_exists = True
+            if not bucket_exists:
+                raise StoreError(f"{what} {self.url(key)}: the bucket {bucket!r} does not exist") from exc
+            raise StoreError(f"{what} {self.url(key)}: not found") from exc
+        except Exception as exc:
+            raise StoreError(f"{what} {self.url(key)}: {_explain(exc)}") from exc
+
+    # --- objects ----------------------------------------------------------------------------------
+
+    def read_bytes(self, key: str) -> bytes:
+        with self._errors("read", key):
+            return self.fs.cat_file(self._path(key))
+
+    def write_bytes(self, key: str, data: bytes) -> None:
+        """Write one object atomically (readers see the old or the new content, never a part)."""
+        path = self._path(key)
+        with self._errors("write", key):
+            if self.is_local:
+                os.makedirs(posixpath.dirname(path), exist_ok=True)
+                tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+                with open(tmp, "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, path)
+            else:
+                self.fs.pipe_file(path, data)
+
+    def read_json(self, key: str) -> Any:
+        data = self.read_bytes(key)
+        try:
+            return json.loads(data)
+        except json.JSONDecodeError as exc:
+            raise StoreError(f"read {self.url(key)}: not valid JSON: {exc}") from exc
+
+    def write_json(self, key: str, obj: Any) -> None:
+        self.write_bytes(key, json.dumps(obj, indent=2, sort_keys=True, default=str).encode() + b"\n")
+
+    def exists(self, key: str) -> bool:
+        with self._errors("stat", key):
+            return bool(self.fs.exists(self._path(key)))
+
+    def list(self, prefix: str = "") -> list[str]:
+        """Every key under ``prefix`` (recursively), relative to the root, sorted. Staging is hidden."""
+        base = self._path(prefix)
+        with self._errors("list", prefix):
+            if not self.fs.exists(base):
+                return []
+            found = self.fs.find(base)
+        keys = []
+        for p in found:
+            rel = p.removeprefix(self._root).lstrip("/")
+            if rel.startswith(STAGING + "/") or ".tmp-" in rel.rsplit("/", 1)[-1]:
+                continue
+            keys.append(rel)
+        return sorted(keys)
+
+    def children(self, prefix: str) -> list[str]:
+        """Names of the folders directly under ``prefix`` (sorted); staging is hidden."""
+        base = self._path(prefix)
+        with self._errors("list", prefix):
+            if not self.fs.exists(base):
+                return []
+            entries = self.fs.ls(base, detail=True)
+        return sorted(
+            posixpath.basename(e["name"].rstrip("/"))
+            for e in entries
+            if e["type"] == "directory" and posixpath.basename(e["name"].rstrip("/")) != STAGING
+        )
+
+    def delete(self, prefix: str) -> None:
+        """Delete ``prefix`` and everything under it (no error if absent)."""
+        path = self._path(prefix)
+        with self._errors("delete", prefix):
+            if self.fs.exists(path):
+                self.fs.rm(path, recursive=True)
+
+    # --- runs -------------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def publish(self, run_key: str) -> Iterator[Store]:
+        """Write a run folder atomically: ``with store.publish("datasets/ns/ds/run-1") as run: ...``.
+
+        ``run`` is a :class:`Store` rooted at a staging folder. On success its content appears at
+        ``run_key`` at once (replacing an earlier publication of the same key); on an exception
+        nothing appears and the staging folder is removed."""
+        run_key = run_key.strip("/")
+        staging_key = f"{STAGING}/{uuid.uuid4().hex}"
+        staging = Store(self.url(staging_key), self.fs, self._path(staging_key))
+        try:
+            yield staging
+            self._promote(staging_key, run_key)
+        finally:
+            with contextlib.suppress(Exception):
+                self.delete(staging_key)
+
+    def _promote(self, staging_key: str, run_key: str) -> None:
+        files = [k.removeprefix(f"{staging_key}/") for k in self._find_all(staging_key)]
+        manifest = {"published": datetime.now(UTC).isoformat(), "files": sorted(files)}
+        target = self._path(run_key)
+        with self._errors("publish", run_key):
+            if self.is_local:
+                # files the run wrote in place before publishing (its status.json) move along
+                if os.path.isdir(target) and not os.path.exists(posixpath.join(target, MARKER)):
+                    for name in os.listdir(target):
+                        moved = posixpath.join(self._path(staging_key), name)
+                        if not os.path.exists(moved):
+                            os.rename(posixpath.join(target, name), moved)
+                # the marker goes in before the rename: the rename is the one atomic step
+                with open(posixpath.join(self._path(staging_key), MARKER), "w") as f:
+                    json.dump(manifest, f, indent=2)
+                os.makedirs(posixpath.dirname(target), exist_ok=True)
+                if os.path.exists(target):
+                    old = f"{self._path(STAGING)}/{uuid.uuid4().hex}-old"
+                    os.rename(target, old)
+                    os.rename(self._path(staging_key), target)
+                    self.fs.rm(old, recursive=True)
+                else:
+                    os.rename(self._path(staging_key), target)
+            else:
+                # no rename on S3: drop the old marker first, copy the files, write the marker last
+                if self.fs.exists(f"{target}/{MARKER}"):
+                    self.fs.rm(f"{target}/{MARKER}")
+                for rel in files:
+                    self.fs.copy(f"{self._path(staging_key)}/{rel}", f"{target}/{rel}")
+                self.fs.pipe_file(f"{target}/{MARKER}", json.dumps(manifest, indent=2).encode())
+
+    def _find_all(self, prefix: str) -> list[str]:
+        base = self._path(prefix)
+        with self._errors("list", prefix):
+            return [p.removeprefix(self._root).lstrip("/") for p in self.fs.find(base)]
+
+    def is_published(self, run_key: str) -> bool:
+        """Whether ``run_key`` is a completely published run."""
+        return self.exists(f"{run_key.strip('/')}/{MARKER}")
+
+    def runs(self, prefix: str) -> list[str]:
+        """Published run ids under ``prefix`` (e.g. ``datasets/ns/name``), oldest first."""
+        dated = []
+        for run_id in self.children(prefix):
+            key = f"{prefix.strip('/')}/{run_id}/{MARKER}"
+            if self.exists(key):
+                dated.append((self.read_json(key).get("published", ""), run_id))
+        return [run_id for _, run_id in sorted(dated)]
+
+
+def run_prefix(area: str, namespace: str, name: str) -> str:
+    """``<area>/<ns>/<name>``, e.g. ``datasets/default/iceberg``."""
+    return f"{area}/{namespace}/{name}"

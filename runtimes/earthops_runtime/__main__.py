@@ -1,0 +1,75 @@
+"""``python -m earthops_runtime run ...``: the one command that runs a resource's work.
+
+KubeRay runs it as the RayJob entrypoint; the embedded executor runs it as a local process. It reads
+the resource, calls the kind's entrypoint function (``module:function``, named by the control plane
+from ``earthops.api.KINDS``) and makes sure a ``status.json`` says how the run ended, even when the
+entrypoint crashes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+from earthops.api import parse_resource
+from earthops.store import Store, StoreError
+from earthops_runtime.reporting import Reporter
+
+
+def _load(entrypoint: str) -> Any:
+    module_name, _, func_name = entrypoint.partition(":")
+    if not module_name or not func_name:
+        raise SystemExit(f"--entrypoint {entrypoint!r}: expected module:function")
+    return getattr(importlib.import_module(module_name), func_name)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m earthops_runtime")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run one resource's work")
+    run.add_argument("--entrypoint", required=True, help="module:function of the kind's entrypoint")
+    run.add_argument("--resource", required=True, type=Path, help="the resource as JSON or YAML")
+    run.add_argument("--store", required=True, help="store root URI")
+    run.add_argument("--run-key", required=True, help="the run folder, relative to the store root")
+    run.add_argument("--run-id", required=True)
+    run.add_argument("--ray-address", default=None, help="an existing Ray cluster (default: local Ray)")
+    args = parser.parse_args(argv)
+
+    import yaml
+
+    resource = parse_resource(yaml.safe_load(args.resource.read_text()), str(args.resource))
+    store = Store.from_uri(args.store)
+    reporter = Reporter(store, args.run_key, args.run_id, resource.metadata.generation)
+    try:
+        func = _load(args.entrypoint)
+        reporter.report("Running", message="started")
+        func(resource=resource, store=store, run_key=args.run_key, reporter=reporter, ray_address=args.ray_address)
+    except StoreError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        _report_failure(reporter, "StoreError", str(exc))
+        return 1
+    except Exception as exc:  # noqa: BLE001 - any crash must end in a Failed status, with its cause
+        traceback.print_exc()
+        _report_failure(reporter, type(exc).__name__, f"{type(exc).__name__}: {exc}")
+        return 1
+    if reporter.status.phase not in ("Succeeded", "Failed"):
+        _report_failure(reporter, "NoResults", "the entrypoint returned without reporting success")
+        return 1
+    return 0 if reporter.status.phase == "Succeeded" else 1
+
+
+def _report_failure(reporter: Reporter, reason: str, message: str) -> None:
+    try:
+        reporter.report("Failed", reason=reason, message=message)
+    except Exception as exc:  # noqa: BLE001 - the store itself may be what failed
+        print(f"error: could not write status.json: {exc}", file=sys.stderr)
+        print(json.dumps({"phase": "Failed", "reason": reason, "message": message}), file=sys.stderr)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,135 @@
+"""The embedded executor: ordering, refusal, and the run plumbing through a real runtime process."""
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from earthops.api import KINDS, load_manifests
+from earthops.cli import app
+from earthops.local import Executor, Unsupported, order, stored_resources
+from earthops.status import get_condition
+from earthops.store import Store
+
+pytestmark = pytest.mark.unit
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_order_follows_references_whatever_the_file_order():
+    resources = load_manifests([ROOT / "examples/ship-iceberg"])
+    shuffled = list(reversed(resources))
+    kinds = [r.kind for r in order(shuffled)]
+    assert kinds.index("EODataset") < kinds.index("TuningExperiment") < kinds.index("AblationStudy")
+    assert kinds.index("TuningExperiment") < kinds.index("ModelDeployment")
+
+
+def test_order_refuses_dangling_references_and_cycles():
+    tuning = load_manifests([ROOT / "examples/ship-iceberg/02-tuning.yaml"])
+    with pytest.raises(ValueError, match="references EODataset 'iceberg-chips', which is neither"):
+        order(tuning)
+    assert order(tuning, {("EODataset", "default", "iceberg-chips")}) == tuning
+
+
+def test_unbuilt_kinds_are_refused_before_anything_runs(tmp_path):
+    executor = Executor(Store.from_uri(tmp_path.as_uri()))
+    resources = load_manifests([ROOT / "examples/ship-iceberg"])
+    with pytest.raises(Unsupported, match="cannot run .*EODataset.* refused before running anything"):
+        executor.check_supported(resources)
+    assert stored_resources(executor.store) == []
+
+
+@pytest.fixture
+def probe_runtime(monkeypatch):
+    def use(entrypoint):
+        info = dataclasses.replace(KINDS["EODataset"], runtime=f"tests.unit.probe_runtime:{entrypoint}")
+        monkeypatch.setitem(KINDS, "EODataset", info)
+
+    monkeypatch.chdir(ROOT)  # the runtime process imports tests.unit.probe_runtime from here
+    return use
+
+
+def test_a_run_goes_through_the_runtime_process_and_is_recorded(tmp_path, probe_runtime):
+    probe_runtime("succeed")
+    store = Store.from_uri(tmp_path.as_uri())
+    seen = []
+    executor = Executor(store, poll_interval=0.05, on_progress=lambda state, rt: seen.append(rt))
+    [dataset] = load_manifests([ROOT / "examples/ship-iceberg/01-dataset.yaml"])
+    outcome = executor.apply(dataset)
+    status = outcome.resource["status"]
+    assert status["phase"] == "Succeeded", status
+    assert status["progress"] == "3/3 scenes" and status["chips"]["train"] == 7
+    assert status["runId"].startswith("g1-") and status["observedGeneration"] == 1
+    assert get_condition(status["conditions"], "Ready")["status"] == "True"
+    run_key = f"datasets/default/iceberg-chips/{status['runId']}"
+    assert store.is_published(run_key) and store.read_json(f"{run_key}/stats.json") == {"bands": ["HH", "HV"]}
+    assert status["results"] == store.url(run_key)
+    assert any(rt is not None for rt in seen), "progress was followed while the process ran"
+
+    again = executor.apply(dataset)  # same generation, already done: idempotent
+    assert again.skipped and again.resource["status"]["runId"] == status["runId"]
+
+    changed = dataset.model_copy(update={"spec": dataset.spec.model_copy(update={"bands": ["HH"]})})
+    third = executor.apply(changed)
+    assert third.resource["metadata"]["generation"] == 2 and third.resource["status"]["runId"].startswith("g2-")
+
+    result = CliRunner().invoke(app, ["get", "eods", "--store", store.uri])
+    assert result.exit_code == 0
+    assert "iceberg-chips" in result.stdout and "Succeeded" in result.stdout and "NAMESPACE" in result.stdout
+    result = CliRunner().invoke(app, ["describe", "eodataset", "iceberg-chips", "--store", store.uri])
+    assert result.exit_code == 0 and "Observed Generation:  2" in result.stdout and "Ready" in result.stdout
+    result = CliRunner().invoke(app, ["get", "eodatasets", "iceberg-chips", "-o", "json", "--store", store.uri])
+    assert '"phase": "Succeeded"' in result.stdout
+
+
+@pytest.mark.parametrize("entrypoint, fragment", [("crash", "scene 2 is corrupt"), ("exit_hard", "exited with code 9")])
+def test_a_crashing_runtime_ends_failed_with_its_cause(tmp_path, probe_runtime, entrypoint, fragment):
+    probe_runtime(entrypoint)
+    store = Store.from_uri(tmp_path.as_uri())
+    [dataset] = load_manifests([ROOT / "examples/ship-iceberg/01-dataset.yaml"])
+    status = Executor(store, poll_interval=0.05).apply(dataset).resource["status"]
+    assert status["phase"] == "Failed" and fragment in status["message"]
+    assert store.runs("datasets/default/iceberg-chips") == [], "nothing half-published"
+
+
+def test_a_dependent_of_a_failed_resource_does_not_run(tmp_path, probe_runtime, monkeypatch):
+    probe_runtime("crash")
+    monkeypatch.setitem(KINDS, "TuningExperiment",
+                        dataclasses.replace(KINDS["TuningExperiment"], runtime="tests.unit.probe_runtime:succeed"))
+    store = Store.from_uri(tmp_path.as_uri())
+    executor = Executor(store, poll_interval=0.05)
+    dataset, tuning = order(load_manifests([ROOT / "examples/ship-iceberg/01-dataset.yaml",
+                                            ROOT / "examples/ship-iceberg/02-tuning.yaml"]))
+    executor.apply(dataset)
+    status = executor.apply(tuning).resource["status"]
+    assert status["phase"] == "Failed"
+    assert get_condition(status["conditions"], "DatasetReady")["reason"] == "DatasetNotReady"
+
+
+def test_cli_run_exit_codes(tmp_path):
+    runner = CliRunner()
+    bad = runner.invoke(app, ["run", "-f", str(ROOT / "tests/invalid/05-split-sum.yaml"), "--store", tmp_path.as_uri()])
+    assert bad.exit_code == 2 and "spec.split.train" in bad.stderr and "05-split-sum.yaml" in bad.stderr
+    refused = runner.invoke(app, ["run", "-f", str(ROOT / "examples/ship-iceberg"), "--store", tmp_path.as_uri()])
+    assert refused.exit_code == 3 and "refused before running anything" in refused.stderr
+    dry = runner.invoke(app, ["run", "--dry-run", "-f", str(ROOT / "examples/landcover-s2"), "--store", tmp_path.as_uri()])
+    assert dry.exit_code == 0 and "1. EODataset default/landcover" in dry.stdout
+    empty = runner.invoke(app, ["get", "--store", tmp_path.as_uri()])
+    assert empty.exit_code == 0 and "No resources found" in empty.stderr
+    unknown = runner.invoke(app, ["get", "datasetz", "--store", tmp_path.as_uri()])
+    assert unknown.exit_code == 2 and "accepted:" in unknown.stderr
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--all-namespaces", "--namespace", "a"], "exclude each other"),
+        ([], "say which namespaces"),
+        (["-n", "a", "--standalone", "--peering", "p"], "exclude each other"),
+        (["-n", "a", "--log-level", "loud"], "--log-level"),
+        (["-n", "a", "--liveness-port", "70000"], "--liveness-port 70000"),
+    ],
+)
+def test_operator_flags_are_checked(args, fragment):
+    result = CliRunner().invoke(app, ["operator", *args])
+    assert result.exit_code == 2 and fragment in result.stderr
