@@ -4,4 +4,5 @@ pytest_plugins = [
     "tests.infra.pytest_kube",
     "tests.infra.pytest_s3",
     "tests.infra.pytest_samples",
+    "tests.infra.pytest_ray",
 ]

@@ -283,10 +283,15 @@ def samples(
         raise _fail(f"samples need the 'runtime' extra (pip install 'earthops[runtime]'): {exc}", 1) from None
     with err.status("fetching bigearthnet-common from the package registry ..."):
         try:
+            data = s.fetch_bigearthnet(cache)
             catalog = s.bigearthnet_catalog(cache)
-        except Exception as exc:  # noqa: BLE001 - shown to the user with its cause
+        except s.SampleFetchError as exc:
             raise _fail(f"could not fetch the samples: {exc}", 1) from None
-    out.print(s.describe_catalog(catalog) if hasattr(s, "describe_catalog") else f"catalog: {catalog}", highlight=False)
+    out.print(f"data:     {data}", highlight=False)
+    out.print(f"catalog:  {catalog}", highlight=False)
+    for collection in sorted(p for p in catalog.parent.iterdir() if (p / "collection.json").is_file()):
+        items = [d for d in collection.iterdir() if (d / f"{d.name}.json").is_file()]
+        out.print(f"  {collection.name}: {len(items)} scenes (STAC items)", highlight=False)
 
 
 def main() -> None:

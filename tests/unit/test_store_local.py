@@ -57,18 +57,16 @@ def test_failed_publish_leaves_nothing(store, tmp_path):
     assert not any((tmp_path / ".staging").iterdir()) if (tmp_path / ".staging").exists() else True
 
 
-def test_republish_replaces_and_keeps_status_written_in_place(store):
-    with store.publish("experiments/ns/e/g1") as run:
-        run.write_bytes("old-only", b"1")
-    store.delete("experiments/ns/e/g1")
+def test_status_written_in_place_moves_along_and_runs_are_immutable(store):
     store.write_json("experiments/ns/e/g1/status.json", {"phase": "Running"})  # written before publication
     with store.publish("experiments/ns/e/g1") as run:
         run.write_bytes("new", b"2")
-    assert sorted(store.list("experiments/ns/e/g1")) == [f"experiments/ns/e/g1/{MARKER}", "experiments/ns/e/g1/new",
-                                                         "experiments/ns/e/g1/status.json"]
-    with store.publish("experiments/ns/e/g1") as run:  # a rerun of the same run replaces it whole
-        run.write_bytes("newer", b"3")
-    assert "experiments/ns/e/g1/new" not in store.list("experiments")
+    assert store.list("experiments/ns/e/g1") == [f"experiments/ns/e/g1/{MARKER}", "experiments/ns/e/g1/new",
+                                                 "experiments/ns/e/g1/status.json"]
+    with pytest.raises(StoreError, match="published runs are immutable"):
+        with store.publish("experiments/ns/e/g1") as run:
+            run.write_bytes("newer", b"3")
+    assert "experiments/ns/e/g1/newer" not in store.list("experiments")
 
 
 def test_single_objects_are_replaced_atomically(store):

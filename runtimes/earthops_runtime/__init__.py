@@ -1,0 +1,1 @@
+"""earthops data plane: code that runs in Ray and KServe pods and in embedded mode."""

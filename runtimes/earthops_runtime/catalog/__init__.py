@@ -1,0 +1,1 @@
+"""STAC catalogs: shared conventions (extension versions, band tables, item helpers)."""
