@@ -220,6 +220,9 @@ class Validation(ApiModel):
     """Smallest accepted share of the rarest class (class balance)."""
     allowed_labels: StringSet = Field(default_factory=list)
     """Label set: any other label fails the check (empty: no check)."""
+    max_failed_scene_fraction: Annotated[float, Field(ge=0, le=1)] = 0.1
+    """Failure budget: corrupt or unreadable scenes are recorded and skipped while they are at most
+    this fraction of the scenes; beyond it the run fails."""
 
 
 class Split(ApiModel):
@@ -249,6 +252,8 @@ class Output(ApiModel):
 
     storage: Storage = Field(default_factory=Storage)
     """Store root and credentials."""
+    chips_per_shard: Annotated[int, Field(ge=16, le=1_000_000)] = 2048
+    """Chips per shard file (Parquet); a shard is the unit of shuffled, streamed reads."""
 
 
 class EODatasetSpec(ApiModel):
