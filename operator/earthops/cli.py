@@ -242,6 +242,9 @@ def operator(
     metrics_port: Annotated[int, typer.Option("--metrics-port", help="Port of the Prometheus endpoint "
                                               "(GET /metrics); 0 disables it.")] = 9090,
     store: StoreOpt = None,
+    runtime_image: Annotated[str, typer.Option("--runtime-image", envvar="EARTHOPS_RUNTIME_IMAGE",
+                                               help="Ray image with earthops_runtime, for resources that name "
+                                               "none in spec.compute.image.")] = "ghcr.io/earthops/runtime:0.1.0",
     log_level: Annotated[str, typer.Option("--log-level", help="debug, info, warning or error.")] = "info",
     log_format: Annotated[str, typer.Option("--log-format", help="text or json.")] = "text",
 ) -> None:
@@ -266,6 +269,7 @@ def operator(
     code = run_operator(OperatorOptions(
         namespaces=tuple(namespace or ()), all_namespaces=all_namespaces, standalone=standalone or not peering,
         peering=peering, liveness_port=liveness_port, metrics_port=metrics_port, store=store,
+        runtime_image=runtime_image,
         log_level=log_level, log_format=log_format,
     ))
     raise typer.Exit(code)

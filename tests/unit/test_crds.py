@@ -101,7 +101,7 @@ def test_defaults_match_the_models():
     tex = yaml.safe_load(gen.render(KINDS["TuningExperiment"]))
     props = tex["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
     model_defaults = TuningExperimentSpec.model_validate(
-        {"datasetRef": {"name": "d"}, "model": {"name": "m"}, "searchSpace": [{"name": "model.x", "type": "categorical", "values": [1]}]}
+        {"datasetRef": {"name": "d"}, "model": {"name": "m"}, "searchSpace": [{"name": "model.x", "type": "categorical", "choices": ["a"]}]}
     ).wire()
     for field in ("training", "earlyStopping", "algorithm", "maxTrials", "maxConcurrentTrials", "compute"):
         assert props[field]["default"] == model_defaults[field], field

@@ -104,8 +104,10 @@ def test_defaults_are_filled_like_the_server_does():
     [
         ({"name": "model.k", "type": "discrete", "values": [3, 5.5]}, True),
         ({"name": "model.k", "type": "discrete", "values": ["three"]}, False),
-        ({"name": "model.opt", "type": "categorical", "values": ["adam", 1, True]}, True),
-        ({"name": "model.opt", "type": "categorical", "values": []}, False),
+        ({"name": "model.k", "type": "discrete", "choices": ["3"]}, False),
+        ({"name": "model.opt", "type": "categorical", "choices": ["adam", "sgd"]}, True),
+        ({"name": "model.opt", "type": "categorical", "values": [1.0]}, False),
+        ({"name": "model.opt", "type": "categorical"}, False),
         ({"name": "training.learningRate", "type": "double", "min": 1e-4, "max": 1e-2, "scale": "log"}, True),
         ({"name": "training.epochs", "type": "int", "min": 1}, False),
         ({"name": "learningRate", "type": "double", "min": 0.1, "max": 1}, False),

@@ -10,6 +10,11 @@ from earthops.api.base import ApiModel, Rule
 from earthops.api.common import CommonStatus, Duration, LocalRef, ModelRef, Quantity, Storage
 
 
+def _ref_text(ref: str) -> str:
+    """CEL text of a ModelRef as one string (``model/version/tuningExperiment``)."""
+    return " + '/' + ".join(f"(has({ref}.{f}) ? {ref}.{f} : '')" for f in ("model", "version", "tuningExperiment"))
+
+
 class Canary(ApiModel):
     """A new model version that gets a share of the traffic."""
 
@@ -66,7 +71,8 @@ class ModelDeploymentSpec(ApiModel):
     """Serve a model, optionally with a canary."""
 
     cel_rules = (
-        Rule("!has(self.canary) || self.canary.modelRef != self.modelRef",
+        # compared field by field: the two references are distinct schema types to the API server's CEL
+        Rule("!has(self.canary) || " + _ref_text("self.canary.modelRef") + " != " + _ref_text("self.modelRef"),
              "canary.modelRef must differ from modelRef", ".canary.modelRef"),
     )
 

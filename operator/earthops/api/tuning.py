@@ -46,21 +46,20 @@ class Training(ApiModel):
     """`auto` uses CUDA with mixed precision when a GPU is present."""
 
 
-ParameterValue = bool | int | float | str
-
-
 class SearchParameter(ApiModel):
     """One dimension of the search space."""
 
     cel_rules = (
         Rule("!(self.type in ['double', 'int']) || (has(self.min) && has(self.max) && self.min <= self.max)",
              "double and int parameters need min and max with min <= max", ".min"),
-        Rule("!(self.type in ['discrete', 'categorical']) || (has(self.values) && size(self.values) > 0)",
-             "discrete and categorical parameters need a non-empty values list", ".values"),
+        Rule("self.type != 'discrete' || (has(self.values) && size(self.values) > 0)",
+             "discrete parameters need a non-empty values list (numbers)", ".values"),
+        Rule("self.type != 'categorical' || (has(self.choices) && size(self.choices) > 0)",
+             "categorical parameters need a non-empty choices list", ".choices"),
         Rule("self.scale != 'log' || (has(self.min) && self.min > 0.0)",
              "log scale needs min > 0", ".scale"),
-        Rule("self.type != 'discrete' || self.values.all(v, type(v) == int || type(v) == double)",
-             "discrete values must be numbers", ".values"),
+        Rule("!has(self.values) || self.type == 'discrete'", "values are for discrete parameters", ".values"),
+        Rule("!has(self.choices) || self.type == 'categorical'", "choices are for categorical parameters", ".choices"),
     )
 
     name: Annotated[str, StringConstraints(pattern=r"^(training|model)\.[A-Za-z_][A-Za-z0-9_]*$", max_length=128)]
@@ -76,8 +75,10 @@ class SearchParameter(ApiModel):
     """Sampling scale for double and int."""
     step: Annotated[float, Field(gt=0)] | None = None
     """Quantisation step for double and int (and grid spacing)."""
-    values: Annotated[list[ParameterValue], Field(max_length=1000)] | None = None
-    """The values (discrete: numbers; categorical: any)."""
+    values: Annotated[list[float], Field(min_length=1, max_length=1000)] | None = None
+    """discrete: the numbers to choose from (integral values are passed as integers)."""
+    choices: Annotated[list[Annotated[str, StringConstraints(max_length=256)]], Field(min_length=1, max_length=1000)] | None = None
+    """categorical: the options, as text (``adam``, ``adamw``; ``"true"``/``"false"`` for flags)."""
 
 
 class Objective(ApiModel):

@@ -22,6 +22,7 @@ class OperatorOptions:
     liveness_port: int = 8080
     metrics_port: int = 9090
     store: str | None = None
+    runtime_image: str = "ghcr.io/earthops/runtime:0.1.0"
     log_level: str = "info"
     log_format: str = "text"
     #: bind address of the liveness and metrics endpoints (0.0.0.0 in a pod; tests use 127.0.0.1)
@@ -45,6 +46,12 @@ def _configure(opts: OperatorOptions) -> None:
 
     @kopf.on.startup()
     def _settings(settings: kopf.OperatorSettings, **_: Any) -> None:
+        from earthops.handlers import k8s, rayjobs
+        from earthops.reconcile.rayjob import OperatorDefaults
+        from earthops.store import default_uri
+
+        k8s.login()
+        rayjobs.configure(OperatorDefaults(runtime_image=opts.runtime_image, store_uri=opts.store or default_uri()))
         # kopf's bookkeeping in annotations under our prefix, not in status: status stays ours
         settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="kopf.earthops.dev")
         settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
@@ -59,10 +66,10 @@ def _configure(opts: OperatorOptions) -> None:
         settings.networking.request_timeout = 60
 
     @kopf.on.probe(id="kinds")
-    def _kinds(**_: Any) -> list[str]:
-        from earthops.handlers.kinds import UNSUPPORTED_KINDS
+    def _kinds(**_: Any) -> dict[str, list[str]]:
+        from earthops.handlers.kinds import RAYJOB_KINDS, UNSUPPORTED_KINDS
 
-        return UNSUPPORTED_KINDS
+        return {"rayjob": RAYJOB_KINDS, "unsupported": UNSUPPORTED_KINDS}
 
 
 def run_operator(opts: OperatorOptions) -> int:

@@ -8,7 +8,6 @@ resource with its generation and status; ``get`` and ``describe`` read it.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
@@ -22,6 +21,8 @@ from typing import Any
 
 from earthops.api import KINDS, Resource, parse_resource
 from earthops.api.runtime import STATUS_FILE, RuntimeStatus
+from earthops.reconcile.runs import run_id as make_run_id
+from earthops.reconcile.runs import spec_hash
 from earthops.status import Blocker, Execution, derive
 from earthops.store import Store, StoreError, run_prefix
 
@@ -79,10 +80,6 @@ def stored_resources(store: Store, kinds: Iterable[str] | None = None, namespace
                 if store.exists(key):
                     out.append(store.read_json(key))
     return out
-
-
-def spec_hash(resource: Resource[Any, Any]) -> str:
-    return hashlib.sha256(json.dumps(resource.spec.wire(), sort_keys=True).encode()).hexdigest()[:12]
 
 
 @dataclass
@@ -163,7 +160,7 @@ class Executor:
             self.store.write_json(self._state_key(r), state)
             return Outcome(state)
 
-        run_id = f"g{generation}-{digest[:8]}"
+        run_id = make_run_id(generation, r)
         run_key = f"{run_prefix(info.store_area, r.namespace, r.name)}/{run_id}"
         started = datetime.now(UTC)
         state["status"] = derive(info, generation=generation, previous=prev_status,

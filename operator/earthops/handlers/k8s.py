@@ -1,0 +1,87 @@
+"""Kubernetes I/O of the handlers: apply children, read RayJobs and Secrets (kubernetes client)."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+from kubernetes import client, config
+from kubernetes.client import ApiException
+
+_loaded = False
+
+
+def login() -> None:
+    """In-cluster config in a pod, else the kubeconfig (KUBECONFIG / ~/.kube/config)."""
+    global _loaded
+    if _loaded:
+        return
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        config.load_kube_config()
+    _loaded = True
+
+
+def _plural(kind: str) -> tuple[str, str, str]:
+    return {"RayJob": ("ray.io", "v1", "rayjobs"), "InferenceService": ("serving.kserve.io", "v1beta1", "inferenceservices")}[kind]
+
+
+def create_if_absent(obj: dict[str, Any]) -> bool:
+    """Create ``obj``; True if created, False if it already existed (children are immutable per run)."""
+    ns = obj["metadata"]["namespace"]
+    try:
+        if obj["kind"] == "ConfigMap":
+            client.CoreV1Api().create_namespaced_config_map(ns, obj, field_manager="earthops")
+        else:
+            group, version, plural = _plural(obj["kind"])
+            client.CustomObjectsApi().create_namespaced_custom_object(group, version, ns, plural, obj,
+                                                                      field_manager="earthops")
+        return True
+    except ApiException as exc:
+        if exc.status == 409:
+            return False
+        raise
+
+
+def get_custom(kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+    group, version, plural = _plural(kind)
+    try:
+        return client.CustomObjectsApi().get_namespaced_custom_object(group, version, namespace, plural, name)
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+
+
+def list_custom(kind: str, namespace: str, selector: str) -> list[dict[str, Any]]:
+    group, version, plural = _plural(kind)
+    return client.CustomObjectsApi().list_namespaced_custom_object(
+        group, version, namespace, plural, label_selector=selector)["items"]
+
+
+def delete_custom(kind: str, namespace: str, name: str) -> None:
+    group, version, plural = _plural(kind)
+    try:
+        client.CustomObjectsApi().delete_namespaced_custom_object(
+            group, version, namespace, plural, name, body=client.V1DeleteOptions(propagation_policy="Background"))
+    except ApiException as exc:
+        if exc.status != 404:
+            raise
+
+
+def delete_config_maps(namespace: str, selector: str, keep: str | None) -> None:
+    api = client.CoreV1Api()
+    for cm in api.list_namespaced_config_map(namespace, label_selector=selector).items:
+        if cm.metadata.name != keep:
+            try:
+                api.delete_namespaced_config_map(cm.metadata.name, namespace)
+            except ApiException as exc:
+                if exc.status != 404:
+                    raise
+
+
+def secret_env(namespace: str, name: str) -> dict[str, str]:
+    """The string data of a Secret (for store credentials)."""
+    secret = client.CoreV1Api().read_namespaced_secret(name, namespace)
+    return {k: base64.b64decode(v).decode() for k, v in (secret.data or {}).items()}

@@ -1,0 +1,133 @@
+"""Handlers of a kind that runs as a KubeRay RayJob (EODataset now; tuning and ablation later).
+
+create/update: one RayJob per spec generation (older runs' RayJobs are deleted: a spec change stops
+the old run). A timer follows the RayJob and the run's ``status.json`` in the store, and patches the
+status with the same derivation the embedded executor uses. Deletion: children are owned by the
+resource, so the garbage collector removes them; published runs stay in the store.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import kopf
+
+from earthops.api import GROUP, KINDS, VERSION, KindInfo, Resource, parse_resource
+from earthops.api.runtime import STATUS_FILE, RuntimeStatus
+from earthops.handlers import k8s
+from earthops.handlers.metrics import RECONCILES
+from earthops.reconcile.rayjob import LABEL_KIND, LABEL_NAME, OperatorDefaults, desired_children, execution_from_rayjob
+from earthops.reconcile.runs import run_id, run_key
+from earthops.status import Execution, derive
+from earthops.store import Store, StoreError
+
+log = logging.getLogger("earthops.operator")
+DEFAULTS = OperatorDefaults()
+TERMINAL = ("Succeeded", "Failed", "Ready")
+
+
+def configure(defaults: OperatorDefaults) -> None:
+    global DEFAULTS
+    DEFAULTS = defaults
+
+
+def _resource(body: kopf.Body) -> Resource[Any, Any]:
+    doc = {k: body.get(k) for k in ("apiVersion", "kind", "metadata", "spec")}
+    doc["metadata"] = {k: v for k, v in dict(body["metadata"]).items() if k in ("name", "namespace", "uid", "generation",
+                                                                                "labels", "annotations")}
+    return parse_resource(doc, f"{body['kind']} {body['metadata']['namespace']}/{body['metadata']['name']}")
+
+
+def _store_for(resource: Resource[Any, Any]) -> Store:
+    spec = resource.spec
+    storage = getattr(spec, "storage", None) or getattr(getattr(spec, "output", None), "storage", None)
+    uri = (storage.uri if storage and storage.uri else None) or DEFAULTS.store_uri
+    env = k8s.secret_env(resource.namespace, storage.secret_ref.name) if storage and storage.secret_ref else None
+    return Store.from_uri(uri, env=env)
+
+
+def _read_runtime(resource: Resource[Any, Any], run: str) -> RuntimeStatus | None:
+    store = _store_for(resource)
+    key = f"{run_key(resource, run)}/{STATUS_FILE}"
+    if not store.exists(key):
+        return None
+    return RuntimeStatus.model_validate(store.read_json(key))
+
+
+def _selector(resource: Resource[Any, Any]) -> str:
+    return f"{LABEL_KIND}={resource.kind.lower()},{LABEL_NAME}={resource.name}"
+
+
+def register(info: KindInfo) -> None:
+    @kopf.on.resume(GROUP, VERSION, info.plural)
+    @kopf.on.create(GROUP, VERSION, info.plural)
+    @kopf.on.update(GROUP, VERSION, info.plural, field="spec")
+    def start_run(body: kopf.Body, meta: kopf.Meta, status: kopf.Status, patch: kopf.Patch, **_: Any) -> None:
+        resource = _resource(body)
+        generation = int(meta.get("generation") or 1)
+        run = run_id(generation, resource)
+        previous = {k: v for k, v in dict(status).items() if k != "kopf"}
+        if previous.get("runId") == run and previous.get("phase") in TERMINAL:
+            return  # resumed after a restart: this generation is done
+        try:
+            children = desired_children(resource, run=run, run_key=run_key(resource, run), generation=generation,
+                                        defaults=DEFAULTS)
+        except ValueError as exc:
+            patch.status.update(derive(info, generation=generation, previous=previous,
+                                       execution=Execution("Failed", "InvalidSpec", str(exc))))
+            kopf.warn(body, reason="InvalidSpec", message=str(exc))
+            RECONCILES.labels(info.kind, "invalid").inc()
+            return
+        config_map, rayjob = children
+        # a spec change stops the previous generation's run
+        for old in k8s.list_custom("RayJob", resource.namespace, _selector(resource)):
+            if old["metadata"]["name"] != rayjob["metadata"]["name"]:
+                k8s.delete_custom("RayJob", resource.namespace, old["metadata"]["name"])
+                kopf.info(body, reason="RunSuperseded", message=f"deleted RayJob {old['metadata']['name']} of an older spec")
+        k8s.delete_config_maps(resource.namespace, _selector(resource), keep=config_map["metadata"]["name"])
+        k8s.create_if_absent(config_map)
+        if k8s.create_if_absent(rayjob):
+            kopf.info(body, reason="RayJobCreated", message=f"created RayJob {rayjob['metadata']['name']} for run {run}")
+        new = derive(info, generation=generation, previous=previous if previous.get("runId") == run else
+                     {"conditions": previous.get("conditions", [])}, execution=Execution("Pending", "RayClusterStarting",
+                                                                                     "waiting for the Ray cluster to start"))
+        new.update({"runId": run, "rayJobName": rayjob["metadata"]["name"]})
+        patch.status.update(new)
+        RECONCILES.labels(info.kind, "started").inc()
+
+    @kopf.timer(GROUP, VERSION, info.plural, interval=3.0, initial_delay=1.0, sharp=False)
+    def follow_run(body: kopf.Body, meta: kopf.Meta, status: kopf.Status, patch: kopf.Patch, **_: Any) -> None:
+        previous = {k: v for k, v in dict(status).items() if k != "kopf"}
+        job_name, run = previous.get("rayJobName"), previous.get("runId")
+        generation = int(meta.get("generation") or 1)
+        if not job_name or not run or previous.get("observedGeneration") != generation or previous.get("phase") in TERMINAL:
+            return
+        resource = _resource(body)
+        job = k8s.get_custom("RayJob", resource.namespace, job_name)
+        if job is None:
+            execution = Execution("Failed", "RayJobMissing", f"the RayJob {job_name} was deleted before the run ended")
+        else:
+            execution = execution_from_rayjob(job.get("status"))
+        try:
+            runtime = _read_runtime(resource, run)
+        except StoreError as exc:
+            runtime = None
+            kopf.warn(body, reason="StoreUnreadable", message=str(exc))
+        new = derive(info, generation=generation, previous=previous, execution=execution, runtime=runtime)
+        if new.get("phase") == info.ready_phase and runtime is not None:
+            new["results"] = _store_for(resource).url(run_key(resource, run))
+        if {k: v for k, v in new.items() if k != "conditions"} != {k: v for k, v in previous.items() if k != "conditions"} \
+                or new.get("conditions") != previous.get("conditions"):
+            patch.status.update(new)
+            if new["phase"] in TERMINAL and previous.get("phase") not in TERMINAL:
+                (kopf.info if new["phase"] == info.ready_phase else kopf.warn)(
+                    body, reason=f"Run{new['phase']}", message=new.get("message", ""))
+                RECONCILES.labels(info.kind, new["phase"].lower()).inc()
+
+
+def register_all() -> list[str]:
+    kinds = [info for info in KINDS.values() if info.runtime is not None and info.kind != "ModelDeployment"]
+    for info in kinds:
+        register(info)
+    return [info.kind for info in kinds]

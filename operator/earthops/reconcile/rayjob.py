@@ -1,0 +1,206 @@
+"""A resource -> the KubeRay RayJob (and the ConfigMap holding the resource) that runs it.
+
+The RayJob runs ``python -m earthops_runtime run`` — the very command the embedded executor runs
+locally — on a Ray cluster shaped by ``spec.compute``; KubeRay tears the cluster down when the job
+ends. Both children are owned by the resource, so deleting it deletes them (garbage collection).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shlex
+from dataclasses import dataclass
+from typing import Any
+
+from earthops.api import API_VERSION, KINDS, Resource
+from earthops.api.common import RayCompute, RayNodeGroup
+from earthops.status import Execution
+
+RAY_VERSION = "2.60.0"
+RESOURCE_MOUNT = "/etc/earthops"
+RESOURCE_FILE = "resource.json"
+LABEL_KIND = "earthops.dev/kind"
+LABEL_NAME = "earthops.dev/name"
+LABEL_RUN = "earthops.dev/run-id"
+TTL_AFTER_FINISHED = 600
+
+
+@dataclass(frozen=True)
+class OperatorDefaults:
+    """What the operator adds to every RayJob: images and the default store."""
+
+    runtime_image: str = "ghcr.io/earthops/runtime:0.1.0"
+    store_uri: str = ""
+
+
+def child_name(resource: Resource[Any, Any], run: str) -> str:
+    """``<name>-<run-id>``, shortened to fit: KubeRay derives pod names from it (63-char limit)."""
+    base = f"{resource.name}-{run}".lower()
+    if len(base) <= 40:
+        return base
+    return f"{base[: 40 - len(run) - 1].rstrip('-')}-{run}"
+
+
+def labels(resource: Resource[Any, Any], run: str) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/managed-by": "earthops",
+        "app.kubernetes.io/part-of": "earthops",
+        LABEL_KIND: resource.kind.lower(),
+        LABEL_NAME: resource.name[:63],
+        LABEL_RUN: run,
+    }
+
+
+def owner_reference(resource: Resource[Any, Any]) -> dict[str, Any]:
+    if not resource.metadata.uid:
+        raise ValueError(f"{resource.kind} {resource.namespace}/{resource.name} has no uid (not read from the API server)")
+    return {
+        "apiVersion": API_VERSION,
+        "kind": resource.kind,
+        "name": resource.name,
+        "uid": resource.metadata.uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def _quantity(value: int | str) -> str:
+    return str(value)
+
+
+def _pod_template(image: str, group: RayNodeGroup, compute: RayCompute, *, container: str, env: list[dict[str, Any]],
+                  env_from: list[dict[str, Any]], config_map: str, node_selector: dict[str, str]) -> dict[str, Any]:
+    limits: dict[str, str] = {"cpu": _quantity(group.cpu), "memory": _quantity(group.memory)}
+    if group.gpu:
+        limits["nvidia.com/gpu"] = str(group.gpu)
+    spec: dict[str, Any] = {
+        "containers": [
+            {
+                "name": container,
+                "image": image,
+                "resources": {"requests": dict(limits), "limits": limits},
+                "env": env,
+                **({"envFrom": env_from} if env_from else {}),
+                "volumeMounts": [{"name": "earthops-resource", "mountPath": RESOURCE_MOUNT, "readOnly": True}],
+            }
+        ],
+        "volumes": [{"name": "earthops-resource", "configMap": {"name": config_map}}],
+    }
+    if node_selector:
+        spec["nodeSelector"] = node_selector
+    if compute.tolerations:
+        spec["tolerations"] = [t.wire() for t in compute.tolerations]
+    if compute.service_account_name:
+        spec["serviceAccountName"] = compute.service_account_name
+    return {"spec": spec}
+
+
+def _duration_seconds(text: str) -> int:
+    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
+    return max(1, math.ceil(sum(float(n) * units[u] for n, u in re.findall(r"([0-9.]+)(ms|s|m|h)", text))))
+
+
+def desired_children(resource: Resource[Any, Any], *, run: str, run_key: str, generation: int,
+                     defaults: OperatorDefaults) -> list[dict[str, Any]]:
+    """The ConfigMap and the RayJob that run ``resource``'s generation ``generation`` as ``run``."""
+    info = KINDS[resource.kind]
+    if info.runtime is None:
+        raise ValueError(f"{resource.kind} has no runtime in this version")
+    spec = resource.spec
+    compute: RayCompute = spec.compute
+    storage = getattr(spec, "storage", None) or getattr(getattr(spec, "output", None), "storage", None)
+    store_uri = (storage.uri if storage and storage.uri else None) or defaults.store_uri
+    if not store_uri:
+        raise ValueError("no store: set the resource's storage.uri or start the operator with --store")
+    name = child_name(resource, run)
+    meta_labels = labels(resource, run)
+    owner = owner_reference(resource)
+
+    wire = resource.wire()
+    wire.pop("status", None)
+    wire["metadata"] = {k: v for k, v in wire["metadata"].items() if k in ("name", "namespace", "uid", "labels")}
+    wire["metadata"]["generation"] = generation
+    config_map = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": f"{name}-resource", "namespace": resource.namespace, "labels": meta_labels,
+                     "ownerReferences": [owner]},
+        "data": {RESOURCE_FILE: json.dumps(wire, sort_keys=True)},
+    }
+
+    env = [{"name": "EARTHOPS_STORE", "value": store_uri}, {"name": "RAY_USAGE_STATS_ENABLED", "value": "0"}]
+    env_from = [{"secretRef": {"name": storage.secret_ref.name}}] if storage and storage.secret_ref else []
+    image = compute.image or defaults.runtime_image
+    entrypoint = shlex.join([
+        "python", "-m", "earthops_runtime", "run", "--entrypoint", info.runtime,
+        "--resource", f"{RESOURCE_MOUNT}/{RESOURCE_FILE}", "--store", store_uri, "--run-key", run_key, "--run-id", run,
+    ])
+    head = {
+        # the head schedules; work goes to the workers (num-cpus 0 keeps tasks off it)
+        "rayStartParams": {"num-cpus": "0"},
+        "template": _pod_template(image, compute.head, compute, container="ray-head", env=env, env_from=env_from,
+                                  config_map=config_map["metadata"]["name"], node_selector=dict(compute.node_selector)),
+    }
+    workers = [
+        {
+            "groupName": g.name,
+            "replicas": g.replicas,
+            "minReplicas": g.min_replicas,
+            "maxReplicas": g.max_replicas,
+            "rayStartParams": {},
+            "template": _pod_template(image, g, compute, container="ray-worker", env=env, env_from=env_from,
+                                      config_map=config_map["metadata"]["name"],
+                                      node_selector={**compute.node_selector, **g.node_selector}),
+        }
+        for g in compute.worker_groups
+    ]
+    job_spec: dict[str, Any] = {
+        "entrypoint": entrypoint,
+        "shutdownAfterJobFinishes": True,
+        "ttlSecondsAfterFinished": TTL_AFTER_FINISHED,
+        "submissionMode": "K8sJobMode",
+        "rayClusterSpec": {
+            "rayVersion": RAY_VERSION,
+            "enableInTreeAutoscaling": any(g.max_replicas > g.replicas for g in compute.worker_groups),
+            "headGroupSpec": head,
+            "workerGroupSpecs": workers,
+        },
+    }
+    timeout = getattr(spec, "timeout", None)
+    if timeout:
+        job_spec["activeDeadlineSeconds"] = _duration_seconds(timeout)
+    rayjob = {
+        "apiVersion": "ray.io/v1",
+        "kind": "RayJob",
+        "metadata": {"name": name, "namespace": resource.namespace, "labels": meta_labels, "ownerReferences": [owner]},
+        "spec": job_spec,
+    }
+    return [config_map, rayjob]
+
+
+def execution_from_rayjob(status: dict[str, Any] | None) -> Execution:
+    """KubeRay's RayJob status -> what the status derivation needs (pure)."""
+    from datetime import datetime
+
+    status = status or {}
+    deployment = status.get("jobDeploymentStatus") or ""
+    job = status.get("jobStatus") or ""
+    message = status.get("message") or ""
+
+    def ts(key: str) -> datetime | None:
+        value = status.get(key)
+        return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
+
+    times = {"start_time": ts("startTime"), "end_time": ts("endTime")}
+    if deployment in ("Failed", "ValidationFailed") or job in ("FAILED", "STOPPED"):
+        reason = status.get("reason") or ("InvalidRayJob" if deployment == "ValidationFailed" else "RayJobFailed")
+        return Execution("Failed", reason, message or f"the RayJob ended as {deployment or job}", **times)
+    if deployment == "Complete" and job == "SUCCEEDED":
+        return Execution("Succeeded", "", message, **times)
+    if deployment in ("Running", "Complete") or job in ("RUNNING", "SUCCEEDED"):
+        return Execution("Running", "", message, **times)
+    if deployment in ("Suspended", "Suspending"):
+        return Execution("Pending", "Suspended", message or "the RayJob is suspended", **times)
+    return Execution("Pending", "RayClusterStarting", message or "waiting for the Ray cluster to start", **times)

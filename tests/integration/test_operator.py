@@ -1,0 +1,109 @@
+"""The operator process for real: against the real API server, with the chart's own least-privilege
+RBAC (a ServiceAccount token, not admin), liveness, metrics, namespace scoping, graceful shutdown."""
+
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.infra.proc import free_port, log_tail, spawn, stop, wait_for
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
+RBAC_KINDS = {"ServiceAccount", "Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding"}
+
+
+def _get(url: str) -> tuple[int, str]:
+    with urllib.request.urlopen(url, timeout=5) as r:
+        return r.status, r.read().decode()
+
+
+@pytest.fixture
+def operator(kube_apiserver, kube_namespace, tmp_path):
+    from tests.infra.tools import helm
+
+    rendered = subprocess.run(
+        [str(helm()), "template", "earthops", str(ROOT / "charts/earthops"), "--namespace", kube_namespace,
+         "--set", f"watch.namespaces={{{kube_namespace}}}"],
+        capture_output=True, text=True, check=True).stdout
+    rbac = [d for d in yaml.safe_load_all(rendered) if d and d["kind"] in RBAC_KINDS]
+    kube_apiserver.apply(rbac, namespace=kube_namespace)
+    account = next(d["metadata"]["name"] for d in rbac if d["kind"] == "ServiceAccount")
+    token = kube_apiserver.service_account_token(kube_namespace, account, create=False)
+    kubeconfig = kube_apiserver.write_kubeconfig(tmp_path / "operator.kubeconfig", user=account, token=token)
+    live, metrics = free_port(), free_port()
+    log = tmp_path / "operator.log"
+    proc = spawn([sys.executable, "-m", "earthops.cli", "operator", "--namespace", kube_namespace, "--standalone",
+                  "--liveness-port", str(live), "--metrics-port", str(metrics), "--store", tmp_path.as_uri(),
+                  "--log-format", "text"],
+                 log_path=log, env={**__import__("os").environ, "KUBECONFIG": str(kubeconfig)})
+    wait_for(lambda: _get(f"http://127.0.0.1:{live}/healthz")[0] == 200, timeout=60, what="earthops operator",
+             proc=proc, log_path=log)
+    yield {"proc": proc, "live": live, "metrics": metrics, "log": log, "namespace": kube_namespace}
+    stop(proc)
+
+
+UNSUPPORTED = "examples/ship-iceberg/04-deployment.yaml"  # ModelDeployment: no runtime in this version
+KIND, NAME = "ModelDeployment", "iceberg-classifier"
+
+
+def _status(kube_apiserver, ns, name):
+    return kube_apiserver.get("earthops.dev/v1alpha1", KIND, name, ns).get("status") or {}
+
+
+def test_the_operator_answers_for_its_kinds_with_least_privilege(kube_apiserver, operator, tmp_path):
+    ns = operator["namespace"]
+    from earthops.api import KINDS
+
+    assert KINDS[KIND].runtime is None, "pick a kind without a runtime for this test"
+    doc = yaml.safe_load((ROOT / UNSUPPORTED).read_text())
+    doc["metadata"]["namespace"] = ns
+    kube_apiserver.apply(doc)
+    wait_for(lambda: _status(kube_apiserver, ns, NAME).get("observedGeneration") == 1, timeout=30,
+             what="status of generation 1", proc=operator["proc"], log_path=operator["log"])
+    status = _status(kube_apiserver, ns, NAME)
+    ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+    assert status["phase"] == "Failed" and ready["reason"] == "RuntimeNotAvailable" and ready["status"] == "False"
+    assert f"cannot run {KIND}" in status["message"]
+
+    # a spec change is a new generation; the condition's transition time stays (its status did not change)
+    time.sleep(1.1)
+    kube_apiserver.kubectl("patch", "-n", ns, f"{KIND.lower()}/{NAME}", "--type=merge", "-p",
+                           '{"spec": {"replicas": {"max": 5}}}')
+    wait_for(lambda: _status(kube_apiserver, ns, NAME).get("observedGeneration") == 2, timeout=30,
+             what="status of generation 2", proc=operator["proc"], log_path=operator["log"])
+    ready2 = next(c for c in _status(kube_apiserver, ns, NAME)["conditions"] if c["type"] == "Ready")
+    assert ready2["lastTransitionTime"] == ready["lastTransitionTime"] and ready2["observedGeneration"] == 2
+
+    events = kube_apiserver.kubectl("get", "events", "-n", ns, "-o", "yaml").stdout
+    assert "RuntimeNotAvailable" in events
+
+    # namespace scoping: a resource elsewhere is not touched
+    other = kube_apiserver.create_namespace()
+    doc["metadata"]["namespace"] = other
+    kube_apiserver.apply(doc)
+    time.sleep(3)
+    assert _status(kube_apiserver, other, NAME) == {}
+
+    code, text = _get(f"http://127.0.0.1:{operator['metrics']}/metrics")
+    assert code == 200
+    assert f'earthops_reconcile_total{{kind="{KIND}",result="unsupported"}}' in text
+    assert "earthops_operator_info" in text
+
+    log = log_tail(operator["log"], 400)
+    assert "Forbidden" not in log and "403" not in log, log
+
+
+def test_sigterm_shuts_the_operator_down_gracefully(operator):
+    proc = operator["proc"]
+    proc.send_signal(signal.SIGTERM)
+    try:
+        code = proc.wait(30)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"the operator did not stop within 30 s of SIGTERM:\n{log_tail(operator['log'])}")
+    assert code == 0, log_tail(operator["log"])
