@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: setup crds verify-crds envtest samples demo test unit integration bench lock clean help
+.PHONY: setup crds verify-crds envtest envtest-sync samples demo test unit integration bench lock clean help
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 14
@@ -25,8 +25,11 @@ crds: setup ## regenerate crds/ and the chart's CRDs from earthops.api
 verify-crds: setup ## fail if crds/ or the chart's CRDs drifted from the models
 	$(BIN)/python -m pytest -q tests/unit/test_crds.py -k drift
 
-envtest: setup ## build (once, cached by version) kube-apiserver, etcd and friends for the tests
+envtest: ## build (once, cached by version) kube-apiserver, etcd, kube-controller-manager, kubectl; fetch KubeRay/KServe CRDs
 	bash tests/envtest/build.sh
+
+envtest-sync: ## after editing tests/envtest/versions.env: regenerate the envtest go.mod/go.sum
+	bash tests/envtest/sync.sh
 
 samples: setup ## fetch the real sample imagery and catalogue it
 	$(BIN)/earthops samples

@@ -276,6 +276,57 @@ def operator(
 
 
 @app.command()
+def search(
+    collection: Annotated[list[str] | None, typer.Option("--collection", "-c", help="Collection id "
+                                                         "(repeatable: any of them).")] = None,
+    bbox: Annotated[str | None, typer.Option("--bbox", help="W,S,E,N in WGS84 degrees: items whose geometry "
+                                             "intersects it (W > E crosses the antimeridian).")] = None,
+    datetime: Annotated[str | None, typer.Option("--datetime", help="RFC 3339 instant or interval A/B, '..' for "
+                                                 "an open end (2020-01-01/2020-06-30, 2021-01-01T00:00:00Z/..).")] = None,
+    cql2_filter: Annotated[str | None, typer.Option("--filter", help="CQL2 text (\"eo:cloud_cover < 10 AND "
+                                                    "platform = 'sentinel-2a'\") or CQL2-JSON.")] = None,
+    limit: Annotated[int | None, typer.Option("--limit", min=1, help="At most this many items (newest "
+                                              "first).")] = None,
+    output: Annotated[str, typer.Option("--output", "-o", help="table, or json (a GeoJSON FeatureCollection "
+                                        "of the STAC items).")] = "table",
+    store: StoreOpt = None,
+) -> None:
+    """Search the STAC items of the store's published datasets: collection, bbox, datetime, CQL2 filter."""
+    if output not in ("table", "json"):
+        raise _fail(f"--output {output!r}: accepted: table, json", INVALID)
+    try:
+        from earthops_runtime.catalog import search as index_search
+    except ImportError as exc:
+        raise _fail(f"search needs the 'runtime' extra (pip install 'earthops[runtime]'): {exc}", 1) from None
+    st = _open_store(store)
+    flags = {"collections": "--collection", "bbox": "--bbox", "datetime": "--datetime", "filter": "--filter",
+             "limit": "--limit"}
+    try:
+        items = index_search.search(st, collections=collection or None, bbox=bbox, datetime=datetime,
+                                    filter=cql2_filter, limit=limit)
+    except index_search.SearchError as exc:
+        raise _fail(f"{flags.get(exc.parameter, exc.parameter)}: {exc.message}", INVALID) from None
+    except StoreError as exc:
+        raise _fail(str(exc), 1) from None
+    if output == "json":
+        typer.echo(json.dumps(index_search.feature_collection(items), indent=2))
+        return
+    if not items:
+        err.print("No items found.", highlight=False)
+        return
+    from earthops.display import plain_table
+
+    rows = []
+    for item in items:
+        props = item.get("properties") or {}
+        when = props.get("datetime") or f"{props.get('start_datetime') or '..'}/{props.get('end_datetime') or '..'}"
+        box = item.get("bbox")
+        rows.append([item["id"], item.get("collection") or "", when,
+                     ",".join(f"{v:.4f}" for v in box) if box else ""])
+    out.print(plain_table(["ID", "COLLECTION", "DATETIME", "BBOX"], rows), highlight=False, markup=False)
+
+
+@app.command()
 def samples(
     cache: Annotated[Path | None, typer.Option("--cache", help="Cache folder (default: "
                                                "$EARTHOPS_CACHE/samples or ~/.cache/earthops/samples).")] = None,

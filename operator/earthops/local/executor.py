@@ -116,6 +116,16 @@ class Executor:
 
     # --- running -----------------------------------------------------------------------------------
 
+    def run_store(self, r: Resource[Any, Any]) -> Store:
+        """Where the resource's runs go: its own ``storage.uri`` if it names one, else this store.
+
+        (Embedded mode has no Secrets: S3 credentials come from this process's environment.)"""
+        spec = r.spec
+        storage = getattr(spec, "storage", None) or getattr(getattr(spec, "output", None), "storage", None)
+        if storage is not None and storage.uri and storage.uri.rstrip("/") != self.store.uri:
+            return Store.from_uri(storage.uri)
+        return self.store
+
     def _state_key(self, r: Resource[Any, Any]) -> str:
         return f"{run_prefix(KINDS[r.kind].store_area, r.namespace, r.name)}/{RESOURCE_FILE}"
 
@@ -167,28 +177,30 @@ class Executor:
                                  execution=Execution("Running", start_time=started))
         state["status"]["runId"] = run_id
         self.store.write_json(self._state_key(r), state)
-        execution, runtime = self._run_process(info.runtime or "", wire, run_key, run_id, state, started)
+        run_store = self.run_store(r)
+        execution, runtime = self._run_process(info.runtime or "", wire, run_store, run_key, run_id, state, started)
         state["status"] = derive(info, generation=generation, previous=state["status"], execution=execution,
                                  runtime=runtime)
         if runtime is not None and runtime.phase == "Succeeded":
-            state["status"]["results"] = self.store.url(run_key)
+            state["status"]["results"] = run_store.url(run_key)
         self.store.write_json(self._state_key(r), state)
         return Outcome(state)
 
-    def _read_runtime(self, run_key: str) -> RuntimeStatus | None:
+    @staticmethod
+    def _read_runtime(store: Store, run_key: str) -> RuntimeStatus | None:
         key = f"{run_key}/{STATUS_FILE}"
         try:
-            return RuntimeStatus.model_validate(self.store.read_json(key)) if self.store.exists(key) else None
+            return RuntimeStatus.model_validate(store.read_json(key)) if store.exists(key) else None
         except (StoreError, ValueError):
             return None  # mid-write on a store without atomic replace, or not there yet: poll again
 
-    def _run_process(self, entrypoint: str, wire: dict[str, Any], run_key: str, run_id: str,
+    def _run_process(self, entrypoint: str, wire: dict[str, Any], run_store: Store, run_key: str, run_id: str,
                      state: dict[str, Any], started: datetime) -> tuple[Execution, RuntimeStatus | None]:
         with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
             json.dump(wire, f)
             resource_file = f.name
         cmd = [sys.executable, "-m", "earthops_runtime", "run", "--entrypoint", entrypoint,
-               "--resource", resource_file, "--store", self.store.uri, "--run-key", run_key, "--run-id", run_id]
+               "--resource", resource_file, "--store", run_store.uri, "--run-key", run_key, "--run-id", run_id]
         if self.ray_address:
             cmd += ["--ray-address", self.ray_address]
         log_path = os.path.join(tempfile.gettempdir(), f"earthops-{run_id}.log")
@@ -199,14 +211,14 @@ class Executor:
                     while proc.poll() is None:
                         time.sleep(self.poll_interval)
                         if self.on_progress:
-                            self.on_progress(state, self._read_runtime(run_key))
+                            self.on_progress(state, self._read_runtime(run_store, run_key))
                 except KeyboardInterrupt:
                     proc.terminate()
                     proc.wait(30)
                     raise
         finally:
             os.unlink(resource_file)
-        runtime = self._read_runtime(run_key)
+        runtime = self._read_runtime(run_store, run_key)
         if self.on_progress:
             self.on_progress(state, runtime)
         ended = datetime.now(UTC)
