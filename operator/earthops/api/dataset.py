@@ -214,8 +214,9 @@ class Validation(ApiModel):
     """`fail` fails the dataset when a check fails; `warn` records it and publishes anyway."""
     band_ranges: Annotated[list[BandRange], *keyed_list("band")] = Field(default_factory=list)
     """Per-band value ranges."""
-    max_nan_fraction: Annotated[float, Field(ge=0, le=1)] = 0.0
-    """Largest accepted fraction of NaN/nodata pixels over the dataset."""
+    max_nan_fraction: Annotated[float, Field(ge=0, le=1)] = 0.1
+    """Largest accepted fraction of NaN/nodata pixels per feature over the dataset (chips keep up to
+    `chips.maxNodataFraction` each, so the default matches that rule's default)."""
     min_class_fraction: Annotated[float, Field(ge=0, le=1)] = 0.0
     """Smallest accepted share of the rarest class (class balance)."""
     allowed_labels: StringSet = Field(default_factory=list)
