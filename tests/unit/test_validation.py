@@ -109,8 +109,9 @@ def test_nan_fraction_per_feature_against_max_nan_fraction():
     assert only(strict, "nan", "B04").status == "pass" and only(strict, "nan", "NDVI").status == "pass"
     loose = validate(d, rules={"maxNanFraction": 0.05})
     assert only(loose, "nan", "B08").status == "pass"
-    # the default is strict: no NaN at all
-    assert only(validate(d), "nan", "B08").status == "fail"
+    # the default matches chips.maxNodataFraction's default (10%)
+    assert only(validate(d), "nan", "B08").status == "pass"
+    assert only(validate(dataset(nan_b08=768)), "nan", "B08").status == "fail"  # 20%
 
 
 # --------------------------------------------------------------------------------------------------
