@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: setup crds verify-crds envtest envtest-sync samples demo test unit integration bench lock clean help
+.PHONY: setup crds verify-crds envtest envtest-sync stacapi samples demo test unit integration bench lock clean help
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 14
@@ -28,6 +28,9 @@ verify-crds: setup ## fail if crds/ or the chart's CRDs drifted from the models
 envtest: ## build (once, cached by version) kube-apiserver, etcd, kube-controller-manager, kubectl; fetch KubeRay/KServe CRDs
 	bash tests/envtest/build.sh
 
+stacapi: ## install PostgreSQL+PostGIS (apt, as root) and the STAC API server's own venv for the tests
+	bash tests/stacapi/setup.sh
+
 envtest-sync: ## after editing tests/envtest/versions.env: regenerate the envtest go.mod/go.sum
 	bash tests/envtest/sync.sh
 
@@ -41,13 +44,13 @@ demo: setup samples ## set up, then run the main example on the embedded executo
 	  if [ $$rc -eq 3 ]; then echo "demo: the embedded executor refused the kinds it cannot run yet (see above); nothing was run"; \
 	  elif [ $$rc -ne 0 ]; then exit $$rc; else $(BIN)/earthops get; fi
 
-test: setup envtest ## set up, then run the unit and integration tests (CI runs exactly this)
+test: setup envtest stacapi ## set up, then run the unit and integration tests (CI runs exactly this)
 	$(BIN)/python -m pytest -m "not bench" $(PYTEST_ARGS)
 
 unit: setup ## only the fast unit tests
 	$(BIN)/python -m pytest -m unit $(PYTEST_ARGS)
 
-integration: setup envtest ## only the integration tests (real API server, S3, ...)
+integration: setup envtest stacapi ## only the integration tests (real API server, S3, ...)
 	$(BIN)/python -m pytest -m integration $(PYTEST_ARGS)
 
 bench: setup ## benchmarks in tests/bench (each prints a ratio measured side by side)

@@ -5,4 +5,5 @@ pytest_plugins = [
     "tests.infra.pytest_s3",
     "tests.infra.pytest_samples",
     "tests.infra.pytest_ray",
+    "tests.infra.pytest_stacapi",
 ]

@@ -301,7 +301,9 @@ class Store:
                 if os.path.isdir(target) and not os.path.exists(posixpath.join(target, MARKER)):
                     for name in os.listdir(target):
                         moved = posixpath.join(self._path(staging_key), name)
-                        if not os.path.exists(moved):
+                        if os.path.exists(moved):  # the run published its own copy: that one wins
+                            self.fs.rm(posixpath.join(target, name), recursive=True)
+                        else:
                             os.rename(posixpath.join(target, name), moved)
                 # the marker goes in before the rename: the rename is the one atomic step
                 with open(posixpath.join(self._path(staging_key), MARKER), "w") as f:

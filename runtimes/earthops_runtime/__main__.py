@@ -55,7 +55,11 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except Exception as exc:  # noqa: BLE001 - any crash must end in a Failed status, with its cause
         traceback.print_exc()
-        _report_failure(reporter, type(exc).__name__, f"{type(exc).__name__}: {exc}")
+        reason = getattr(exc, "reason", None)  # SpecError and friends carry a CamelCase reason
+        if isinstance(reason, str) and reason[:1].isupper():
+            _report_failure(reporter, reason, str(exc))
+        else:
+            _report_failure(reporter, type(exc).__name__, f"{type(exc).__name__}: {exc}")
         return 1
     if reporter.status.phase not in ("Succeeded", "Failed"):
         _report_failure(reporter, "NoResults", "the entrypoint returned without reporting success")

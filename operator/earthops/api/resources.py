@@ -181,6 +181,7 @@ KINDS: dict[str, KindInfo] = {
                 PrinterColumn("Collection", ".status.collection", description="STAC collection", priority=1),
             ),
             _refs_dataset,
+            runtime="earthops_runtime.dataset:run",
         ),
         KindInfo(
             "TuningExperiment", "tuningexperiments", ("tex", "tune"), TuningExperiment, TuningExperimentSpec,

@@ -283,6 +283,14 @@ def gdal_s3_options(environ: Mapping[str, str] | None = None) -> tuple[dict[str,
     return options, secret
 
 
+def gdal_env(environ: Mapping[str, str] | None = None) -> Any:
+    """A ``rasterio.Env`` that reads ``s3://`` with the store's S3 settings (see :func:`gdal_s3_options`)."""
+    import rasterio
+
+    options, secret = gdal_s3_options(environ)
+    return rasterio.Env(session=_GdalCredentials(secret), **options)
+
+
 class _GdalCredentials(Session):
     """Hands credentials to GDAL as config options (rasterio refuses them as plain Env options and its
     own AWSSession needs boto3)."""

@@ -17,7 +17,7 @@ class Scene:
 
     id: str
     #: Asset key -> href. Band assets are keyed by the band name the spec uses (``B04``, ``HH``) once
-    #: :func:`earthops_runtime.data.sources.band_assets` mapped them; other assets keep their key.
+    #: :func:`earthops_runtime.data.sources.resolve_scenes` mapped them; other assets keep their key.
     assets: dict[str, str]
     datetime: datetime | None = None
     #: WGS84 ``(west, south, east, north)``, when known.

@@ -1,0 +1,344 @@
+"""The EODataset entrypoint: scenes -> chips -> features -> validated shards + STAC, on Ray.
+
+Driver (this process): check the spec against the data before any pixel is read (features, bands,
+validation rules), resolve the scenes, spread them over Ray tasks, follow them (progress in
+``status.json``), apply the failure budget, merge statistics and label counts, validate, and publish
+the run atomically: shards, ``stats.json``, ``validation.json``, ``summary.json``, the STAC collection
+with scene and label items, and the GeoParquet search index. Then the root catalog links the run.
+
+Tasks (Ray workers): read each scene in windows on the common grid, cut chips, drop chips by the
+nodata/cloud rules, add features, label and split each chip, write Parquet shards into the run's
+staging folder, and return their shard summary, statistics and failures.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from earthops.api import EODataset
+from earthops.store import Store
+from earthops_runtime.data.scene import Scene, SceneError, SpecError
+
+SUMMARY_FILE = "summary.json"
+FAILURES_FILE = "failures.json"
+SCENES_PER_TASK_MAX = 64
+
+
+class RunFailed(Exception):
+    """The run cannot publish (failure budget exceeded, validation failed); nothing was published."""
+
+    def __init__(self, reason: str, message: str):
+        self.reason = reason
+        super().__init__(message)
+
+
+# --- labels ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LabelPlan:
+    """How chips get their labels: the task, the class names (index order), where labels come from."""
+
+    task: str | None  # classification, multilabel, segmentation; None: unlabelled
+    classes: tuple[str, ...] = ()
+    source: str = ""  # property, raster, vector
+    property_name: str | None = None
+
+    def index_of(self, value: Any) -> int:
+        if isinstance(value, bool):
+            value = int(value)
+        if isinstance(value, (int, np.integer)) and 0 <= int(value) < len(self.classes) and \
+                str(value) not in self.classes:
+            return int(value)
+        try:
+            return self.classes.index(str(value))
+        except ValueError:
+            raise SceneError("?", f"label {value!r} is not one of the classes {list(self.classes)}") from None
+
+    def chip_labels(self, raw: Any, n: int) -> np.ndarray | None:
+        """Labels of a batch of ``n`` chips in the shard format."""
+        if self.task is None:
+            return None
+        if self.source == "property":
+            if self.task == "multilabel":
+                out = np.zeros((n, len(self.classes)), dtype=np.uint8)
+                for i, value in enumerate(raw):
+                    for v in (value if isinstance(value, (list, tuple)) else [value]):
+                        out[i, self.index_of(v)] = 1
+                return out
+            return np.asarray([self.index_of(v) for v in raw], dtype=np.int64)
+        masks = np.asarray(raw)  # (N, H, W) int32 class indices, -1 unlabelled
+        if self.task == "segmentation":
+            return np.where(masks < 0, 255, masks).astype(np.uint8)
+        # classification from a label raster: the majority class of the chip's labelled pixels
+        out = np.empty(n, dtype=np.int64)
+        for i in range(n):
+            valid = masks[i][masks[i] >= 0]
+            out[i] = np.bincount(valid).argmax() if valid.size else -1
+        return out
+
+
+def plan_labels(spec: Any, scenes: list[Scene]) -> LabelPlan:
+    labels = spec.labels
+    if labels is None:
+        return LabelPlan(None)
+    classes = tuple(labels.classes)
+    if labels.property is not None:
+        name = labels.property.name
+        missing = [s.id for s in scenes if name not in s.properties]
+        if len(missing) == len(scenes):
+            found = sorted({k for s in scenes for k in s.properties})[:30]
+            raise SpecError("spec.labels.property.name", f"no scene has the property {name!r}; properties: {found}")
+        if not classes:
+            values = [s.properties[name] for s in scenes if name in s.properties]
+            flat = [v for value in values for v in (value if isinstance(value, (list, tuple)) else [value])]
+            if flat and all(isinstance(v, (int, bool)) for v in flat):
+                classes = tuple(str(i) for i in range(int(max(flat)) + 1))
+            else:
+                classes = tuple(sorted({str(v) for v in flat}))
+        return LabelPlan(labels.task, classes, "property", name)
+    if not classes:
+        from_scenes = next((s.properties.get("earthops:classes") for s in scenes if s.properties.get("earthops:classes")),
+                           None)
+        if not from_scenes and labels.raster is not None:
+            raise SpecError("spec.labels.classes", "raster labels need class names: list them in spec.labels.classes "
+                            "(index order), or use a source whose items carry earthops:classes")
+        classes = tuple(from_scenes or ())
+    return LabelPlan(labels.task, classes, "raster" if labels.raster is not None else "vector")
+
+
+# --- tasks ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TaskResult:
+    shards: dict[str, Any] | None
+    stats: Any
+    scenes_done: list[str] = field(default_factory=list)
+    failures: list[dict[str, str]] = field(default_factory=list)
+    dropped: dict[str, int] = field(default_factory=dict)
+    chips: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def process_scenes(scenes: list[Scene], spec_wire: dict[str, Any], run_uri: str, task_index: int,
+                   labels: LabelPlan, feature_names: tuple[str, ...]) -> TaskResult:
+    """One Ray task: chips of ``scenes`` into shards under ``run_uri`` (the run's staging folder)."""
+    from earthops.api.dataset import EODatasetSpec
+    from earthops_runtime.data.chips import ChipFilter, assign_split, cut_chips, scl_cloud_mask, split_block_size_m
+    from earthops_runtime.data.features import plan_features
+    from earthops_runtime.data.readers import SceneReader
+    from earthops_runtime.data.shards import ShardWriter
+    from earthops_runtime.data.stats import DatasetStats
+
+    started = time.monotonic()
+    spec = EODatasetSpec.model_validate(spec_wire)
+    plan = plan_features(spec.bands, spec.features.indices, spec.features.sar)
+    ranges = {r.band: (r.min, r.max) for r in spec.validation.band_ranges}
+    stats = DatasetStats((spec.split.seed, task_index), ranges=ranges)
+    size = spec.chips.size
+    stride = spec.chips.stride or size
+    block_m = split_block_size_m(spec.split.block_size, size, spec.grid.resolution)
+    fractions = (spec.split.train, spec.split.validation, spec.split.test)
+    result = TaskResult(shards=None, stats=stats)
+    chip_filter = ChipFilter.from_spec(spec.chips)
+    writer = ShardWriter(Store.from_uri(run_uri), feature_names, (size, size), labels.task, labels.classes,
+                         spec.output.chips_per_shard, task_id=f"t{task_index:05d}")
+    with writer:
+        for scene in scenes:
+            try:
+                with SceneReader(scene, spec.bands, spec.grid, spec.labels) as reader:
+                    cloud = None
+                    if spec.chips.max_cloud_fraction < 1.0:
+                        if "clouds" in scene.assets:
+                            cloud = (lambda w, r=reader: r.read_asset("clouds", w, resampling="nearest") > 0)
+                        elif "SCL" in scene.assets:
+                            cloud = scl_cloud_mask(reader)
+                    for batch in cut_chips(reader, size, stride, chip_filter=chip_filter, cloud_mask=cloud):
+                        if not len(batch):
+                            continue
+                        x = plan.apply(batch.arrays)
+                        try:
+                            y = labels.chip_labels(batch.labels, len(batch))
+                        except SceneError as exc:
+                            raise SceneError(scene.id, exc.reason) from None
+                        splits = np.asarray([
+                            assign_split(spec.split.method, spec.split.seed, fractions, tuple(c), block_m, cid)
+                            for c, cid in zip(batch.centres, batch.ids, strict=True)])
+                        for split in ("train", "validation", "test"):
+                            pick = np.flatnonzero(splits == split)
+                            if not pick.size:
+                                continue
+                            ys = None if y is None else y[pick]
+                            if ys is not None and labels.task == "classification" and (ys < 0).any():
+                                keep = ys >= 0
+                                pick, ys = pick[keep], ys[keep]
+                                if not pick.size:
+                                    continue
+                            xs = x[pick]
+                            writer.write(split, xs, ys, [batch.ids[i] for i in pick], {
+                                "scene": [scene.id] * pick.size, "row": batch.rows[pick], "col": batch.cols[pick],
+                                "x": batch.centres[pick, 0], "y": batch.centres[pick, 1]})
+                            stats.update(split, xs, feature_names)
+                            if ys is not None:
+                                stats.update_labels(split, ys, task=labels.task,
+                                                    ignore_index=255 if labels.task == "segmentation" else None)
+                            result.chips[split] = result.chips.get(split, 0) + int(pick.size)
+                result.scenes_done.append(scene.id)
+            except SceneError as exc:
+                result.failures.append({"scene": scene.id, "reason": exc.reason})
+            except Exception as exc:  # noqa: BLE001 - any per-scene failure is the scene's, within the budget
+                result.failures.append({"scene": scene.id, "reason": f"{type(exc).__name__}: {exc}"})
+        for reason, count in chip_filter.counts()["dropped"].items():
+            result.dropped[reason] = result.dropped.get(reason, 0) + count
+    result.shards = writer.summary.to_dict()
+    result.seconds = time.monotonic() - started
+    return result
+
+
+# --- driver -----------------------------------------------------------------------------------------
+
+
+def _sample_scenes(name: str, count: int, seed: int) -> Path:
+    if name == "bigearthnet":
+        from earthops_runtime.samples import bigearthnet_catalog
+
+        return bigearthnet_catalog()
+    from earthops_runtime.data.synthetic import synthetic_catalog
+
+    return synthetic_catalog(name, count=count, seed=seed)
+
+
+def _with_datetime(scene: Scene) -> Scene:
+    """STAC needs a time for every item: a scene with no acquisition time (plain files) gets the
+    ingestion time, flagged as such in ``earthops:datetime_source``."""
+    if scene.datetime is not None or ("start_datetime" in scene.properties and "end_datetime" in scene.properties):
+        return scene
+    from dataclasses import replace
+    from datetime import UTC, datetime
+
+    return replace(scene, datetime=datetime.now(UTC).replace(microsecond=0),
+                   properties={**scene.properties, "earthops:datetime_source": "ingested"})
+
+
+def _batches(scenes: list[Scene], workers: int) -> list[list[Scene]]:
+    """About four tasks per worker (load balance), at most SCENES_PER_TASK_MAX scenes per task."""
+    per_task = max(1, min(SCENES_PER_TASK_MAX, -(-len(scenes) // (4 * workers))))
+    return [scenes[i:i + per_task] for i in range(0, len(scenes), per_task)]
+
+
+def run(*, resource: EODataset, store: Store, run_key: str, reporter: Any, ray_address: str | None) -> None:
+    """Entry point (see :mod:`earthops_runtime.__main__`)."""
+    from earthops_runtime.data.features import plan_features
+    from earthops_runtime.data.sources import resolve_scenes
+    from earthops_runtime.data.validation import check_spec
+
+    spec = resource.spec
+    if store.is_published(run_key):  # a rerun of a finished generation: report what it published
+        summary = store.read_json(f"{run_key}/{SUMMARY_FILE}")
+        reporter.report("Succeeded", done=summary["scenes"]["total"], total=summary["scenes"]["total"],
+                        unit="scenes", message="already published", results=summary["results"])
+        return
+    plan = plan_features(spec.bands, spec.features.indices, spec.features.sar)
+    check_spec(spec.validation, plan.names)
+    reporter.report("Running", message="resolving scenes", unit="scenes")
+    scenes = resolve_scenes(spec.source, spec.bands, sample_scenes=_sample_scenes)
+    if spec.source.sample is not None:
+        scenes = scenes[: spec.source.sample.count]
+    scenes = [_with_datetime(s) for s in scenes]
+    labels = plan_labels(spec, scenes)
+    reporter.report(done=0, total=len(scenes), message=f"{len(scenes)} scenes")
+
+    try:
+        result = _process(resource, store, run_key, reporter, ray_address, scenes, labels, plan.names)
+    except RunFailed as exc:
+        reporter.report("Failed", reason=exc.reason, message=str(exc))
+        return
+    from earthops_runtime.catalog.dataset import update_root_catalog
+
+    update_root_catalog(store, f"{run_key}/stac/collection.json", title=f"EODataset {resource.namespace}/{resource.name}")
+    reporter.report("Succeeded", message=result["message"], results=result["results"])
+
+
+def _process(resource: EODataset, store: Store, run_key: str, reporter: Any, ray_address: str | None,
+             scenes: list[Scene], labels: LabelPlan, names: tuple[str, ...]) -> dict[str, Any]:
+    from earthops_runtime import raycluster
+    from earthops_runtime.catalog.dataset import write_dataset_catalog
+    from earthops_runtime.data.shards import write_index
+    from earthops_runtime.data.stats import merge_all
+    from earthops_runtime.data.validation import validate
+
+    spec = resource.spec
+    ray = raycluster.connect(ray_address)
+    started = time.monotonic()
+    with store.publish(run_key) as run:
+        task = ray.remote(num_cpus=1, max_retries=1)(process_scenes)
+        spec_ref = ray.put(spec.wire())
+        pending = {task.remote(batch, spec_ref, run.uri, i, labels, names): len(batch)
+                   for i, batch in enumerate(_batches(scenes, raycluster.cpus(ray)))}
+        results: list[TaskResult] = []
+        done = 0
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            done += pending.pop(ready[0])
+            results.append(ray.get(ready[0]))
+            failed = sum(len(r.failures) for r in results)
+            reporter.report(done=done, message=f"{done}/{len(scenes)} scenes, {failed} failed")
+        failures = [f for r in results for f in r.failures]
+        if len(failures) > spec.validation.max_failed_scene_fraction * len(scenes) or len(failures) == len(scenes):
+            shown = "; ".join(f"{f['scene']}: {f['reason']}" for f in failures[:3])
+            raise RunFailed("TooManyFailedScenes", f"{len(failures)} of {len(scenes)} scenes failed (budget "
+                            f"{spec.validation.max_failed_scene_fraction:.0%}): {shown}")
+        stats = merge_all(r.stats for r in results)
+        stats_dict = stats.to_dict()
+        report = validate(stats_dict, stats_dict.get("labels"), spec.validation, list(labels.classes))
+        store.write_json(f"{run_key}/validation.json", report.to_dict())  # kept beside status.json either way
+        if not report.passed:
+            raise RunFailed("ValidationFailed", f"validation failed (policy fail): {report.message()}; report: "
+                            f"{store.url(run_key + '/validation.json')}")
+        index = write_index(run, [r.shards for r in results if r.shards])
+        chips = {s: sum(r.chips.get(s, 0) for r in results) for s in ("train", "validation", "test")}
+        dropped: dict[str, int] = {}
+        for r in results:
+            for k, v in r.dropped.items():
+                dropped[k] = dropped.get(k, 0) + v
+        run.write_json("stats.json", stats_dict)
+        run.write_json(FAILURES_FILE, failures)
+        good = [s for s in scenes if s.id not in {f["scene"] for f in failures}]
+        catalog = write_dataset_catalog(
+            run, namespace=resource.namespace, name=resource.name, run_id=run_key.rsplit("/", 1)[-1], scenes=good,
+            summary={"chips": chips, "bands": list(spec.bands), "title": f"EODataset {resource.name}"},
+            stats=stats_dict, validation=report.to_dict(), classes=list(labels.classes), label_task=labels.task,
+            features={"bands": list(spec.bands), "indices": list(spec.features.indices), "sar": list(spec.features.sar),
+                      "names": list(names)},
+            label_property=labels.property_name,
+        )
+        results_status = {
+            "scenes": {"total": len(scenes), "processed": len(scenes) - len(failures), "failed": len(failures)},
+            "chips": chips,
+            "validation": report.summary(),
+            "collection": store.url(f"{run_key}/{catalog['collection']}"),
+        }
+        elapsed = time.monotonic() - started
+        summary = {
+            "results": results_status,
+            "scenes": results_status["scenes"],
+            "features": list(names),
+            "classes": list(labels.classes),
+            "labelTask": labels.task,
+            "droppedChips": dropped,
+            "shards": {"files": len(index.files) if hasattr(index, "files") else None},
+            "seconds": round(elapsed, 3),
+            "taskSeconds": round(sum(r.seconds for r in results), 3),
+        }
+        run.write_json(SUMMARY_FILE, summary)
+    total_chips = sum(chips.values())
+    return {"results": results_status,
+            "message": f"{total_chips} chips from {len(scenes) - len(failures)} scenes in {elapsed:.1f} s"
+                       + (f"; {len(failures)} scenes skipped" if failures else "")}
+

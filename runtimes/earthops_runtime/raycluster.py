@@ -1,0 +1,42 @@
+"""Connecting a runtime entrypoint to Ray: the RayJob's cluster, a given address, or a local Ray."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Any
+
+#: Object store of an embedded local Ray: small, so /dev/shm is not filled on a laptop or CI box.
+LOCAL_OBJECT_STORE_BYTES = 256 * 1024 * 1024
+
+
+def connect(ray_address: str | None) -> Any:
+    """``ray`` connected to: ``ray_address``; else the cluster the RayJob runs on (``RAY_ADDRESS``,
+    set by KubeRay); else a new local Ray on loopback with this machine's CPUs
+    (``EARTHOPS_RAY_NUM_CPUS`` to limit them). Idempotent within a process."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    import ray
+
+    if ray.is_initialized():
+        return ray
+    if ray_address or os.environ.get("RAY_ADDRESS"):
+        ray.init(address=ray_address or os.environ["RAY_ADDRESS"], configure_logging=False, log_to_driver=False)
+        return ray
+    # a local Ray for embedded mode: no token auth and no dashboard (nothing to reach from outside)
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    num_cpus = int(os.environ.get("EARTHOPS_RAY_NUM_CPUS") or os.cpu_count() or 1)
+    ray.init(
+        num_cpus=num_cpus,
+        include_dashboard=False,
+        object_store_memory=LOCAL_OBJECT_STORE_BYTES,
+        _node_ip_address="127.0.0.1",
+        _temp_dir=os.path.join(tempfile.gettempdir(), "earthops-ray"),
+        configure_logging=False,
+        log_to_driver=False,
+    )
+    return ray
+
+
+def cpus(ray: Any) -> int:
+    return max(1, int(ray.cluster_resources().get("CPU", 1)))
