@@ -3,49 +3,24 @@ RBAC (a ServiceAccount token, not admin), liveness, metrics, namespace scoping, 
 
 import signal
 import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.infra.proc import free_port, log_tail, spawn, stop, wait_for
+from tests.infra.operator import running_operator
+from tests.infra.proc import log_tail, wait_for
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
-RBAC_KINDS = {"ServiceAccount", "Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding"}
-
-
-def _get(url: str) -> tuple[int, str]:
-    with urllib.request.urlopen(url, timeout=5) as r:
-        return r.status, r.read().decode()
 
 
 @pytest.fixture
 def operator(kube_apiserver, kube_namespace, tmp_path):
-    from tests.infra.tools import helm
-
-    rendered = subprocess.run(
-        [str(helm()), "template", "earthops", str(ROOT / "charts/earthops"), "--namespace", kube_namespace,
-         "--set", f"watch.namespaces={{{kube_namespace}}}"],
-        capture_output=True, text=True, check=True).stdout
-    rbac = [d for d in yaml.safe_load_all(rendered) if d and d["kind"] in RBAC_KINDS]
-    kube_apiserver.apply(rbac, namespace=kube_namespace)
-    account = next(d["metadata"]["name"] for d in rbac if d["kind"] == "ServiceAccount")
-    token = kube_apiserver.service_account_token(kube_namespace, account, create=False)
-    kubeconfig = kube_apiserver.write_kubeconfig(tmp_path / "operator.kubeconfig", user=account, token=token)
-    live, metrics = free_port(), free_port()
-    log = tmp_path / "operator.log"
-    proc = spawn([sys.executable, "-m", "earthops.cli", "operator", "--namespace", kube_namespace, "--standalone",
-                  "--liveness-port", str(live), "--metrics-port", str(metrics), "--store", tmp_path.as_uri(),
-                  "--log-format", "text"],
-                 log_path=log, env={**__import__("os").environ, "KUBECONFIG": str(kubeconfig)})
-    wait_for(lambda: _get(f"http://127.0.0.1:{live}/healthz")[0] == 200, timeout=60, what="earthops operator",
-             proc=proc, log_path=log)
-    yield {"proc": proc, "live": live, "metrics": metrics, "log": log, "namespace": kube_namespace}
-    stop(proc)
+    with running_operator(kube_apiserver, kube_namespace, tmp_path, tmp_path.as_uri()) as op:
+        yield {"proc": op.proc, "live": op.live_port, "metrics": op.metrics_port, "log": op.log,
+               "namespace": kube_namespace, "op": op}
 
 
 UNSUPPORTED = "examples/ship-iceberg/04-deployment.yaml"  # ModelDeployment: no runtime in this version
@@ -90,7 +65,7 @@ def test_the_operator_answers_for_its_kinds_with_least_privilege(kube_apiserver,
     time.sleep(3)
     assert _status(kube_apiserver, other, NAME) == {}
 
-    code, text = _get(f"http://127.0.0.1:{operator['metrics']}/metrics")
+    code, text = operator["op"].get("/metrics")
     assert code == 200
     assert f'earthops_reconcile_total{{kind="{KIND}",result="unsupported"}}' in text
     assert "earthops_operator_info" in text

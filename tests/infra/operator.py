@@ -1,0 +1,67 @@
+"""Run ``earthops operator`` for real against the test API server, as the Helm chart's ServiceAccount
+(the chart's own least-privilege RBAC, not admin), with its liveness and metrics endpoints."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tests.infra.proc import free_port, spawn, stop, wait_for
+
+ROOT = Path(__file__).resolve().parents[2]
+RBAC_KINDS = {"ServiceAccount", "Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding"}
+
+
+@dataclass
+class OperatorProcess:
+    proc: subprocess.Popen[bytes]
+    namespace: str
+    live_port: int
+    metrics_port: int
+    log: Path
+
+    def get(self, path: str) -> tuple[int, str]:
+        port = self.live_port if path == "/healthz" else self.metrics_port
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+            return r.status, r.read().decode()
+
+
+def install_chart_rbac(kube: Any, namespace: str) -> str:
+    """Render the chart for ``namespace`` and apply its RBAC objects; the ServiceAccount's name."""
+    from tests.infra.tools import helm
+
+    rendered = subprocess.run(
+        [str(helm()), "template", "earthops", str(ROOT / "charts/earthops"), "--namespace", namespace,
+         "--set", f"watch.namespaces={{{namespace}}}"],
+        capture_output=True, text=True, check=True).stdout
+    rbac = [d for d in yaml.safe_load_all(rendered) if d and d["kind"] in RBAC_KINDS]
+    kube.apply(rbac, namespace=namespace)
+    return next(d["metadata"]["name"] for d in rbac if d["kind"] == "ServiceAccount")
+
+
+@contextlib.contextmanager
+def running_operator(kube: Any, namespace: str, workdir: Path, store_uri: str) -> Iterator[OperatorProcess]:
+    account = install_chart_rbac(kube, namespace)
+    token = kube.service_account_token(namespace, account, create=False)
+    kubeconfig = kube.write_kubeconfig(workdir / "operator.kubeconfig", user=account, token=token)
+    live, metrics = free_port(), free_port()
+    log = workdir / "operator.log"
+    proc = spawn([sys.executable, "-m", "earthops.cli", "operator", "--namespace", namespace, "--standalone",
+                  "--liveness-port", str(live), "--metrics-port", str(metrics), "--store", store_uri,
+                  "--log-format", "text"],
+                 log_path=log, env={**os.environ, "KUBECONFIG": str(kubeconfig)})
+    op = OperatorProcess(proc, namespace, live, metrics, log)
+    try:
+        wait_for(lambda: op.get("/healthz")[0] == 200, timeout=60, what="earthops operator", proc=proc, log_path=log)
+        yield op
+    finally:
+        stop(proc)
