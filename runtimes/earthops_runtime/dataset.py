@@ -13,6 +13,7 @@ staging folder, and return their shard summary, statistics and failures.
 
 from __future__ import annotations
 
+import resource
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -124,6 +125,7 @@ class TaskResult:
     dropped: dict[str, int] = field(default_factory=dict)
     chips: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
+    peak_memory_mib: float = 0.0
 
 
 def process_scenes(scenes: list[Scene], spec_wire: dict[str, Any], run_uri: str, task_index: int,
@@ -198,6 +200,7 @@ def process_scenes(scenes: list[Scene], spec_wire: dict[str, Any], run_uri: str,
             result.dropped[reason] = result.dropped.get(reason, 0) + count
     result.shards = writer.summary.to_dict()
     result.seconds = time.monotonic() - started
+    result.peak_memory_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # the worker's peak RSS
     return result
 
 
@@ -335,6 +338,7 @@ def _process(resource: EODataset, store: Store, run_key: str, reporter: Any, ray
             "shards": {"files": len(index.files) if hasattr(index, "files") else None},
             "seconds": round(elapsed, 3),
             "taskSeconds": round(sum(r.seconds for r in results), 3),
+            "peakWorkerMemoryMiB": round(max(r.peak_memory_mib for r in results), 1),
         }
         run.write_json(SUMMARY_FILE, summary)
     total_chips = sum(chips.values())

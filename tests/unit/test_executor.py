@@ -34,7 +34,7 @@ def test_order_refuses_dangling_references_and_cycles():
 def test_unbuilt_kinds_are_refused_before_anything_runs(tmp_path):
     executor = Executor(Store.from_uri(tmp_path.as_uri()))
     resources = load_manifests([ROOT / "examples/ship-iceberg"])
-    with pytest.raises(Unsupported, match="cannot run .*EODataset.* refused before running anything"):
+    with pytest.raises(Unsupported, match="cannot run .*TuningExperiment.* refused before running anything"):
         executor.check_supported(resources)
     assert stored_resources(executor.store) == []
 

@@ -1,0 +1,115 @@
+"""Preparation throughput of EODataset against the raw read limit, measured side by side.
+
+4 synthetic Sentinel-2 scenes of 5490 x 5490 px (a full S2 tile at 10 m), 4 bands at 10 m, 2 Ray
+workers. The raw limit: the same files read with rasterio in the same 512 x 512 windows by the same 2
+workers, with no processing. The pipeline: the real EODataset entrypoint (grid, chips, NDVI, split,
+Parquet shards, statistics, validation, STAC, index, atomic publication). Printed: MB/s and chips/s of
+both, their ratio (goal >= 0.7) and the peak memory per worker.
+
+Run with ``make bench`` (or ``pytest -m bench -s tests/bench/test_bench_prepare.py``).
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.bench
+
+SCENES, SIZE, BANDS, WINDOW, CHIP = 4, 5490, ["B02", "B03", "B04", "B08"], 512, 256
+
+
+def _scenes(cache: Path) -> Path:
+    from earthops_runtime.data.synthetic import generate_s2_landcover
+
+    out = cache / f"bench-s2-{SCENES}x{SIZE}"
+    if not (out / "catalog.json").exists():
+        tmp = cache / f".tmp-bench-s2-{os.getpid()}"
+        generate_s2_landcover(tmp, count=SCENES, seed=11, size=SIZE)
+        tmp.rename(out)
+    return out / "catalog.json"
+
+
+def _raw_read(paths: list[str]) -> tuple[int, float]:
+    """Read every band of one scene window by window; bytes read and this worker's peak RSS (MiB)."""
+    import rasterio
+    from rasterio.windows import Window
+
+    total = 0
+    for path in paths:
+        with rasterio.open(path) as src:
+            for row in range(0, src.height, WINDOW):
+                for col in range(0, src.width, WINDOW):
+                    a = src.read(1, window=Window(col, row, min(WINDOW, src.width - col), min(WINDOW, src.height - row)))
+                    total += a.nbytes
+    return total, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def test_preparation_throughput_against_raw_reads(tmp_path):
+    os.environ["EARTHOPS_RAY_NUM_CPUS"] = "2"
+    from earthops.api import parse_resource
+    from earthops.store import Store
+    from earthops_runtime import raycluster
+    from earthops_runtime.reporting import Reporter
+    from earthops_runtime.dataset import run
+    from earthops_runtime.samples import default_cache_dir
+
+    t0 = time.monotonic()
+    catalog = _scenes(default_cache_dir())
+    print(f"\nscenes ready in {time.monotonic() - t0:.1f} s: {catalog}")
+
+    import pystac
+
+    items = list(pystac.Catalog.from_file(str(catalog)).get_items(recursive=True))
+    band_files = [[item.assets[b].get_absolute_href() for b in BANDS] for item in items]
+    ray = raycluster.connect(None)
+    raw_task = ray.remote(num_cpus=1)(_raw_read)
+    ray.get([raw_task.remote([]) for _ in range(2)])  # warm the two workers
+
+    t = time.monotonic()
+    raw = ray.get([raw_task.remote(files) for files in band_files])
+    raw_s = time.monotonic() - t
+    raw_bytes = sum(b for b, _ in raw)
+    # what the pipeline reads: the same pixels as float32 reflectance
+    spec = {
+        "apiVersion": "earthops.dev/v1alpha1", "kind": "EODataset",
+        "metadata": {"name": "bench", "namespace": "bench", "generation": 1},
+        "spec": {
+            "source": {"catalog": {"href": str(catalog), "maxItems": SCENES}},
+            "bands": BANDS, "grid": {"resolution": 10},
+            "labels": {"task": "segmentation", "raster": {"asset": "labels"},
+                       "classes": ["water", "forest", "grassland", "cropland", "urban", "bare_soil"]},
+            "chips": {"size": CHIP, "maxNodataFraction": 0.5},
+            "features": {"indices": ["NDVI"]},
+            "validation": {"policy": "warn", "maxNanFraction": 1.0},
+            "split": {"method": "spatial-blocks", "blockSize": 4},
+        },
+    }
+    store = Store.from_uri(tmp_path.as_uri())
+    resource_ = parse_resource(spec)
+    reporter = Reporter(store, "datasets/bench/bench/g1", "g1", 1)
+    t = time.monotonic()
+    run(resource=resource_, store=store, run_key="datasets/bench/bench/g1", reporter=reporter, ray_address=None)
+    prep_s = time.monotonic() - t
+    assert reporter.status.phase == "Succeeded", reporter.status.message
+    summary = store.read_json("datasets/bench/bench/g1/summary.json")
+    chips = sum(reporter.status.results["chips"].values())
+    peak = max(m for _, m in raw)
+
+    mb = raw_bytes / 1e6
+    rows = [
+        ("raw windowed reads (uint16, no processing)", raw_s, mb / raw_s, None),
+        ("EODataset preparation (grid, chips, NDVI, shards, stats, STAC)", prep_s, mb / prep_s, chips / prep_s),
+    ]
+    print(f"\n{SCENES} scenes x {SIZE}x{SIZE} px x {len(BANDS)} bands = {mb:.0f} MB of pixels, 2 Ray workers")
+    print(f"{'':66s} {'seconds':>8s} {'MB/s':>8s} {'chips/s':>8s}")
+    for name, s, mbs, cps in rows:
+        print(f"{name:66s} {s:8.1f} {mbs:8.1f} {cps if cps is None else round(cps, 1)!s:>8s}")
+    print(f"ratio preparation / raw limit: {rows[1][2] / rows[0][2]:.2f}   (goal >= 0.7)")
+    print(f"chips: {chips}; pipeline task time {summary['taskSeconds']:.1f} s; peak memory per worker: "
+          f"pipeline {summary['peakWorkerMemoryMiB']:.0f} MiB, raw reads {peak:.0f} MiB")
+    ray.shutdown()
