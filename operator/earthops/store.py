@@ -68,7 +68,8 @@ def credentials(env: dict[str, str] | None = None) -> dict[str, str]:
     return out
 
 
-def _s3_filesystem(creds: dict[str, str]) -> fsspec.AbstractFileSystem:
+def s3_filesystem(creds: dict[str, str]) -> fsspec.AbstractFileSystem:
+    """An s3fs filesystem for these settings (see :func:`credentials`): the one way earthops opens S3."""
     import s3fs
 
     client_kwargs: dict[str, Any] = {}
@@ -138,7 +139,7 @@ class Store:
             if not parsed.netloc:
                 raise StoreError(f"store {uri}: no bucket named (expected s3://bucket/prefix)")
             root = f"{parsed.netloc}{parsed.path}".rstrip("/")
-            return cls(f"s3://{root}", _s3_filesystem(credentials(env)), root)
+            return cls(f"s3://{root}", s3_filesystem(credentials(env)), root)
         raise StoreError(f"store {uri}: unsupported scheme {parsed.scheme!r}; accepted: file://, s3://")
 
     # --- keys -------------------------------------------------------------------------------------

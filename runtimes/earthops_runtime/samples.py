@@ -36,14 +36,13 @@ import shutil
 import subprocess
 import sys
 import tarfile
-import uuid
 import zipfile
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from filelock import FileLock
+from earthops_runtime.cache import MARKER, cached_entry, valid
 
 PACKAGE = "bigearthnet-common"
 VERSION = "2.8.0"
@@ -60,7 +59,6 @@ S1_COLLECTION = "bigearthnet-s1-example"
 CATALOG_ID = "bigearthnet-example"
 LABELS_PROPERTY = "bigearthnet:labels"
 
-MARKER = ".earthops-cache.json"
 _DATA_KIND = "bigearthnet-data"
 _CATALOG_KIND = "bigearthnet-stac"
 _LAYOUT = 1  # bump when the cached layout or the catalog content changes: old entries get rebuilt
@@ -130,63 +128,16 @@ def acquisition_time(labels: Mapping[str, Any]) -> datetime:
 # Cache entries: validity check, lock, atomic publication
 
 
+def _identity(kind: str) -> dict[str, Any]:
+    return {"kind": kind, "package": f"{PACKAGE}=={VERSION}", "wheel_sha256": WHEEL_SHA256, "layout": _LAYOUT}
+
+
 def _cached(cache: Path, name: str, kind: str, build: Callable[[Path], None]) -> Path:
-    final = cache / name
-    if _valid(final, kind):
-        return final
-    cache.mkdir(parents=True, exist_ok=True)
-    with FileLock(cache / f".{name}.lock"):
-        if _valid(final, kind):  # built by another process while we waited
-            return final
-        for stale in cache.glob(f".{name}.tmp-*"):  # left by killed runs; we hold the lock
-            shutil.rmtree(stale, ignore_errors=True)
-        work = cache / f".{name}.tmp-{uuid.uuid4().hex[:12]}"
-        tree = work / name
-        tree.mkdir(parents=True)
-        try:
-            build(tree)
-            _write_marker(tree, kind)
-            if final.exists() or final.is_symlink():  # invalid entry: move it aside, then replace
-                os.rename(final, work / "replaced")
-            os.rename(tree, final)
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
-    return final
-
-
-def _files(tree: Path) -> dict[str, int]:
-    return {p.relative_to(tree).as_posix(): p.stat().st_size
-            for p in sorted(tree.rglob("*")) if p.is_file() and p.name != MARKER}
-
-
-def _write_marker(tree: Path, kind: str) -> None:
-    marker = {"kind": kind, "package": f"{PACKAGE}=={VERSION}", "wheel_sha256": WHEEL_SHA256,
-              "layout": _LAYOUT, "created": datetime.now(UTC).isoformat(), "files": _files(tree)}
-    tmp = tree / f"{MARKER}.tmp"
-    tmp.write_text(json.dumps(marker, indent=1, sort_keys=True))
-    os.replace(tmp, tree / MARKER)
+    return cached_entry(cache, name, _identity(kind), build)
 
 
 def _valid(entry: Path, kind: str) -> bool:
-    try:
-        if entry.is_symlink() or not entry.is_dir():
-            return False
-        marker = json.loads((entry / MARKER).read_text())
-        identity = (marker.get("kind"), marker.get("layout"), marker.get("wheel_sha256"))
-        if identity != (kind, _LAYOUT, WHEEL_SHA256):
-            return False
-        files = marker["files"]
-        if not files:
-            return False
-        for rel, size in files.items():
-            path = entry / rel
-            if path.is_symlink() or path.stat().st_size != size:
-                return False
-        return True
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return False
-
-
+    return valid(entry, _identity(kind))
 
 
 # --------------------------------------------------------------------------------------------------

@@ -250,7 +250,7 @@ def raster_bands(ds: rasterio.io.DatasetReader, spec: RasterAssetSpec | None = N
         unit = spec.unit if spec and spec.unit is not None else (ds.units[i] or None)
         band = RasterBand.create(
             data_type=_data_type(ds.dtypes[i]),
-            nodata=_json_number(nodata) if nodata is not None else None,
+            nodata=json_number(nodata) if nodata is not None else None,
             unit=unit,
             scale=float(scale) if scale is not None and scale != 1 else None,
             offset=float(offset) if offset is not None and offset != 0 else None,
@@ -262,7 +262,7 @@ def raster_bands(ds: rasterio.io.DatasetReader, spec: RasterAssetSpec | None = N
     return bands
 
 
-def _json_number(v: float) -> float | int | str:
+def json_number(v: float) -> float | int | str:
     if isinstance(v, float) and math.isnan(v):
         return "nan"
     if isinstance(v, float) and math.isinf(v):

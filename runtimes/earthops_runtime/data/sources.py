@@ -84,6 +84,7 @@ import fsspec
 import pystac
 from pystac.utils import make_absolute_href
 
+from earthops_runtime.catalog import stac
 from earthops_runtime.data.scene import Scene, SceneError, SpecError
 
 if TYPE_CHECKING:
@@ -207,30 +208,14 @@ _S3_FILESYSTEMS: dict[tuple[Any, ...], fsspec.AbstractFileSystem] = {}
 def _s3_filesystem() -> fsspec.AbstractFileSystem:
     """An S3 filesystem for the current credentials, reused by this process while they stay the same
     (a new one costs 0.2-0.5 s before its first answer). Not shared across fork: the pid is in the key."""
-    from earthops.store import credentials
+    from earthops.store import credentials, s3_filesystem
 
     creds = credentials()
     key = (os.getpid(), *sorted(creds.items()))
     fs = _S3_FILESYSTEMS.get(key)
     if fs is None:
-        fs = _S3_FILESYSTEMS[key] = _new_s3_filesystem(creds)
+        fs = _S3_FILESYSTEMS[key] = s3_filesystem(creds)
     return fs
-
-
-def _new_s3_filesystem(creds: Mapping[str, str]) -> fsspec.AbstractFileSystem:
-    import s3fs
-
-    client_kwargs: dict[str, Any] = {}
-    if creds.get("AWS_ENDPOINT_URL"):
-        client_kwargs["endpoint_url"] = creds["AWS_ENDPOINT_URL"]
-    if creds.get("AWS_REGION"):
-        client_kwargs["region_name"] = creds["AWS_REGION"]
-    return s3fs.S3FileSystem(
-        key=creds.get("AWS_ACCESS_KEY_ID"), secret=creds.get("AWS_SECRET_ACCESS_KEY"),
-        token=creds.get("AWS_SESSION_TOKEN"), client_kwargs=client_kwargs, skip_instance_cache=True,
-        use_listings_cache=False,
-        config_kwargs={"retries": {"max_attempts": 3, "mode": "standard"}, "connect_timeout": 5,
-                       "read_timeout": 30})
 
 
 class _Filesystems:
@@ -794,7 +779,7 @@ def _file_scene_item(scene_id: str, members: list[tuple[str, _FileInfo]]) -> dic
             if offset != 0.0:
                 entry["raster:offset"] = offset
             if nodata is not None:
-                entry["nodata"] = _json_number(nodata)
+                entry["nodata"] = stac.json_number(nodata)
             entries.append(entry)
         assets[key] = {"href": info.uri, "type": "image/tiff; application=geotiff", "roles": ["data"],
                        "bands": entries}
@@ -815,14 +800,6 @@ def _file_scene_item(scene_id: str, members: list[tuple[str, _FileInfo]]) -> dic
     return {"type": "Feature", "id": scene_id, "bbox": bbox,
             "geometry": _bbox_polygon(bbox) if bbox else None, "properties": props, "assets": assets,
             "links": []}
-
-
-def _json_number(v: float) -> float | int | str:
-    if isinstance(v, float) and math.isnan(v):
-        return "nan"
-    if isinstance(v, float) and math.isinf(v):
-        return "inf" if v > 0 else "-inf"
-    return int(v) if float(v).is_integer() else float(v)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -63,8 +63,6 @@ import dataclasses
 import json
 import math
 import os
-import shutil
-import uuid
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -75,10 +73,10 @@ from typing import Any
 import numpy as np
 import pystac
 import rasterio
-from filelock import FileLock
 from rasterio.crs import CRS
 from rasterio.transform import Affine
 
+from earthops_runtime.cache import MARKER, cached_entry, valid
 from earthops_runtime.catalog import stac
 from earthops_runtime.samples import default_cache_dir
 
@@ -115,7 +113,6 @@ S2_SCENE_SIZE = 1098
 
 S2_PROCESSING_BASELINE = "05.10"
 LABELS_NODATA = 255
-MARKER = ".earthops-cache.json"
 _LICENSE = "CC0-1.0"
 _PROVIDERS = (pystac.Provider("earthops (synthetic data generator)", roles=[pystac.ProviderRole.PRODUCER]),)
 
@@ -877,59 +874,9 @@ def synthetic_catalog(name: str, *, count: int, seed: int, cache_dir: Path | Non
 
 
 def _cached(cache: Path, name: str, identity: Mapping[str, Any], build: Callable[[Path], Any]) -> Path:
-    """The cache entry ``cache/name``: returned at once when valid, else built under the lock in a
-    temporary folder and renamed into place with its marker (the convention of
-    :mod:`earthops_runtime.samples`)."""
-    final = cache / name
-    if _valid(final, identity):
-        return final
-    cache.mkdir(parents=True, exist_ok=True)
-    with FileLock(cache / f".{name}.lock"):
-        if _valid(final, identity):  # built by another process while we waited
-            return final
-        for stale in cache.glob(f".{name}.tmp-*"):  # left by killed runs; we hold the lock
-            shutil.rmtree(stale, ignore_errors=True)
-        work = cache / f".{name}.tmp-{uuid.uuid4().hex[:12]}"
-        tree = work / name
-        tree.mkdir(parents=True)
-        try:
-            build(tree)
-            _write_marker(tree, identity)
-            if final.exists() or final.is_symlink():  # invalid entry: move it aside, then replace
-                os.rename(final, work / "replaced")
-            os.rename(tree, final)
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
-    return final
-
-
-def _files(tree: Path) -> dict[str, int]:
-    return {p.relative_to(tree).as_posix(): p.stat().st_size
-            for p in sorted(tree.rglob("*")) if p.is_file() and p.name != MARKER}
-
-
-def _write_marker(tree: Path, identity: Mapping[str, Any]) -> None:
-    marker = {**identity, "created": datetime.now(UTC).isoformat(), "files": _files(tree)}
-    tmp = tree / f"{MARKER}.tmp"
-    tmp.write_text(json.dumps(marker, indent=1, sort_keys=True))
-    os.replace(tmp, tree / MARKER)
+    return cached_entry(cache, name, identity, build, required=("catalog.json",))
 
 
 def _valid(entry: Path, identity: Mapping[str, Any]) -> bool:
-    try:
-        if entry.is_symlink() or not entry.is_dir():
-            return False
-        marker = json.loads((entry / MARKER).read_text())
-        if any(marker.get(k) != v for k, v in identity.items()):
-            return False
-        files = marker["files"]
-        if not files or "catalog.json" not in files:
-            return False
-        for rel, size in files.items():
-            path = entry / rel
-            if path.is_symlink() or path.stat().st_size != size:
-                return False
-        return True
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return False
+    return valid(entry, identity, required=("catalog.json",))
 
