@@ -285,6 +285,8 @@ class Store:
             raise StoreError(f"publish {self.url(run_key)}: already published; published runs are immutable")
         staging_key = f"{STAGING}/{uuid.uuid4().hex}"
         staging = Store(self.url(staging_key), self.fs, self._path(staging_key))
+        if self.is_local:
+            os.makedirs(self._path(staging_key))  # a run that writes nothing still publishes (its marker)
         try:
             yield staging
             self._promote(staging_key, run_key)

@@ -184,7 +184,7 @@ def process_scenes(scenes: list[Scene], spec_wire: dict[str, Any], run_uri: str,
                                     continue
                             xs = x[pick]
                             writer.write(split, xs, ys, [batch.ids[i] for i in pick], {
-                                "scene": [scene.id] * pick.size, "row": batch.rows[pick], "col": batch.cols[pick],
+                                "scene_id": [scene.id] * pick.size, "row": batch.rows[pick], "col": batch.cols[pick],
                                 "x": batch.centres[pick, 0], "y": batch.centres[pick, 1]})
                             stats.update(split, xs, feature_names)
                             if ys is not None:

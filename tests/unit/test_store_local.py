@@ -108,3 +108,9 @@ def test_credentials_from_a_mounted_secret_override_the_environment(tmp_path):
     assert credentials(env) == {"AWS_ACCESS_KEY_ID": "from-secret", "AWS_SECRET_ACCESS_KEY": "s3cr3t", "AWS_REGION": "eu-north-1"}
     with pytest.raises(StoreError, match="no such folder"):
         credentials({"EARTHOPS_STORE_CREDENTIALS_DIR": str(tmp_path / "nope")})
+
+
+def test_an_empty_run_still_publishes(store):
+    with store.publish("datasets/ns/empty/g1"):
+        pass
+    assert store.runs("datasets/ns/empty") == ["g1"]

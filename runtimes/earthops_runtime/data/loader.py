@@ -14,14 +14,18 @@ into contiguous chip ranges: first one per distributed rank, then one per DataLo
 rank (:func:`plan_segments`, a pure function). A range may start or end inside a row group, so ranks
 get equal counts (``equal_ranks``: the last ``total % world_size`` chips of the permuted order are
 dropped, as DDP needs the same number of batches everywhere) and workers differ by at most one chip.
-Each worker then shuffles within a buffer of ``shuffle_buffer`` chips, seeded by (seed, epoch,
-rank, worker): the whole order is deterministic for a given (seed, epoch, world size, workers).
-Call :meth:`ChipDataset.set_epoch` before each epoch, as with ``DistributedSampler``; every rank
-must use the same seed.
+Each worker then shuffles within a pool of about ``shuffle_buffer`` chips made of whole row groups
+(:func:`shuffle_pool`), seeded by (seed, epoch, rank, worker): the order is deterministic for a
+given (seed, epoch, world size, workers). Call :meth:`ChipDataset.set_epoch` before each epoch, as
+with ``DistributedSampler`` (with ``persistent_workers=True`` the workers keep the epoch they
+started with); every rank must use the same seed.
 
-Reading overlaps the consumer: ``prefetch`` row groups are read and decoded ahead in threads
-(pyarrow releases the GIL while decompressing). Memory per worker is about ``prefetch`` row groups
-plus the shuffle buffer (default: about 256 MiB of decoded chips).
+Memory and copies. A row group is decoded once into one float32 array (normalised in place); the
+chips yielded are views of it, not copies (the default collate stacks them into a new batch, so
+nothing outlives the batch). Keep a chip beyond that with ``.clone()``, or it keeps its row group
+alive. ``prefetch`` row groups are read and decoded ahead in threads (pyarrow releases the GIL),
+so per worker about ``prefetch`` + ``shuffle_buffer / rows per group`` row groups are held (by
+default about 128 MiB of decoded chips for the pool).
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ import math
 import os
 import pickle
 from collections import deque
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -50,7 +54,7 @@ from earthops_runtime.data.shards import (
 )
 
 Normalization = tuple[Any, Any] | Mapping[str, Any]
-_BUFFER_BYTES = 256 << 20
+_BUFFER_BYTES = 128 << 20
 
 
 # --- decisions (pure) ---------------------------------------------------------------------------
@@ -96,24 +100,47 @@ def plan_segments(
     return out
 
 
-def shuffle_buffered(items: Iterator[Any], size: int, rng: np.random.Generator) -> Iterator[Any]:
-    """Yield ``items`` in an order shuffled within a buffer of ``size`` items."""
-    buf: list[Any] = []
-    draws = np.empty(0, dtype=np.int64)
+def shuffle_pool(batches: Iterable[Sequence[Any]], size: int, rng: np.random.Generator) -> Iterator[Any]:
+    """Yield the items of ``batches`` shuffled within a pool of about ``size`` items.
+
+    The pool holds whole batches: ``ceil(size / longest batch so far)`` of them (at least one). Each step
+    yields an item drawn uniformly from the pool; a batch that runs out is replaced by the next one.
+    Memory is bounded by those batches, where a reservoir of single items would keep one item of
+    each of many batches alive, and with it the batch it is a view of."""
+    pool: list[list[Any]] = []  # [batch, order of its items, items yielded]
+    remaining = 0
+    capacity: int | None = None
+    longest = 0
+    source = iter(batches)
+    draws = np.empty(0)
     k = 0
-    for item in items:
-        if len(buf) < size:
-            buf.append(item)
-            continue
+    while True:
+        while capacity is None or len(pool) < capacity:
+            batch = next(source, None)
+            if batch is None:
+                break
+            if len(batch):
+                pool.append([batch, rng.permutation(len(batch)), 0])
+                remaining += len(batch)
+                longest = max(longest, len(batch))  # a first, partial row group must not set a big pool
+                capacity = max(1, math.ceil(size / longest))
+        if not remaining:
+            return
         if k == len(draws):
-            draws, k = rng.integers(0, size, 1024), 0
-        j = int(draws[k])
+            draws, k = rng.random(1024), 0
+        r = int(draws[k] * remaining)
         k += 1
-        yield buf[j]
-        buf[j] = item
-    order = rng.permutation(len(buf))
-    for j in order:
-        yield buf[j]
+        for slot, entry in enumerate(pool):
+            left = len(entry[0]) - entry[2]
+            if r < left:
+                break
+            r -= left
+        batch, order, taken = entry
+        yield batch[int(order[taken])]
+        entry[2] += 1
+        remaining -= 1
+        if entry[2] == len(batch):
+            pool.pop(slot)
 
 
 def _values(v: Any, features: Sequence[str], what: str) -> np.ndarray:
@@ -132,47 +159,25 @@ def _values(v: Any, features: Sequence[str], what: str) -> np.ndarray:
 
 
 def _from_stats(stats: Mapping[str, Any], features: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and std from a stats.json document. Accepted layouts: ``{"features": {name: {"mean",
-    "std"}}}`` (or ``"bands"``), ``{name: {"mean", "std"}}``, and ``{"mean": [...] | {name: v},
-    "std": [...] | {name: v}, "features": [names]}`` (or ``"bands"``/``"names"``)."""
-    per_feature = None
-    for key in ("features", "bands"):
-        if isinstance(stats.get(key), Mapping):
-            per_feature = stats[key]
-            break
-    if per_feature is None and all(isinstance(stats.get(f), Mapping) for f in features):
-        per_feature = stats
-    if per_feature is not None:
-        missing = [f for f in features if not isinstance(per_feature.get(f), Mapping)]
-        if missing:
-            raise ValueError(f"normalization: stats have no entry for features {missing}")
-        mean = {f: per_feature[f].get("mean") for f in features}
-        std = {f: per_feature[f].get("std", per_feature[f].get("stddev")) for f in features}
-        bad = [f for f in features if mean[f] is None or std[f] is None]
-        if bad:
-            raise ValueError(f"normalization: stats of features {bad} lack 'mean' or 'std'")
-        return _values(mean, features, "mean"), _values(std, features, "std")
-    if "mean" in stats and "std" in stats:
-        mean, std = stats["mean"], stats["std"]
-        names = next((stats[k] for k in ("features", "bands", "names") if isinstance(stats.get(k), list)), None)
-        if names is not None:
-            if not isinstance(mean, Mapping):
-                mean = dict(zip(names, mean, strict=True))
-            if not isinstance(std, Mapping):
-                std = dict(zip(names, std, strict=True))
-        elif not (isinstance(mean, Mapping) and isinstance(std, Mapping)):
-            raise ValueError("normalization: stats give 'mean'/'std' lists without the feature names they follow "
-                             "('features' or 'bands')")
-        return _values(mean, features, "mean"), _values(std, features, "std")
-    raise ValueError("normalization: unrecognised stats layout; expected per-feature {'mean', 'std'} entries "
-                     "or 'mean'/'std' with 'features'")
+    """Mean and std of the training split from a run's ``stats.json`` (``earthops_runtime.data.stats``)."""
+    from earthops_runtime.data.stats import normalization  # noqa: PLC0415 - only for this form
+
+    if not isinstance(stats.get("splits"), Mapping):
+        raise ValueError("normalization: a dict must be a run's stats.json (with 'splits'); "
+                         "otherwise give (mean, std)")
+    try:
+        mean, std = normalization(stats, "train", list(features))
+    except KeyError as exc:
+        raise ValueError(f"normalization: {exc.args[0]}") from None
+    return mean.astype(np.float64), std.astype(np.float64)
 
 
 def resolve_normalization(normalization: Normalization | None,
                           features: Sequence[str]) -> tuple[np.ndarray, np.ndarray] | None:
     """Per-feature float32 ``(mean, std)`` in the order of ``features``, from ``(mean, std)`` (sequences
-    in that order, mappings by name, or scalars) or a stats.json document. A std that is zero or not
-    finite becomes 1 (a constant feature is centred, not blown up)."""
+    in that order, mappings by name, or scalars) or a run's ``stats.json`` document (its training
+    split's statistics). A std that is zero or not finite becomes 1 (a constant feature is centred,
+    not blown up)."""
     if normalization is None:
         return None
     if isinstance(normalization, Mapping):
@@ -198,7 +203,7 @@ class ChipDataset(IterableDataset):
     ``index.json`` itself are accepted too. ``env``: S3 settings (``AWS_ACCESS_KEY_ID``, ...,
     ``AWS_ENDPOINT_URL``) instead of the process environment, as for :meth:`Store.from_uri`.
     ``features``: names in the order wanted (default: all, in the dataset's order).
-    ``normalization``: ``(mean, std)`` or a stats.json dict (:func:`resolve_normalization`).
+    ``normalization``: ``(mean, std)`` or the run's stats.json dict (:func:`resolve_normalization`).
     ``rank``/``world_size``: the distributed rank (default: ``torch.distributed`` when initialised).
     ``prefetch``: row groups read ahead in threads (0: read inline). ``decode_threads``: let pyarrow
     decode columns in parallel (default: only when not in a DataLoader worker).
@@ -331,11 +336,11 @@ class ChipDataset(IterableDataset):
         reader = self._get_reader()
         # pyarrow's own threads only where no DataLoader workers already use the cores
         threads = num_workers == 1 if self.decode_threads is None else self.decode_threads
-        chips = self._chips(self._batches(reader, segments, use_threads=threads))
+        batches = (self._chips(b) for b in self._batches(reader, segments, use_threads=threads))
         if self.shuffle and self.shuffle_buffer > 1:
             rng = np.random.default_rng([self.seed, self.epoch, self.rank, worker, 1])
-            chips = shuffle_buffered(chips, self.shuffle_buffer, rng)
-        return chips
+            return shuffle_pool(batches, self.shuffle_buffer, rng)
+        return (chip for chips in batches for chip in chips)
 
     def _load(self, reader: ShardReader, segment: tuple[int, int, int, int], use_threads: bool) -> ChipBatch:
         file, rg, start, stop = segment
@@ -365,26 +370,35 @@ class ChipDataset(IterableDataset):
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
 
-    def _chips(self, batches: Iterator[ChipBatch]) -> Iterator[Any]:
-        task = self.index.label_task
-        for batch in batches:
-            # one copy per chip: a yielded chip owns its memory (no view pinning a whole row group)
-            xs = torch.from_numpy(batch.x)
-            ys = None
-            if batch.labels is not None:
-                if task == "multilabel":
-                    ys = torch.from_numpy(batch.labels.astype(np.float32))
-                else:
-                    ys = torch.from_numpy(batch.labels.astype(np.int64))
-            for i in range(len(batch)):
-                x = xs[i].clone()
-                item: tuple[Any, ...] = (x,) if ys is None else (x, ys[i].clone())
-                if self.with_meta:
-                    meta = {"id": batch.ids[i]}  # type: ignore[index]
-                    meta.update({k: v[i].item() if hasattr(v[i], "item") else v[i]
-                                 for k, v in (batch.meta or {}).items()})
-                    item = (*item, meta)
-                yield item[0] if len(item) == 1 else item
+    def _chips(self, batch: ChipBatch) -> Sequence[Any]:
+        return _Chips(batch, self.index.label_task, self.with_meta)
+
+
+class _Chips(Sequence):
+    """The per-chip items of one decoded row group. A chip's tensor is a view of the row group's
+    array: no copy per chip (the default collate stacks chips into a new batch tensor)."""
+
+    def __init__(self, batch: ChipBatch, task: str | None, with_meta: bool):
+        self.batch = batch
+        self.xs = torch.from_numpy(batch.x)
+        self.ys = None
+        if batch.labels is not None:
+            self.ys = torch.from_numpy(batch.labels.astype(np.float32 if task == "multilabel" else np.int64))
+        self.with_meta = with_meta
+
+    def __len__(self) -> int:
+        return len(self.batch)
+
+    def __getitem__(self, i: int) -> Any:  # type: ignore[override]
+        x = self.xs[i]
+        if self.ys is None and not self.with_meta:
+            return x
+        item: tuple[Any, ...] = (x,) if self.ys is None else (x, self.ys[i])
+        if self.with_meta:
+            meta = {"id": self.batch.ids[i]}  # type: ignore[index]
+            meta.update({k: v[i].item() if hasattr(v[i], "item") else v[i] for k, v in (self.batch.meta or {}).items()})
+            item = (*item, meta)
+        return item
 
 
 def steps_per_epoch(dataset: ChipDataset, batch_size: int, num_workers: int = 0, drop_last: bool = False) -> int:

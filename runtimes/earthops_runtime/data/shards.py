@@ -9,34 +9,54 @@ Layout, under a run folder (written into the run's staging store; the caller pub
 One Parquet file is a shard. Columns:
 
 * one column per feature (``VV``, ``B04``, ``NDVI`` ...): ``fixed_size_binary(H*W*itemsize)``, the
-  chip's pixels row-major, little-endian float32 (or float16 when asked), zstd-compressed, without
-  dictionary or statistics (min/max of a 16 KiB binary is useless and would bloat the footer);
+  chip's pixels row-major, little-endian float32 (float16 when asked), LZ4-compressed (Parquet's
+  ``LZ4_RAW``), without dictionary or statistics (min/max of a 16 KiB binary is useless and would
+  bloat the footer);
 * ``label``: int32 class index (classification), ``fixed_size_binary(n_classes)`` of 0/1 bytes
   (multilabel) or ``fixed_size_binary(H*W)`` uint8 class map, 255 = ignore (segmentation);
   absent for unlabelled data;
 * ``chip_id`` (string) and the per-chip metadata (``scene_id`` string, ``row``/``col`` int32,
   ``x``/``y`` float64, any other key as given).
 
-Row groups hold ``min(256, 64 MiB / chip bytes)`` chips: a row group is the unit the loader reads,
-shuffles and spreads over workers and ranks; one feature's column chunk in it is a few MiB at 64x64,
-a size S3 serves efficiently with one ranged GET.
+A row group is the unit the loader reads, shuffles and spreads over workers and ranks: 256 chips, or
+fewer so that it decodes to at most 24 MiB (109 chips of 14x64x64; see :data:`ROW_GROUP_BYTES`).
+One feature's column chunk in it is then about 1 MiB at 64x64, one ranged GET.
 
-Why this format (measured by ``tests/bench/test_bench_shards.py``, ``make bench``; 14 features of
-64x64 float32, 1024 chips = 235 MB decoded, 2-core machine, SeaweedFS on loopback; MB/s of decoded
-float32 chips, and the ratio to the per-feature Parquet shards of the same run)::
+Why this format: measured by ``tests/bench/test_bench_shards.py`` (``make bench``), which writes the
+same chips in each format and reads them back as per-chip tensors. A run on the 2-core development
+machine, 1024 chips of 14 features x 64x64 float32 (235 MB decoded; EO-like synthetic chips that
+compress like the real BigEarthNet patches, which the benchmark also prints), 512 chips per shard,
+best of 3 rounds, chips/s (x 0.229 = MB/s decoded); reads single-threaded, no prefetch::
 
-    <see the table in the report of the run that chose it; reproduced here>
+                        pq/lz4*  pq/zstd1  pq/raw  pq/f16  pq/one-col  tar/npy
+    stored MB               164       138     235      97         172      237
+    local  write           1699      1662    6706    2894        1359     2327
+           read            7907      3573   12576    6051        9553     2786
+           read 2 of 14   40121     21592   45623   32942        8769     2649
+           read 13 of 14   7523      3683   12007    6108        7388     2500
+           shuffled        6844      3346   11165    5728        8213     2298
+    S3     write            488       458     293     858         383      411
+           read            2451      1800    2606    2325        1876      833
+           read 2 of 14    4178      4398    5705    5097        2083      841
+           read 13 of 14   2227      1632    2530    2512        1877      827
+           shuffled        2174      1726    2361    2490        1424      812
 
-The numbers are filled in below by the measured run that decided it.
-
-Reading a subset of the features (an ablation dropping features, a model using 2 of 14 bands)
-reads only those columns' bytes: ranged GETs of their column chunks, so the bytes fetched and
-decoded fall with the share of features read (about 7x fewer for 2 of 14), where a tar of per-chip
-``.npy`` files or one column holding every channel must fetch and decode everything. Row groups give
-a shuffle unit well below a shard (a tar can only be read front to back), footers let a reader plan
-without listing, and Parquet files stay readable by pyarrow, DuckDB or pandas for inspection.
-float32 is the default because it round-trips exactly; float16 halves the bytes but rounds (about
-3 significant digits), so it is an option (``dtype="float16"``), not the default.
+* One column per feature against one column holding every channel (``pq/one-col``): reading 2 of
+  14 features is 4.6x faster locally and 2.0x from S3 (only those column chunks are fetched and
+  decoded: 2/14 of the bytes); leaving one feature out is even (1.02x local, 1.19x S3). The price:
+  a full local read is 0.83x as fast (the per-feature columns are copied into one (N, C, H, W)
+  array, where one-col's buffer already is one). Ablations and feature subsets are what earthops
+  runs many of, so per-feature columns win.
+* Against WebDataset-style tars of ``.npy`` per chip: 2.8x faster full reads locally and 2.9x from
+  S3, 15x and 5x for 2 of 14 features, 3.0x and 2.7x shuffled, in 0.69x the bytes. A tar can only
+  be read front to back: no subset, no row group to shuffle or to split among workers.
+* LZ4 over zstd (level 1): reads 2.2x faster locally (1.4x from S3) for 19% more bytes (14% on the
+  real patches); over no compression: 0.70x the bytes, at 0.63x the local read speed, still about
+  1.8 GB/s of decoded chips per core. Shards are written once and read every epoch of every trial,
+  so decoding cost matters more than the last bytes; ``compression="zstd"`` is there for
+  network-bound setups.
+* float32 round-trips exactly. float16 takes 0.59x the bytes of float32 but rounds to about 3
+  significant digits and decodes slower (the conversion): an option (``dtype="float16"``).
 
 Writing: one :class:`ShardWriter` per Ray task (part names carry the task id, so writers never
 collide), each returning a :class:`ShardSummary` from :meth:`ShardWriter.close`; then one
@@ -76,9 +96,12 @@ LABEL_TASKS = ("classification", "multilabel", "segmentation")
 DTYPES = ("float32", "float16")
 ROW_GROUP_CHIPS = 256
 #: The codec of feature columns (see the module docstring for why).
-COMPRESSION = "zstd"
-COMPRESSION_LEVEL: int | None = 1
-ROW_GROUP_BYTES = 64 << 20
+COMPRESSION = "lz4"
+COMPRESSION_LEVEL: int | None = None
+#: Largest decoded (float32) row group. Above 32 MiB glibc's malloc serves every allocation with
+#: fresh mmap'd pages, page-faulted anew for each row group: 2.6x slower full reads measured at 256
+#: chips of 14x64x64 (58 MiB) than at 109 (24 MiB), where freed buffers are reused.
+ROW_GROUP_BYTES = 24 << 20
 #: Types of the well-known per-chip metadata; other keys keep the type pyarrow infers.
 KNOWN_META: dict[str, pa.DataType] = {
     "scene_id": pa.string(), "row": pa.int32(), "col": pa.int32(), "x": pa.float64(), "y": pa.float64(),
@@ -196,7 +219,8 @@ def _fs_path(store: Store, key: str) -> str:
 
 
 def default_rows_per_group(chip_bytes: int) -> int:
-    """Chips per row group: 256, fewer for big chips so a row group stays about 64 MiB or less."""
+    """Chips per row group: 256, fewer where the decoded row group (``chip_bytes`` per chip, all
+    features as float32) would pass :data:`ROW_GROUP_BYTES`."""
     return max(1, min(ROW_GROUP_CHIPS, ROW_GROUP_BYTES // max(1, chip_bytes)))
 
 
@@ -265,7 +289,7 @@ class ShardWriter:
         h, w = self.chip_shape
         self._feature_bytes = h * w * self._np_dtype.itemsize
         self.rows_per_group = int(rows_per_group) if rows_per_group is not None else default_rows_per_group(
-            self._feature_bytes * len(self.features))
+            4 * h * w * len(self.features))
         if self.rows_per_group < 1:
             raise ValueError(f"rows_per_group {rows_per_group!r}: must be at least 1")
         self._compression = compression
@@ -317,6 +341,10 @@ class ShardWriter:
             state.pending.append({"_chips": x, "_label": y, "_id": np.asarray(ids_list, dtype=object), **columns})
             state.pending_chips += n
             self._drain(split, state, final=False)
+            # what waits for the next row group is copied: the caller may reuse its buffers
+            for entry in state.pending:
+                if np.shares_memory(entry["_chips"], x):
+                    entry.update({k: None if v is None else np.array(v, copy=True) for k, v in entry.items()})
 
     def close(self) -> ShardSummary:
         """Flush and close every shard; the summary of what this writer wrote (idempotent)."""
