@@ -31,7 +31,7 @@ TTL_AFTER_FINISHED = 600
 class OperatorDefaults:
     """What the operator adds to every RayJob: images and the default store."""
 
-    runtime_image: str = "ghcr.io/earthops/runtime:0.1.0"
+    runtime_image: str = "ghcr.io/earthops/runtime:0.1.0"  # built from runtimes/Dockerfile
     store_uri: str = ""
 
 
