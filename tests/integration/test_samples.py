@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import sys
 import tarfile
 import time
@@ -69,15 +68,6 @@ def _block_pip(m: pytest.MonkeyPatch, tmp: Path) -> None:
 @pytest.fixture
 def pip_offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     _block_pip(monkeypatch, tmp_path)
-
-
-@pytest.fixture
-def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
-    def refuse(*args, **kwargs):
-        raise OSError("network access attempted in an offline test")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
 
 
 def _entry_state(entry: Path) -> tuple[int, int]:

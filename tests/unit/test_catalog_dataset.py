@@ -4,7 +4,6 @@ store's root catalog, on tmp_path stores with small GeoTIFFs made here."""
 from __future__ import annotations
 
 import json
-import socket
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -28,15 +27,6 @@ CLASSES = ["ship", "iceberg"]
 SUMMARY = {"chips": {"train": 70, "validation": 15, "test": 15}, "bands": ["HH", "HV"]}
 STATS = {"bands": {"HH": {"mean": -20.1, "std": 3.2}, "HV": {"mean": -27.5, "std": 2.9}}}
 VALIDATION = {"passed": True, "failed_checks": 0, "warnings": 1, "checks": []}
-
-
-@pytest.fixture
-def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
-    def refuse(*args, **kwargs):
-        raise OSError("network access attempted in an offline test")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
 
 
 def geotiff(path: Path, *, origin: tuple[float, float], res: float = 40.0, size: int = 8) -> Path:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 import json
 import shutil
-import socket
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -48,15 +47,6 @@ def s2_like(tmp_path: Path) -> list[stac.RasterAssetSpec]:
                              spectral_bands=(stac.S2_BANDS_BY_NAME["B8A"],), scale=stac.S2_L2A_SCALE,
                              nodata=stac.S2_L2A_NODATA),
     ]
-
-
-@pytest.fixture
-def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
-    def refuse(*args, **kwargs):
-        raise OSError("network access attempted in an offline test")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
 
 
 # --------------------------------------------------------------------------------------------------

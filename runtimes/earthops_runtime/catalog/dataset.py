@@ -636,17 +636,23 @@ def _has_child(catalog: Mapping[str, Any], href: str) -> bool:
                for link in catalog.get("links", []))
 
 
-def published_collections(store: Any, areas: Iterable[str] = ("datasets", "models")) -> list[str]:
-    """Keys of the ``stac/collection.json`` of every published run."""
+def published_files(store: Any, name: str, areas: Iterable[str] = ("datasets", "models")) -> list[str]:
+    """Keys of the file ``name`` (relative to the run folder) in every published run of ``areas``
+    (``<area>/<ns>/<resource>/<run-id>/<name>``), for the runs that have it."""
     keys = []
     for area in areas:
         for ns in store.children(area):
-            for name in store.children(f"{area}/{ns}"):
-                for run_id in store.runs(f"{area}/{ns}/{name}"):
-                    key = f"{area}/{ns}/{name}/{run_id}/{STAC_DIR}/{COLLECTION_NAME}"
+            for resource in store.children(f"{area}/{ns}"):
+                for run_id in store.runs(f"{area}/{ns}/{resource}"):
+                    key = f"{area}/{ns}/{resource}/{run_id}/{name}"
                     if store.exists(key):
                         keys.append(key)
     return keys
+
+
+def published_collections(store: Any, areas: Iterable[str] = ("datasets", "models")) -> list[str]:
+    """Keys of the ``stac/collection.json`` of every published run."""
+    return published_files(store, f"{STAC_DIR}/{COLLECTION_NAME}", areas)
 
 
 def rebuild_root_catalog(store: Any) -> dict[str, Any]:

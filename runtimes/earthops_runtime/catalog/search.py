@@ -214,15 +214,9 @@ def _check_names(node: Any) -> None:
 
 def index_keys(store: Any, areas: Sequence[str] = AREAS) -> list[str]:
     """Keys of the ``index.parquet`` of every published run (``<area>/<ns>/<name>/<run>/``)."""
-    keys = []
-    for area in areas:
-        for ns in store.children(area):
-            for name in store.children(f"{area}/{ns}"):
-                for run_id in store.runs(f"{area}/{ns}/{name}"):
-                    key = f"{area}/{ns}/{name}/{run_id}/{INDEX_NAME}"
-                    if store.exists(key):
-                        keys.append(key)
-    return keys
+    from earthops_runtime.catalog.dataset import published_files
+
+    return published_files(store, INDEX_NAME, areas)
 
 
 def _cache_dir() -> Path:
