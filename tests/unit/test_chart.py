@@ -313,6 +313,7 @@ def test_default_args(helm: Path) -> None:
         "--standalone",
         "--liveness-port=8080",
         "--metrics-port=9090",
+        "--runtime-image=ghcr.io/earthops/runtime:0.1.0",
         "--log-level=info",
         "--log-format=json",
     ]
@@ -606,6 +607,7 @@ def test_notes_render(helm: Path) -> None:
         ({"peering": {"enabled": "yes"}}, "/peering/enabled"),
         ({"runAsUser": 0}, "/runAsUser"),
         ({"store": {"uri": "bucket/prefix"}}, "/store/uri"),
+        ({"runtimeImage": "has spaces:1"}, "/runtimeImage"),
         ({"metrics": {"enabled": False, "serviceMonitor": {"enabled": True}}}, "/metrics/enabled"),
         ({"metrics": {"serviceMonitor": {"interval": "30 seconds"}}}, "/metrics/serviceMonitor/interval"),
         ({"resources": {"requests": {"memory": "lots"}}}, "/resources/requests/memory"),
