@@ -42,7 +42,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from earthops_runtime.cache import MARKER, cached_entry, valid
+from earthops_runtime.cache import cached_entry, valid
 
 PACKAGE = "bigearthnet-common"
 VERSION = "2.8.0"

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import yaml
 
-from earthops.api import load_manifests, parse_resource
+from earthops.api import parse_resource
 from earthops.local import Executor
 from earthops.status import get_condition
 from earthops.store import Store

@@ -25,6 +25,7 @@ import rasterio.warp
 from rasterio.crs import CRS
 
 from earthops_runtime import samples
+from earthops_runtime.cache import MARKER
 from earthops_runtime.catalog import stac
 from tests.infra import proc
 
@@ -72,7 +73,7 @@ def pip_offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 def _entry_state(entry: Path) -> tuple[int, int]:
     """(inode of the folder, mtime_ns of its marker): both change when an entry is rebuilt."""
-    return entry.stat().st_ino, (entry / samples.MARKER).stat().st_mtime_ns
+    return entry.stat().st_ino, (entry / MARKER).stat().st_mtime_ns
 
 
 def _tmp_leftovers(cache: Path) -> list[str]:
@@ -101,7 +102,7 @@ def test_fetch_gives_six_s2_and_six_s1_patches(bigearthnet) -> None:
         labels = _labels(patch / f"{patch.name}_labels_metadata.json")
         assert labels["corresponding_s2_patch"] in s2_names  # the two sets pair up one to one
         assert labels["labels"]
-    marker = json.loads((data / samples.MARKER).read_text())
+    marker = json.loads((data / MARKER).read_text())
     assert marker["package"] == "bigearthnet-common==2.8.0" and len(marker["files"]) == 6 * 13 + 6 * 3
     assert data.name == "bigearthnet-common-2.8.0"
 
@@ -289,11 +290,11 @@ def test_fetch_then_cache_hit_then_rebuild_of_corrupt_entries(tmp_path: Path, mo
         assert ds.shape == (120, 120)
 
     # A folder without its marker (copied in by hand, or an older layout) is rebuilt too.
-    (entry / samples.MARKER).unlink()
+    (entry / MARKER).unlink()
     (entry / samples.S1_DIR).rename(entry / "moved-away")
     assert _fetch_or_unavailable(cache) == entry
     assert (entry / samples.S1_DIR).is_dir() and not (entry / "moved-away").exists()
-    assert (entry / samples.MARKER).is_file() and _tmp_leftovers(cache) == []
+    assert (entry / MARKER).is_file() and _tmp_leftovers(cache) == []
 
 
 def test_killed_fetch_leaves_no_half_entry(tmp_path: Path) -> None:

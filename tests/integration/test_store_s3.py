@@ -10,8 +10,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import threading
-import time
 from pathlib import Path
 
 import pytest

@@ -13,6 +13,7 @@ import pystac
 import pytest
 import rasterio
 
+from earthops_runtime.cache import MARKER
 from earthops_runtime.catalog import stac
 from earthops_runtime.data import synthetic as sy
 
@@ -328,7 +329,7 @@ def test_cache_generates_once_and_reuses(tmp_path: Path, monkeypatch: pytest.Mon
     first = sy.synthetic_catalog("synthetic-s1-iceberg", count=4, seed=9, cache_dir=tmp_path)
     assert first == tmp_path / "synthetic-s1-iceberg-n4-s9-v1" / "catalog.json" and first.is_file()
     mtimes = {p: p.stat().st_mtime_ns for p in first.parent.rglob("*")}
-    marker = json.loads((first.parent / sy.MARKER).read_text())
+    marker = json.loads((first.parent / MARKER).read_text())
     assert (marker["count"], marker["seed"]) == (4, 9)
     assert marker["generator_version"] == sy.GENERATOR_VERSION
     assert len(items_of(first)) == 4
@@ -381,9 +382,9 @@ def test_cache_rebuilds_an_entry_that_fails_its_check(tmp_path: Path) -> None:
     again = sy.synthetic_catalog("synthetic-s1-iceberg", count=2, seed=4, cache_dir=tmp_path)
     assert again == path and tif.read_bytes() == good
     # An entry without a marker (e.g. a folder copied in by hand) is not trusted either.
-    (path.parent / sy.MARKER).unlink()
+    (path.parent / MARKER).unlink()
     assert sy.synthetic_catalog("synthetic-s1-iceberg", count=2, seed=4, cache_dir=tmp_path) == path
-    assert (path.parent / sy.MARKER).is_file()
+    assert (path.parent / MARKER).is_file()
 
 
 def test_default_cache_dir_follows_earthops_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -68,7 +68,6 @@ GDAL's ``/vsis3/`` settings for rasterio.
 
 from __future__ import annotations
 
-import math
 import os
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence

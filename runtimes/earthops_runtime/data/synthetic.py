@@ -60,7 +60,6 @@ only a temporary folder, removed by the next build; a valid entry is returned wi
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 from collections.abc import Callable, Mapping
@@ -76,7 +75,7 @@ import rasterio
 from rasterio.crs import CRS
 from rasterio.transform import Affine
 
-from earthops_runtime.cache import MARKER, cached_entry, valid
+from earthops_runtime.cache import cached_entry, valid
 from earthops_runtime.catalog import stac
 from earthops_runtime.samples import default_cache_dir
 
