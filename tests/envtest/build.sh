@@ -43,7 +43,7 @@ log() { echo "build.sh: $*" >&2; }
 die() { log "error: $*"; exit 1; }
 
 command -v go >/dev/null || die "Go is not installed (needed to build kube-apiserver and etcd)"
-command -v jq >/dev/null || die "jq is not installed (needed to read 'go mod download -json')"
+command -v python3 >/dev/null || die "python3 is not installed (needed to read 'go mod download -json')"
 mkdir -p "$cache/crds"
 
 tmp_dirs=()
@@ -63,7 +63,8 @@ publish() {
 # The generated go.mod files must pin what versions.env says (sync.sh regenerates them).
 check_pin() {
   local gomod="$1" module="$2" want="$3" got
-  got="$(go mod edit -json "$gomod" | jq -r --arg m "$module" '.Require[] | select(.Path == $m) | .Version')"
+  got="$(go mod edit -json "$gomod" | python3 -c 'import json, sys
+print(next((r["Version"] for r in json.load(sys.stdin).get("Require") or [] if r["Path"] == sys.argv[1]), ""))' "$module")"
   [[ "$got" == "$want" ]] ||
     die "$gomod pins $module at '${got}', versions.env says $want: run tests/envtest/sync.sh"
 }
@@ -115,7 +116,7 @@ fi
 module_dir() {
   local json dir
   json="$(go mod download -json "$1@$2")" || die "go mod download $1@$2 failed: $json"
-  dir="$(jq -r '.Dir // empty' <<<"$json")"
+  dir="$(python3 -c 'import json, sys; print(json.load(sys.stdin).get("Dir", ""))' <<<"$json")"
   [[ -d "$dir" ]] || die "go mod download $1@$2 gave no module directory: $json"
   echo "$dir"
 }

@@ -17,7 +17,7 @@ source "$here/versions.env"
 staging_version="v0.${KUBERNETES_VERSION#v1.}"   # v1.37.2 -> v0.37.2
 
 # --- kube: kube-apiserver, kube-controller-manager, kubectl --------------------------------------
-k8s_gomod="$(go mod download -json "k8s.io/kubernetes@${KUBERNETES_VERSION}" | jq -r '.GoMod')"
+k8s_gomod="$(go mod download -json "k8s.io/kubernetes@${KUBERNETES_VERSION}" | python3 -c 'import json, sys; print(json.load(sys.stdin).get("GoMod", ""))')"
 [[ -f "$k8s_gomod" ]] || { echo "sync.sh: could not download k8s.io/kubernetes@${KUBERNETES_VERSION}" >&2; exit 1; }
 go_directive="$(awk '$1 == "go" { print $2; exit }' "$k8s_gomod")"
 
