@@ -116,3 +116,21 @@ def test_the_runtimes_own_failure_reason_wins(env):
     status = _wait(kube, ns, "empty", op, "Failed", lambda s: s.get("phase") == "Failed")
     assert next(c for c in status["conditions"] if c["type"] == "Ready")["reason"] == "EmptySource"
     assert "matched no scenes" in status["message"]
+
+
+def test_an_operator_restart_mid_run_keeps_following_the_same_run(kube_controller_manager, kube_namespace, tmp_path):
+    kube, ns = kube_controller_manager, kube_namespace
+    store = Store.from_uri((tmp_path / "store").as_uri())
+    with running_operator(kube, ns, tmp_path, store.uri) as op:
+        _dataset(kube, ns, name="long")
+        status = _wait(kube, ns, "long", op, "a RayJob", lambda s: s.get("rayJobName"))
+        job_name, run = status["rayJobName"], status["runId"]
+        KubeRaySimulator(kube.admin).job_running(ns, job_name)
+        _runtime(store, ns, "long", run, "Running", progress={"done": 1, "total": 4, "unit": "scenes"})
+        _wait(kube, ns, "long", op, "Running", lambda s: s.get("phase") == "Running")
+    with running_operator(kube, ns, tmp_path, store.uri) as op:
+        _runtime(store, ns, "long", run, "Running", progress={"done": 2, "total": 4, "unit": "scenes"})
+        status = _wait(kube, ns, "long", op, "progress after the restart",
+                       lambda s: s.get("progress") == "2/4 scenes")
+    assert status["runId"] == run and status["rayJobName"] == job_name and status["phase"] == "Running"
+    assert kube.kubectl("get", "rayjobs", "-n", ns, "-o", "name").stdout.split() == [f"rayjob.ray.io/{job_name}"]

@@ -89,9 +89,10 @@ def register(info: KindInfo) -> None:
         k8s.create_if_absent(config_map)
         if k8s.create_if_absent(rayjob):
             kopf.info(body, reason="RayJobCreated", message=f"created RayJob {rayjob['metadata']['name']} for run {run}")
-        new = derive(info, generation=generation, previous=previous if previous.get("runId") == run else
-                     {"conditions": previous.get("conditions", [])}, execution=Execution("Pending", "RayClusterStarting",
-                                                                                     "waiting for the Ray cluster to start"))
+        if previous.get("runId") == run and previous.get("rayJobName") == rayjob["metadata"]["name"]:
+            return  # resumed after an operator restart: the run goes on, the timer follows it
+        new = derive(info, generation=generation, previous={"conditions": previous.get("conditions", [])},
+                     execution=Execution("Pending", "RayClusterStarting", "waiting for the Ray cluster to start"))
         new.update({"runId": run, "rayJobName": rayjob["metadata"]["name"]})
         patch.status.update(new)
         RECONCILES.labels(info.kind, "started").inc()
