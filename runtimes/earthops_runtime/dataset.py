@@ -56,10 +56,9 @@ class LabelPlan:
         if isinstance(value, (int, np.integer)) and 0 <= int(value) < len(self.classes) and \
                 str(value) not in self.classes:
             return int(value)
-        try:
-            return self.classes.index(str(value))
-        except ValueError:
-            raise SceneError("?", f"label {value!r} is not one of the classes {list(self.classes)}") from None
+        if str(value) not in self.classes:
+            raise ValueError(f"label {value!r} is not one of the classes {list(self.classes)}")
+        return self.classes.index(str(value))
 
     def chip_labels(self, raw: Any, n: int) -> np.ndarray | None:
         """Labels of a batch of ``n`` chips in the shard format."""
@@ -123,7 +122,6 @@ class TaskResult:
     scenes_done: list[str] = field(default_factory=list)
     failures: list[dict[str, str]] = field(default_factory=list)
     dropped: dict[str, int] = field(default_factory=dict)
-    chips: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
     peak_memory_mib: float = 0.0
 
@@ -132,7 +130,13 @@ def process_scenes(scenes: list[Scene], spec_wire: dict[str, Any], run_uri: str,
                    labels: LabelPlan, feature_names: tuple[str, ...]) -> TaskResult:
     """One Ray task: chips of ``scenes`` into shards under ``run_uri`` (the run's staging folder)."""
     from earthops.api.dataset import EODatasetSpec
-    from earthops_runtime.data.chips import ChipFilter, assign_split, cut_chips, scl_cloud_mask, split_block_size_m
+    from earthops_runtime.data.chips import (
+        ChipFilter,
+        assign_split,
+        cut_chips,
+        scl_cloud_mask,
+        split_block_size_m,
+    )
     from earthops_runtime.data.features import plan_features
     from earthops_runtime.data.readers import SceneReader
     from earthops_runtime.data.shards import ShardWriter
@@ -167,8 +171,8 @@ def process_scenes(scenes: list[Scene], spec_wire: dict[str, Any], run_uri: str,
                         x = plan.apply(batch.arrays)
                         try:
                             y = labels.chip_labels(batch.labels, len(batch))
-                        except SceneError as exc:
-                            raise SceneError(scene.id, exc.reason) from None
+                        except ValueError as exc:
+                            raise SceneError(scene.id, str(exc)) from None
                         splits = np.asarray([
                             assign_split(spec.split.method, spec.split.seed, fractions, tuple(c), block_m, cid)
                             for c, cid in zip(batch.centres, batch.ids, strict=True)])
@@ -190,7 +194,6 @@ def process_scenes(scenes: list[Scene], spec_wire: dict[str, Any], run_uri: str,
                             if ys is not None:
                                 stats.update_labels(split, ys, task=labels.task,
                                                     ignore_index=255 if labels.task == "segmentation" else None)
-                            result.chips[split] = result.chips.get(split, 0) + int(pick.size)
                 result.scenes_done.append(scene.id)
             except SceneError as exc:
                 result.failures.append({"scene": scene.id, "reason": exc.reason})
@@ -217,18 +220,6 @@ def _sample_scenes(name: str, count: int, seed: int) -> Path:
     return synthetic_catalog(name, count=count, seed=seed)
 
 
-def _with_datetime(scene: Scene) -> Scene:
-    """STAC needs a time for every item: a scene with no acquisition time (plain files) gets the
-    ingestion time, flagged as such in ``earthops:datetime_source``."""
-    if scene.datetime is not None or ("start_datetime" in scene.properties and "end_datetime" in scene.properties):
-        return scene
-    from dataclasses import replace
-    from datetime import UTC, datetime
-
-    return replace(scene, datetime=datetime.now(UTC).replace(microsecond=0),
-                   properties={**scene.properties, "earthops:datetime_source": "ingested"})
-
-
 def _batches(scenes: list[Scene], workers: int) -> list[list[Scene]]:
     """About four tasks per worker (load balance), at most SCENES_PER_TASK_MAX scenes per task."""
     per_task = max(1, min(SCENES_PER_TASK_MAX, -(-len(scenes) // (4 * workers))))
@@ -244,7 +235,8 @@ def run(*, resource: EODataset, store: Store, run_key: str, reporter: Any, ray_a
     spec = resource.spec
     if store.is_published(run_key):  # a rerun of a finished generation: report what it published
         summary = store.read_json(f"{run_key}/{SUMMARY_FILE}")
-        reporter.report("Succeeded", done=summary["scenes"]["total"], total=summary["scenes"]["total"],
+        scenes = summary["results"]["scenes"]["total"]
+        reporter.report("Succeeded", done=scenes, total=scenes,
                         unit="scenes", message="already published", results=summary["results"])
         return
     plan = plan_features(spec.bands, spec.features.indices, spec.features.sar)
@@ -253,7 +245,6 @@ def run(*, resource: EODataset, store: Store, run_key: str, reporter: Any, ray_a
     scenes = resolve_scenes(spec.source, spec.bands, sample_scenes=_sample_scenes)
     if spec.source.sample is not None:
         scenes = scenes[: spec.source.sample.count]
-    scenes = [_with_datetime(s) for s in scenes]
     labels = plan_labels(spec, scenes)
     reporter.report(done=0, total=len(scenes), message=f"{len(scenes)} scenes")
 
@@ -305,7 +296,7 @@ def _process(resource: EODataset, store: Store, run_key: str, reporter: Any, ray
             raise RunFailed("ValidationFailed", f"validation failed (policy fail): {report.message()}; report: "
                             f"{store.url(run_key + '/validation.json')}")
         index = write_index(run, [r.shards for r in results if r.shards])
-        chips = {s: sum(r.chips.get(s, 0) for r in results) for s in ("train", "validation", "test")}
+        chips = {s: index.counts.get(s, 0) for s in ("train", "validation", "test")}
         dropped: dict[str, int] = {}
         for r in results:
             for k, v in r.dropped.items():
@@ -330,12 +321,11 @@ def _process(resource: EODataset, store: Store, run_key: str, reporter: Any, ray
         elapsed = time.monotonic() - started
         summary = {
             "results": results_status,
-            "scenes": results_status["scenes"],
             "features": list(names),
             "classes": list(labels.classes),
             "labelTask": labels.task,
             "droppedChips": dropped,
-            "shards": {"files": len(index.files) if hasattr(index, "files") else None},
+            "shards": {"files": len(index.files)},
             "seconds": round(elapsed, 3),
             "taskSeconds": round(sum(r.seconds for r in results), 3),
             "peakWorkerMemoryMiB": round(max(r.peak_memory_mib for r in results), 1),

@@ -54,8 +54,8 @@ def test_preparation_throughput_against_raw_reads(tmp_path):
     from earthops.api import parse_resource
     from earthops.store import Store
     from earthops_runtime import raycluster
-    from earthops_runtime.reporting import Reporter
     from earthops_runtime.dataset import run
+    from earthops_runtime.reporting import Reporter
     from earthops_runtime.samples import default_cache_dir
 
     t0 = time.monotonic()

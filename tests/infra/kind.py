@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-
 from filelock import FileLock
 
 from tests.infra.tools import ToolUnavailable, helm, kubectl, tools_dir

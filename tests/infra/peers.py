@@ -400,3 +400,21 @@ __all__ = [
     "KubeRaySimulator",
     "rfc3339",
 ]
+
+
+def minimal_rayjob(name: str, entrypoint: str = "python -c 'print(1)'") -> JsonDict:
+    """The smallest RayJob the real KubeRay CRD accepts, for tests of the server and the simulators."""
+    return {
+        "apiVersion": "ray.io/v1",
+        "kind": "RayJob",
+        "metadata": {"name": name},
+        "spec": {
+            "entrypoint": entrypoint,
+            "rayClusterSpec": {
+                "headGroupSpec": {
+                    "rayStartParams": {},
+                    "template": {"spec": {"containers": [{"name": "ray-head", "image": "rayproject/ray:2.60.0"}]}},
+                }
+            },
+        },
+    }

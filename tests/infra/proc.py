@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import re
+import secrets
 import signal
 import socket
 import subprocess
@@ -120,3 +122,9 @@ def unavailable(reason: str) -> None:
     if in_ci():
         pytest.fail(f"test infrastructure unavailable in CI: {reason}", pytrace=False)
     pytest.skip(f"test infrastructure unavailable: {reason}")
+
+
+def unique_name(test_name: str, prefix: str = "t-", random_bytes: int = 3) -> str:
+    """A DNS-label-safe, unique name that still says which test made it (namespaces, buckets, ids)."""
+    slug = re.sub(r"[^a-z0-9]+", "-", test_name.lower()).strip("-")[:40].strip("-")
+    return f"{prefix}{slug or 'test'}-{secrets.token_hex(random_bytes)}"

@@ -20,8 +20,6 @@ Environment: ``KUBEBUILDER_ASSETS`` (use these binaries), ``EARTHOPS_CACHE`` (ca
 from __future__ import annotations
 
 import os
-import re
-import secrets
 from collections.abc import Iterator
 from typing import Any
 
@@ -29,7 +27,7 @@ import pytest
 
 from tests.infra import kube
 from tests.infra.kube import EnvtestUnavailable, KubeApiServer
-from tests.infra.proc import unavailable
+from tests.infra.proc import unavailable, unique_name
 
 
 @pytest.fixture(scope="session")
@@ -76,7 +74,6 @@ def kube_controller_manager(kube_apiserver: KubeApiServer) -> KubeApiServer:
 @pytest.fixture
 def kube_namespace(kube_apiserver: KubeApiServer, request: pytest.FixtureRequest) -> Iterator[str]:
     """A new namespace named after the test (``t-<test>-<random>``); deleted, without waiting, after it."""
-    slug = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")[:40].strip("-")
-    name = kube_apiserver.create_namespace(f"t-{slug}-{secrets.token_hex(3)}")
+    name = kube_apiserver.create_namespace(unique_name(request.node.name))
     yield name
     kube_apiserver.delete_namespace(name)

@@ -14,13 +14,11 @@ root ``tests/conftest.py``.
 
 from __future__ import annotations
 
-import re
-import secrets
 from collections.abc import Iterator
 
 import pytest
 
-from tests.infra.proc import unavailable
+from tests.infra.proc import unavailable, unique_name
 from tests.infra.s3 import DISTRIBUTION, WEED_ENV, SeaweedS3, weed_binary
 
 # Variables that would send AWS SDKs / GDAL somewhere else or change how they sign.
@@ -58,15 +56,9 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedS3]:
         server.stop()
 
 
-def _bucket_name(nodeid: str) -> str:
-    """A valid, unique S3 bucket name that still says which test made it."""
-    base = re.sub(r"[^a-z0-9]+", "-", nodeid.split("::")[-1].lower()).strip("-")[:40].strip("-")
-    return f"t-{base or 'test'}-{secrets.token_hex(4)}"
-
-
 @pytest.fixture
 def s3_bucket(s3_server: SeaweedS3, request: pytest.FixtureRequest) -> Iterator[str]:
-    name = s3_server.create_bucket(_bucket_name(request.node.nodeid))
+    name = s3_server.create_bucket(unique_name(request.node.nodeid.split("::")[-1], random_bytes=4))
     try:
         yield name
     finally:

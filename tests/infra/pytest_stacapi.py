@@ -16,13 +16,11 @@ Register with ``-p tests.infra.pytest_stacapi`` or in the root ``tests/conftest.
 
 from __future__ import annotations
 
-import re
-import secrets
 from collections.abc import Iterator
 
 import pytest
 
-from tests.infra.proc import unavailable
+from tests.infra.proc import unavailable, unique_name
 from tests.infra.stacapi import StacApiServer, missing
 
 
@@ -44,8 +42,7 @@ def stac_api() -> Iterator[StacApiServer]:
 
 @pytest.fixture
 def stac_collection(stac_api: StacApiServer, request: pytest.FixtureRequest) -> Iterator[str]:
-    base = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")[:40].strip("-")
-    collection_id = f"{base or 'test'}-{secrets.token_hex(3)}"
+    collection_id = unique_name(request.node.name, prefix="")
     try:
         yield collection_id
     finally:

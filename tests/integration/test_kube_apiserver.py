@@ -8,6 +8,7 @@ import pytest
 from kubernetes.client import ApiException, CoreV1Api
 
 from tests.infra.kube import KubeApiServer, versions
+from tests.infra.peers import minimal_rayjob
 from tests.infra.proc import wait_for
 
 pytestmark = pytest.mark.integration
@@ -17,25 +18,6 @@ THIRD_PARTY_CRDS = {
     "rayclusters.ray.io": ("ray.io", "v1", "RayCluster"),
     "inferenceservices.serving.kserve.io": ("serving.kserve.io", "v1beta1", "InferenceService"),
 }
-
-
-def rayjob(name: str) -> dict:
-    return {
-        "apiVersion": "ray.io/v1",
-        "kind": "RayJob",
-        "metadata": {"name": name},
-        "spec": {
-            "entrypoint": "python -c 'print(1)'",
-            "rayClusterSpec": {
-                "headGroupSpec": {
-                    "rayStartParams": {},
-                    "template": {
-                        "spec": {"containers": [{"name": "ray-head", "image": "rayproject/ray:2.52.0"}]}
-                    },
-                }
-            },
-        },
-    }
 
 
 def test_server_is_reachable_and_reports_the_pinned_version(kube_apiserver: KubeApiServer) -> None:
@@ -67,8 +49,8 @@ def test_third_party_crds_are_established_and_served(kube_apiserver: KubeApiServ
 def test_server_side_apply_is_idempotent_and_tracks_field_managers(
     kube_apiserver: KubeApiServer, kube_namespace: str
 ) -> None:
-    first = kube_apiserver.apply(rayjob("ssa"), namespace=kube_namespace, field_manager="earthops")[0]
-    again = kube_apiserver.apply(rayjob("ssa"), namespace=kube_namespace, field_manager="earthops")[0]
+    first = kube_apiserver.apply(minimal_rayjob("ssa"), namespace=kube_namespace, field_manager="earthops")[0]
+    again = kube_apiserver.apply(minimal_rayjob("ssa"), namespace=kube_namespace, field_manager="earthops")[0]
     assert again["metadata"]["resourceVersion"] == first["metadata"]["resourceVersion"]  # no-op apply
     assert {m["manager"] for m in again["metadata"]["managedFields"]} == {"earthops"}
     assert again["metadata"]["generation"] == 1
@@ -133,7 +115,7 @@ def test_deleting_an_owner_deletes_its_children(
 ) -> None:
     """The controller manager's garbage collector follows ownerReferences, as on a cluster."""
     kube = kube_controller_manager
-    owner = kube.apply(rayjob("owner"), namespace=kube_namespace)[0]
+    owner = kube.apply(minimal_rayjob("owner"), namespace=kube_namespace)[0]
     child = {
         "apiVersion": "v1",
         "kind": "ConfigMap",
@@ -171,7 +153,7 @@ def test_deleting_an_owner_deletes_its_children(
 def test_deleting_a_namespace_removes_it_and_its_contents(kube_controller_manager: KubeApiServer) -> None:
     kube = kube_controller_manager
     namespace = kube.create_namespace()
-    kube.apply(rayjob("doomed"), namespace=namespace)
+    kube.apply(minimal_rayjob("doomed"), namespace=namespace)
     kube.delete_namespace(namespace, wait=True, timeout=60)
     with pytest.raises(ApiException) as gone:
         kube.get("ray.io/v1", "RayJob", "doomed", namespace)

@@ -7,28 +7,9 @@ from kubernetes import watch
 from kubernetes.client import CustomObjectsApi
 
 from tests.infra.kube import KubeApiServer
-from tests.infra.peers import KServeSimulator, KubeRaySimulator
+from tests.infra.peers import KServeSimulator, KubeRaySimulator, minimal_rayjob
 
 pytestmark = pytest.mark.integration
-
-
-def rayjob(name: str) -> dict:
-    return {
-        "apiVersion": "ray.io/v1",
-        "kind": "RayJob",
-        "metadata": {"name": name},
-        "spec": {
-            "entrypoint": "python -m earthops_runtime.tuning",
-            "rayClusterSpec": {
-                "headGroupSpec": {
-                    "rayStartParams": {},
-                    "template": {
-                        "spec": {"containers": [{"name": "ray-head", "image": "rayproject/ray:2.52.0"}]}
-                    },
-                }
-            },
-        },
-    }
 
 
 def inference_service(
@@ -51,7 +32,7 @@ def read(kube: KubeApiServer, api_version: str, kind: str, name: str, namespace:
 
 
 def test_rayjob_runs_then_succeeds(kube_apiserver: KubeApiServer, kube_namespace: str) -> None:
-    kube_apiserver.apply(rayjob("train"), namespace=kube_namespace)
+    kube_apiserver.apply(minimal_rayjob("train"), namespace=kube_namespace)
     ray = KubeRaySimulator(kube_apiserver.admin)
     assert read(kube_apiserver, "ray.io/v1", "RayJob", "train", kube_namespace).get("status") in (None, {})
 
@@ -81,7 +62,7 @@ def test_rayjob_runs_then_succeeds(kube_apiserver: KubeApiServer, kube_namespace
 
 
 def test_rayjob_fails_with_a_message(kube_apiserver: KubeApiServer, kube_namespace: str) -> None:
-    kube_apiserver.apply(rayjob("broken"), namespace=kube_namespace)
+    kube_apiserver.apply(minimal_rayjob("broken"), namespace=kube_namespace)
     ray = KubeRaySimulator(kube_apiserver.admin)
     ray.job_initializing(kube_namespace, "broken")
     initializing = read(kube_apiserver, "ray.io/v1", "RayJob", "broken", kube_namespace)["status"]
@@ -99,7 +80,7 @@ def test_rayjob_fails_with_a_message(kube_apiserver: KubeApiServer, kube_namespa
 
 def test_a_watch_sees_the_status_change(kube_apiserver: KubeApiServer, kube_namespace: str) -> None:
     """Operators learn about child status from watch events, as kopf will."""
-    created = kube_apiserver.apply(rayjob("watched"), namespace=kube_namespace)[0]
+    created = kube_apiserver.apply(minimal_rayjob("watched"), namespace=kube_namespace)[0]
     KubeRaySimulator(kube_apiserver.admin).job_running(kube_namespace, "watched")
     stream = watch.Watch().stream(
         CustomObjectsApi(kube_apiserver.admin).list_namespaced_custom_object,

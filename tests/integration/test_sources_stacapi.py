@@ -48,7 +48,6 @@ from tests.unit.test_sources import (
     make_items,
 )
 
-
 pytestmark = pytest.mark.integration
 
 BAND_FILES = {"B04", "B08", "vv", "vh"}

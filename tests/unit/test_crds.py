@@ -78,7 +78,6 @@ def test_every_field_has_a_description(crd):
 def test_status_lets_kopf_write_its_bookkeeping(crd):
     status = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]
     assert status["properties"]["kopf"]["x-kubernetes-preserve-unknown-fields"] is True
-    assert "default" not in yaml.safe_dump(status).split("kopf")[0] or True
     for _, node in _walk(status):
         assert "default" not in node, "status has no defaults: the operator writes every field it means"
 

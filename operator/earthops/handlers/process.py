@@ -11,6 +11,9 @@ from typing import Any
 import kopf
 
 log = logging.getLogger("earthops.operator")
+#: The liveness and metrics endpoints listen on every interface: kubelet probes and Prometheus reach the
+#: pod from outside it.
+BIND = "0.0.0.0"
 
 
 @dataclass(frozen=True)
@@ -25,8 +28,6 @@ class OperatorOptions:
     runtime_image: str = "ghcr.io/earthops/runtime:0.1.0"
     log_level: str = "info"
     log_format: str = "text"
-    #: bind address of the liveness and metrics endpoints (0.0.0.0 in a pod; tests use 127.0.0.1)
-    bind: str = "0.0.0.0"
 
 
 def _configure(opts: OperatorOptions) -> None:
@@ -83,13 +84,13 @@ def run_operator(opts: OperatorOptions) -> int:
     scope = "*" if opts.all_namespaces else ",".join(opts.namespaces)
     describe_operator("standalone" if opts.standalone else f"peering:{opts.peering}", scope)
     if opts.metrics_port:
-        start_http_server(opts.metrics_port, addr=opts.bind)
+        start_http_server(opts.metrics_port, addr=BIND)
     log.info("earthops operator: namespaces=%s, %s", scope, "standalone" if opts.standalone else f"peering {opts.peering}")
     kopf.run(
         standalone=opts.standalone,
         peering_name=None if opts.standalone else opts.peering,
         clusterwide=opts.all_namespaces,
         namespaces=() if opts.all_namespaces else opts.namespaces,
-        liveness_endpoint=f"http://{opts.bind}:{opts.liveness_port}/healthz",
+        liveness_endpoint=f"http://{BIND}:{opts.liveness_port}/healthz",
     )
     return 0

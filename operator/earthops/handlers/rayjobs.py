@@ -17,7 +17,13 @@ from earthops.api import GROUP, KINDS, VERSION, KindInfo, Resource, parse_resour
 from earthops.api.runtime import STATUS_FILE, RuntimeStatus
 from earthops.handlers import k8s
 from earthops.handlers.metrics import RECONCILES
-from earthops.reconcile.rayjob import LABEL_KIND, LABEL_NAME, OperatorDefaults, desired_children, execution_from_rayjob
+from earthops.reconcile.rayjob import (
+    LABEL_KIND,
+    LABEL_NAME,
+    OperatorDefaults,
+    desired_children,
+    execution_from_rayjob,
+)
 from earthops.reconcile.runs import run_id, run_key
 from earthops.status import Execution, derive
 from earthops.store import Store, StoreError

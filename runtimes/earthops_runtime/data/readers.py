@@ -75,11 +75,11 @@ from urllib.parse import unquote, urlparse
 import numpy as np
 import rasterio
 import rasterio.errors
-from rasterio._err import CPLE_BaseError
 import rasterio.features
 import rasterio.warp
-from rasterio.enums import MaskFlags, Resampling
+from rasterio._err import CPLE_BaseError
 from rasterio.crs import CRS
+from rasterio.enums import MaskFlags, Resampling
 from rasterio.session import Session
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
