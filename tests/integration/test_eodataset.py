@@ -166,6 +166,10 @@ def test_corrupt_scenes_are_skipped_within_the_budget_and_fail_the_run_beyond_it
     assert status["scenes"] == {"total": 5, "processed": 4, "failed": 1}
     failures = store.read_json(f"datasets/default/files/{status['runId']}/failures.json")
     assert failures[0]["scene"].startswith("s4") and failures[0]["reason"]
+    from earthops_runtime.catalog.search import search
+
+    items = search(store)  # plain files have no acquisition time: stamped and flagged, never invented silently
+    assert items and all(i["properties"].get("earthops:datetime_unknown") is True for i in items)
 
     doc["spec"]["validation"]["maxFailedSceneFraction"] = 0.1
     status = _run(store, parse_resource(doc), ray_address)

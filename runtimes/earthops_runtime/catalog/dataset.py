@@ -412,9 +412,11 @@ def _from_scene(scene: Scene) -> pystac.Item:
     when = scene.datetime
     if when is not None and when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
+    unknown = when is None and not (props.get("start_datetime") and props.get("end_datetime"))
+    if unknown:  # pystac refuses an item with no time at all: stamp it before creating the item
+        when = datetime.now(UTC).replace(microsecond=0)
+        props["earthops:datetime_unknown"] = True
     item = pystac.Item(id=scene.id, geometry=geometry, bbox=bbox, datetime=when, properties=props)
-    if when is None and not (item.common_metadata.start_datetime and item.common_metadata.end_datetime):
-        _unknown_time(item, scene)
     platform = str(props.get("platform") or props.get("constellation") or "").lower()
     optical_ok = not platform or platform.startswith("sentinel-2")
     sar_pols = []
