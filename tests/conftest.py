@@ -10,6 +10,7 @@ pytest_plugins = [
     "tests.infra.pytest_samples",
     "tests.infra.pytest_ray",
     "tests.infra.pytest_stacapi",
+    "tests.infra.pytest_datasets",
 ]
 
 
