@@ -1,0 +1,235 @@
+"""The model registry as the control plane reads it: versions and their STAC items, JSON only.
+
+A registered model version is a published (immutable) run folder ``models/<ns>/<model>/<vN>/``
+whose ``item.json`` is a STAC item with the ML-Model (``mlm``) extension (written by
+``earthops_runtime.registry``, which also writes the weights and the exported program). Everything
+the CLI and the operator need — which versions exist, which one ``latest`` is, what each one is —
+is in those items, so this module reads JSON through the :class:`~earthops.store.Store` and never
+imports torch (``earthops get models`` starts fast, the operator stays light).
+
+Versions are ``v1``, ``v2``, ... in registration order; ``latest`` is the highest number (not the
+newest publication time: a slow registration of v3 that finishes after v4 must not become latest).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from pydantic import TypeAdapter, ValidationError
+
+from earthops.api.common import Label, Name
+from earthops.store import Store, run_prefix
+
+AREA = "models"
+ITEM_NAME = "item.json"
+COLLECTION_NAME = "collection.json"
+LATEST = "latest"
+_VERSION = re.compile(r"^v([1-9][0-9]*)$")
+_NAME = TypeAdapter(Name)
+_NAMESPACE = TypeAdapter(Label)
+
+
+class RegistryError(LookupError):
+    """A model or version is not in the registry, or a name is not acceptable; the message says what
+    exists or what is accepted."""
+
+
+# --- names and versions (pure) ---------------------------------------------------------------------
+
+
+def check_names(namespace: str, name: str) -> None:
+    """Refuse names that are not Kubernetes names: they become store keys and ``ModelRef.model``."""
+    for value, adapter, what in ((namespace, _NAMESPACE, "namespace (a DNS-1123 label)"),
+                                 (name, _NAME, "model name (a DNS-1123 subdomain name)")):
+        try:
+            adapter.validate_python(value)
+        except ValidationError:
+            raise RegistryError(f"{value!r} is not a valid {what}: lower-case letters, digits, '-'") from None
+
+
+def version_number(version: str) -> int:
+    """``"v3"`` -> 3; anything else is refused."""
+    match = _VERSION.match(version)
+    if not match:
+        raise RegistryError(f"version {version!r}: expected v1, v2, ... or {LATEST!r}")
+    return int(match.group(1))
+
+
+def sort_versions(versions: Sequence[str]) -> list[str]:
+    """Versions in numeric order (``v2`` before ``v10``); folders that are not versions are left out."""
+    return sorted((v for v in versions if _VERSION.match(v)), key=version_number)
+
+
+def next_version(existing: Sequence[str]) -> str:
+    """The version after the highest existing one (``v1`` for a new model). Gaps are never filled:
+    a number once seen stays taken, so a version name never means two different models."""
+    numbers = [version_number(v) for v in sort_versions(existing)]
+    return f"v{max(numbers, default=0) + 1}"
+
+
+def pick_version(existing: Sequence[str], version: str, *, model: str) -> str:
+    """The published version that ``version`` (``vN`` or ``latest``) names, or a :class:`RegistryError`
+    listing what exists."""
+    ordered = sort_versions(existing)
+    if not ordered:
+        raise RegistryError(f"model {model!r} has no registered version")
+    if version == LATEST:
+        return ordered[-1]
+    version_number(version)
+    if version not in ordered:
+        raise RegistryError(f"model {model!r} has no version {version!r}; versions: {', '.join(ordered)}")
+    return version
+
+
+def version_key(namespace: str, name: str, version: str) -> str:
+    """``models/<ns>/<name>/<vN>``."""
+    return f"{run_prefix(AREA, namespace, name)}/{version}"
+
+
+def summarize(item: Mapping[str, Any], *, namespace: str, name: str, version: str, uri: str) -> dict[str, Any]:
+    """One row of :func:`list_models` from a version's STAC item."""
+    props = item.get("properties") or {}
+    return {
+        "namespace": namespace,
+        "name": name,
+        "version": version,
+        "uri": uri,
+        "created": props.get("datetime"),
+        "architecture": props.get("mlm:architecture"),
+        "task": props.get("earthops:task") or ", ".join(props.get("mlm:tasks") or []),
+        "metrics": dict(props.get("earthops:metrics") or {}),
+        "dataset": props.get("earthops:dataset"),
+        "experiment": dict(props.get("earthops:experiment") or {}),
+    }
+
+
+def dataset_label(uri: str | None) -> str:
+    """A short name of a dataset run URI for tables: ``<name>/<run-id>`` of
+    ``.../datasets/<ns>/<name>/<run-id>``, else the URI's last two segments."""
+    if not uri:
+        return ""
+    parts = uri.rstrip("/").split("/")
+    if "datasets" in parts:
+        i = len(parts) - 1 - parts[::-1].index("datasets")
+        if len(parts) - i == 4:
+            return f"{parts[i + 2]}/{parts[i + 3]}"
+    return "/".join(parts[-2:])
+
+
+def experiment_label(experiment: Mapping[str, Any] | None) -> str:
+    """``<name>/<runId>`` of an experiment reference (the namespace is the model's, usually)."""
+    if not experiment:
+        return ""
+    return "/".join(str(experiment[k]) for k in ("name", "runId") if experiment.get(k))
+
+
+def metrics_text(metrics: Mapping[str, Any]) -> str:
+    """``val_accuracy=0.9123 val_loss=0.2`` (4 significant digits)."""
+    return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
+
+
+def describe(item: Mapping[str, Any], *, namespace: str, name: str, version: str, uri: str) -> str:
+    """A ``kubectl describe``-like text of a registered version: what it is, what it expects as
+    input (bands, shape, normalisation), what it outputs, how good it is and where it came from."""
+    import yaml
+
+    from earthops.display import plain_table
+
+    props = item.get("properties") or {}
+    row = summarize(item, namespace=namespace, name=name, version=version, uri=uri)
+    model_input = (props.get("mlm:input") or [{}])[0]
+    output = (props.get("mlm:output") or [{}])[0]
+    model_asset = (item.get("assets") or {}).get("model") or {}
+    lines = [
+        f"Name:           {name}",
+        f"Namespace:      {namespace}",
+        f"Version:        {version}",
+        f"URI:            {uri}",
+        f"Created:        {row['created'] or ''}",
+        f"Architecture:   {row['architecture'] or ''}",
+        f"Task:           {row['task']}",
+        f"Framework:      {props.get('mlm:framework', '')} {props.get('mlm:framework_version', '')}".rstrip(),
+        f"Parameters:     {props.get('mlm:total_parameters', '')}",
+        f"Artifact:       {model_asset.get('href', '')} ({model_asset.get('mlm:artifact_type', '')})",
+        f"Dataset:        {row['dataset'] or ''}",
+        f"Experiment:     {experiment_label(row['experiment'])}  {row['experiment'].get('uri', '')}".rstrip(),
+        f"Metrics:        {metrics_text(row['metrics'])}",
+        "Input:",
+        f"  Shape:        {(model_input.get('input') or {}).get('shape', '')} "
+        f"{(model_input.get('input') or {}).get('dim_order', '')}",
+    ]
+    scaling = model_input.get("value_scaling") or []
+    bands = model_input.get("bands") or []
+    if bands:
+        scaling = scaling if len(scaling) == len(bands) else [{}] * len(bands)
+        table = [[str(b), _number(s.get("mean")), _number(s.get("stddev"))]
+                 for b, s in zip(bands, scaling, strict=True)]
+        lines.append("  " + plain_table(["BAND", "MEAN", "STD"], table).replace("\n", "\n  "))
+    lines.append("Output:")
+    lines.append(f"  Shape:        {(output.get('result') or {}).get('shape', '')} "
+                 f"{(output.get('result') or {}).get('dim_order', '')}")
+    classes = output.get("classification:classes") or []
+    if classes:
+        named = (f"{c.get('value')}={c.get('title') or c.get('name')}" for c in classes)
+        lines.append("  Classes:      " + ", ".join(named))
+    lines.append("Hyperparameters:")
+    hyper = props.get("mlm:hyperparameters") or {}
+    lines.append("\n".join("  " + line for line in yaml.safe_dump(hyper, sort_keys=True).splitlines()) if hyper
+                 else "  <none>")
+    return "\n".join(lines)
+
+
+def _number(value: Any) -> str:
+    return f"{value:.6g}" if isinstance(value, float) else "" if value is None else str(value)
+
+
+# --- reading the store -----------------------------------------------------------------------------
+
+
+def model_names(store: Store, namespace: str) -> list[str]:
+    """Models of a namespace that have at least one published version."""
+    return [m for m in store.children(f"{AREA}/{namespace}") if versions(store, namespace, m)]
+
+
+def versions(store: Store, namespace: str, name: str) -> list[str]:
+    """Published versions of a model, in numeric order (versions being written are invisible)."""
+    return sort_versions(store.runs(run_prefix(AREA, namespace, name)))
+
+
+def resolve_version(store: Store, namespace: str, name: str, version: str = LATEST) -> str:
+    """The published version ``version`` names (``latest``: the highest), or a :class:`RegistryError`
+    saying which models or versions exist."""
+    check_names(namespace, name)
+    found = versions(store, namespace, name)
+    if not found:
+        known = model_names(store, namespace)
+        raise RegistryError(f"no model {name!r} in namespace {namespace!r} of {store.uri}; "
+                            f"models: {', '.join(known) if known else '(none)'}")
+    return pick_version(found, version, model=f"{namespace}/{name}")
+
+
+def read_item(store: Store, namespace: str, name: str, version: str = LATEST) -> tuple[str, dict[str, Any]]:
+    """``(version, item)`` of a registered model version (``latest`` resolved)."""
+    version = resolve_version(store, namespace, name, version)
+    return version, store.read_json(f"{version_key(namespace, name, version)}/{ITEM_NAME}")
+
+
+def list_models(store: Store, namespace: str | None = None, name: str | None = None) -> list[dict[str, Any]]:
+    """Every published model version (of ``namespace`` / ``name`` when given), as :func:`summarize`
+    rows ordered by namespace, name and version number."""
+    rows = []
+    for ns in [namespace] if namespace else store.children(AREA):
+        for model in [name] if name else store.children(f"{AREA}/{ns}"):
+            for version in versions(store, ns, model):
+                key = version_key(ns, model, version)
+                item = store.read_json(f"{key}/{ITEM_NAME}")
+                rows.append(summarize(item, namespace=ns, name=model, version=version, uri=store.url(key)))
+    return rows
+
+
+__all__ = ["AREA", "COLLECTION_NAME", "ITEM_NAME", "LATEST", "RegistryError", "check_names", "dataset_label",
+           "describe", "experiment_label", "list_models", "metrics_text", "model_names", "next_version", "pick_version",
+           "read_item", "resolve_version", "sort_versions", "summarize", "version_key", "version_number",
+           "versions"]
