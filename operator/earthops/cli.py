@@ -124,20 +124,52 @@ def run(
     _run_with_progress(executor, planned)
 
 
+def trial_table(detail: dict[str, Any] | None) -> Any:
+    """The live trial table (trial id, state, parameters, metric, epoch) from a runtime status's
+    ``detail.trials``; None when there are no trials to show."""
+    from rich.table import Table
+
+    trials = (detail or {}).get("trials") or []
+    if not trials:
+        return None
+    table = Table("TRIAL", "STATE", "PARAMETERS", "METRIC", "EPOCH", box=None, pad_edge=False)
+    for t in trials:
+        params = t.get("parameters") or {}
+        metric = t.get("metric")
+        table.add_row(str(t.get("id", "")), str(t.get("state", "")),
+                      " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items()),
+                      f"{metric:.4g}" if isinstance(metric, (int, float)) else "",
+                      "" if t.get("epoch") is None else str(t["epoch"]))
+    return table
+
+
 def _run_with_progress(executor: Any, planned: list[Any]) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from earthops.display import plain_table, table_rows
 
+    class RunProgress(Progress):
+        """The progress bars, with the running resource's trial table under them (when it has trials)."""
+
+        trials: Any = None
+
+        def get_renderables(self) -> Any:
+            yield self.make_tasks_table(self.tasks)
+            if self.trials is not None:
+                yield self.trials
+
     failed = []
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[unit]}"),
-                  TimeElapsedColumn(), console=err, transient=False) as bars:
+    with RunProgress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[unit]}"),
+                     TimeElapsedColumn(), console=err, transient=False) as bars:
         for r in planned:
             task = bars.add_task(f"{r.kind} {r.namespace}/{r.name}", total=None, unit="")
 
             def update(state: dict[str, Any], runtime: Any, task: Any = task) -> None:
                 if runtime is not None:
                     p = runtime.progress
+                    table = trial_table(runtime.detail)
+                    if table is not None:
+                        bars.trials = table
                     bars.update(task, completed=p.done, total=p.total, unit=p.unit)
 
             executor.on_progress = update
@@ -148,6 +180,9 @@ def _run_with_progress(executor: Any, planned: list[Any]) -> None:
                         bars.tasks[task].fields.get("unit", ""))
             if status.get("phase") == "Failed" or (status.get("phase") == "Pending" and not outcome.skipped):
                 failed.append((r, status))
+            if bars.trials is not None:  # the finished resource's trials stay on screen; the live table goes
+                bars.console.print(bars.trials)
+                bars.trials = None
             header, rows = table_rows([outcome.resource])
             bars.console.print(plain_table(header, rows), highlight=False)
     for r, status in failed:
@@ -176,15 +211,19 @@ def _select(st: Store, kind: str | None, name: str | None, namespace: str | None
 
 @app.command()
 def get(
-    kind: Annotated[str | None, typer.Argument(help="Kind (eodatasets, tex, ...); default: all earthops kinds.")] = None,
+    kind: Annotated[str | None, typer.Argument(help="Kind (eodatasets, tex, ...) or models (the model registry); "
+                                               "default: all earthops kinds.")] = None,
     name: Annotated[str | None, typer.Argument(help="Resource name.")] = None,
     namespace: NamespaceOpt = None,
     output: Annotated[Output, typer.Option("--output", "-o", help="table, wide, json, yaml or name.")] = Output.table,
     store: StoreOpt = None,
 ) -> None:
-    """List resources run on this machine, like `kubectl get`."""
+    """List resources run on this machine, like `kubectl get`; `get models [NAME]` lists the model registry."""
     from earthops.display import plain_table, table_rows
 
+    if kind and kind.lower() in MODEL_TARGETS:
+        _get_models(_open_store(store), name, namespace, output)
+        return
     docs = _select(_open_store(store), kind, name, namespace)
     if output is Output.json:
         data = docs[0] if name else {"apiVersion": "v1", "kind": "List", "items": docs}
@@ -217,16 +256,74 @@ def get(
 
 @app.command()
 def describe(
-    kind: Annotated[str, typer.Argument(help="Kind (eodataset, tex, ...).")],
-    name: Annotated[str, typer.Argument(help="Resource name.")],
+    kind: Annotated[str, typer.Argument(help="Kind (eodataset, tex, ...) or model.")],
+    name: Annotated[str, typer.Argument(help="Resource name (a model: NAME or NAME/VERSION).")],
     namespace: Annotated[str, typer.Option("--namespace", "-n", help="Namespace.")] = "default",
     store: StoreOpt = None,
 ) -> None:
-    """Show one resource in detail, like `kubectl describe`."""
+    """Show one resource in detail, like `kubectl describe`; `describe model NAME[/VERSION]` shows a
+    registered model version (default: the latest)."""
     from earthops.display import describe as text
 
+    if kind.lower() in MODEL_TARGETS:
+        _describe_model(_open_store(store), name, namespace)
+        return
     docs = _select(_open_store(store), kind, name, namespace)
     out.print(text(docs[0]), highlight=False)
+
+
+# --- the model registry (`get models`, `describe model`) ------------------------------------------
+
+MODEL_TARGETS = ("models", "model")
+
+
+def _get_models(st: Store, name: str | None, namespace: str | None, output: Output) -> None:
+    """The registered model versions, one row each (newest version of a model last)."""
+    from earthops import registry
+    from earthops.display import age, plain_table
+
+    try:
+        rows = registry.list_models(st, namespace, name)
+    except (registry.RegistryError, StoreError) as exc:
+        raise _fail(str(exc), 1) from None
+    if name and not rows:
+        known = sorted({f"{r['namespace']}/{r['name']}" for r in registry.list_models(st, namespace)})
+        raise _fail(f'model "{name}" not found in {st.uri}; models: {", ".join(known) or "(none)"}', 1)
+    if output in (Output.json, Output.yaml):
+        data = {"kind": "ModelList", "items": rows}
+        text = json.dumps(data, indent=2) if output is Output.json else yaml.safe_dump(data, sort_keys=False).rstrip()
+        out.print(text, highlight=False, markup=False)
+        return
+    if output is Output.name:
+        for r in rows:
+            out.print(f"model/{r['name']}/{r['version']}", highlight=False, markup=False)
+        return
+    if not rows:
+        err.print(f"No models found{f' in {namespace} namespace' if namespace else ''}.", highlight=False)
+        return
+    wide = output is Output.wide
+    header = ["NAME", "VERSION", "ARCHITECTURE", "TASK", "METRICS", "DATASET", "EXPERIMENT", "AGE"]
+    header = (["NAMESPACE"] if namespace is None else []) + header + (["URI"] if wide else [])
+    table = []
+    for r in rows:
+        metrics = r["metrics"] if wide else dict(list(r["metrics"].items())[:2])
+        row = [r["name"], r["version"], r["architecture"] or "", r["task"] or "", registry.metrics_text(metrics),
+               registry.dataset_label(r["dataset"]), registry.experiment_label(r["experiment"]), age(r["created"])]
+        table.append(([r["namespace"]] if namespace is None else []) + row + ([r["uri"]] if wide else []))
+    out.print(plain_table(header, table), highlight=False, markup=False)
+
+
+def _describe_model(st: Store, ref: str, namespace: str) -> None:
+    from earthops import registry
+
+    name, _, version = ref.partition("/")
+    try:
+        version, item = registry.read_item(st, namespace, name, version or registry.LATEST)
+    except (registry.RegistryError, StoreError) as exc:
+        raise _fail(str(exc), 1) from None
+    uri = st.url(registry.version_key(namespace, name, version))
+    out.print(registry.describe(item, namespace=namespace, name=name, version=version, uri=uri),
+              highlight=False, markup=False)
 
 
 @app.command()

@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
+from earthops.api.common import CommonStatus
 from earthops.api.resources import KindInfo
 from earthops.api.runtime import RuntimeStatus
 
@@ -81,6 +82,14 @@ class Blocker:
     failed: bool = False  # True when waiting is pointless (e.g. the dataset failed)
 
 
+@dataclass(frozen=True)
+class Met:
+    """Something the resource waited for that now holds (e.g. its dataset is Ready): a True condition."""
+
+    condition: str  # e.g. DatasetReady
+    message: str = ""
+
+
 @dataclass
 class _Outcome:
     phase: str
@@ -120,16 +129,22 @@ def derive(
     execution: Execution,
     runtime: RuntimeStatus | None = None,
     blockers: tuple[Blocker, ...] = (),
+    met: tuple[Met, ...] = (),
     at: datetime | None = None,
 ) -> dict[str, Any]:
     """The resource status (wire format) from what the executor and the runtime report.
 
-    A ``status.json`` of another generation is ignored (it belongs to an older spec)."""
+    ``blockers`` set their condition False and hold the resource (Pending, or Failed when waiting is
+    pointless); ``met`` set theirs True (reason: the condition type). Conditions neither names keep
+    their previous value. A ``status.json`` of another generation is ignored (it belongs to an older
+    spec); its ``detail`` is never part of the resource status."""
     at = at or now()
     previous = previous or {}
     if runtime is not None and runtime.generation is not None and generation is not None and runtime.generation != generation:
         runtime = None
     conditions: list[dict[str, Any]] = list(previous.get("conditions") or [])
+    for m in met:
+        conditions = set_condition(conditions, m.condition, "True", m.condition, m.message, at=at, generation=generation)
 
     if blockers:
         for b in blockers:
@@ -157,16 +172,28 @@ def derive(
         status["startTime"] = _ts(execution.start_time)
     if execution.end_time and outcome.phase in ("Succeeded", "Failed"):
         status["completionTime"] = _ts(execution.end_time)
-    status.update(outcome.results)
+    unknown = sorted(set(outcome.results) - result_fields(info))
+    status.update({k: v for k, v in outcome.results.items() if k not in unknown})
     try:
+        if unknown:
+            raise ValueError(f"fields {info.kind} status does not have: {', '.join(unknown)} "
+                             f"(accepted: {', '.join(sorted(result_fields(info)))})")
         return info.status.model_validate(status).wire()
-    except ValidationError as exc:
+    except (ValidationError, ValueError) as exc:
         # a runtime that reports fields its kind does not have is a bug in the runtime: say so
         status = {k: v for k, v in status.items() if k not in outcome.results}
         status["phase"] = "Failed"
-        bad = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors(include_url=False))
+        bad = ("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors(include_url=False))
+               if isinstance(exc, ValidationError) else str(exc))
         status["message"] = f"the runtime reported an invalid status: {bad}"
         status["conditions"] = set_condition(
             conditions, "Ready", "False", "InvalidRuntimeStatus", status["message"], at=at, generation=generation
         )
         return info.status.model_validate(status).wire()
+
+
+def result_fields(info: KindInfo) -> set[str]:
+    """The status fields (camelCase) a kind's runtime may report in its results: the kind's own, not
+    the common ones (phase, conditions, results, ...), which the control plane owns."""
+    common = set(CommonStatus.model_fields)
+    return {f.alias or name for name, f in info.status.model_fields.items() if name not in common}

@@ -2,7 +2,8 @@
 
 KubeRay runs it as the RayJob entrypoint; the embedded executor runs it as a local process. It reads
 the resource, calls the kind's entrypoint function (``module:function``, named by the control plane
-from ``earthops.api.KINDS``) and makes sure a ``status.json`` says how the run ended, even when the
+from ``earthops.api.KINDS``) with the published runs it references (``--input key=URI`` ->
+``inputs={key: uri}``, resolved by the control plane) and makes sure a ``status.json`` says how the run ended, even when the
 entrypoint crashes.
 """
 
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from earthops.api import parse_resource
+from earthops.reconcile.inputs import parse_input_args
 from earthops.store import Store, StoreError
 from earthops_runtime.reporting import Reporter
 
@@ -38,7 +40,14 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--run-key", required=True, help="the run folder, relative to the store root")
     run.add_argument("--run-id", required=True)
     run.add_argument("--ray-address", default=None, help="an existing Ray cluster (default: local Ray)")
+    run.add_argument("--input", action="append", default=[], metavar="KEY=URI",
+                     help="a published run the resource references, e.g. dataset=s3://... (repeatable); "
+                     "the entrypoint gets them as inputs={key: uri}")
     args = parser.parse_args(argv)
+    try:
+        inputs = parse_input_args(args.input)
+    except ValueError as exc:
+        parser.error(str(exc))
 
     import yaml
 
@@ -48,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         func = _load(args.entrypoint)
         reporter.report("Running", message="started")
-        func(resource=resource, store=store, run_key=args.run_key, reporter=reporter, ray_address=args.ray_address)
+        func(resource=resource, store=store, run_key=args.run_key, reporter=reporter, ray_address=args.ray_address,
+             inputs=inputs)
     except StoreError as exc:
         print(f"error: {exc}", file=sys.stderr)
         _report_failure(reporter, "StoreError", str(exc))

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import resource
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -226,8 +227,9 @@ def _batches(scenes: list[Scene], workers: int) -> list[list[Scene]]:
     return [scenes[i:i + per_task] for i in range(0, len(scenes), per_task)]
 
 
-def run(*, resource: EODataset, store: Store, run_key: str, reporter: Any, ray_address: str | None) -> None:
-    """Entry point (see :mod:`earthops_runtime.__main__`)."""
+def run(*, resource: EODataset, store: Store, run_key: str, reporter: Any, ray_address: str | None,
+        inputs: Mapping[str, str] | None = None) -> None:
+    """Entry point (see :mod:`earthops_runtime.__main__`). An EODataset references nothing: ``inputs`` is empty."""
     from earthops_runtime.data.features import plan_features
     from earthops_runtime.data.sources import resolve_scenes
     from earthops_runtime.data.validation import check_spec

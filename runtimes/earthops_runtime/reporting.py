@@ -31,7 +31,10 @@ class Reporter:
         message: str | None = None,
         reason: str | None = None,
         results: dict[str, Any] | None = None,
+        detail: dict[str, Any] | None = None,
     ) -> RuntimeStatus:
+        """Merge what is given into the status and write it. ``results`` are merged key by key;
+        ``detail`` (live detail for people, e.g. ``{"trials": [...]}``) replaces the previous one."""
         s = self.status
         progress = Progress(
             done=s.progress.done if done is None else done,
@@ -45,6 +48,7 @@ class Reporter:
                 "message": s.message if message is None else message,
                 "reason": s.reason if reason is None else reason,
                 "results": {**s.results, **(results or {})},
+                "detail": s.detail if detail is None else detail,
                 "updated_at": datetime.now(UTC),
             }
         )

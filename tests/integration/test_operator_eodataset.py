@@ -2,20 +2,17 @@
 RayJob we create; KubeRay's part is played by the simulator and the runtime's by status.json files
 written into the store, so the full lifecycle runs without pods."""
 
-from datetime import UTC, datetime
-from pathlib import Path
-
 import pytest
 import yaml
 
 from earthops.store import Store
+from tests.infra.earthops_kube import apply_example, wait_status, write_runtime
+from tests.infra.earthops_kube import status as resource_status
 from tests.infra.operator import running_operator
 from tests.infra.peers import KubeRaySimulator
 from tests.infra.proc import wait_for
 
 pytestmark = pytest.mark.integration
-ROOT = Path(__file__).resolve().parents[2]
-API = "earthops.dev/v1alpha1"
 
 
 @pytest.fixture
@@ -26,25 +23,19 @@ def env(kube_controller_manager, kube_namespace, tmp_path):
 
 
 def _dataset(kube, ns, name="iceberg-chips", **spec_changes):
-    doc = yaml.safe_load((ROOT / "examples/ship-iceberg/01-dataset.yaml").read_text())
-    doc["metadata"].update(name=name, namespace=ns)
-    doc["spec"].update(spec_changes)
-    return kube.apply(doc)[0]
+    return apply_example(kube, "examples/ship-iceberg/01-dataset.yaml", ns, name, **spec_changes)
 
 
 def _status(kube, ns, name):
-    return kube.get(API, "EODataset", name, ns).get("status") or {}
+    return resource_status(kube, "EODataset", ns, name)
 
 
 def _wait(kube, ns, name, op, what, check, timeout=30):
-    wait_for(lambda: check(_status(kube, ns, name)), timeout=timeout, what=what, proc=op.proc, log_path=op.log)
-    return _status(kube, ns, name)
+    return wait_status(kube, "EODataset", ns, name, op, what, check, timeout)
 
 
 def _runtime(store, ns, name, run, phase, **fields):
-    doc = {"phase": phase, "runId": run, "generation": int(run[1:].split("-")[0]),
-           "updatedAt": datetime.now(UTC).isoformat(), **fields}
-    store.write_json(f"datasets/{ns}/{name}/{run}/status.json", doc)
+    write_runtime(store, "EODataset", ns, name, run, phase, **fields)
 
 
 def test_dataset_lifecycle_created_running_succeeded_changed_deleted(env):

@@ -34,16 +34,18 @@ def test_order_refuses_dangling_references_and_cycles():
 def test_unbuilt_kinds_are_refused_before_anything_runs(tmp_path):
     executor = Executor(Store.from_uri(tmp_path.as_uri()))
     resources = load_manifests([ROOT / "examples/ship-iceberg"])
-    with pytest.raises(Unsupported, match="cannot run .*TuningExperiment.* refused before running anything"):
+    with pytest.raises(Unsupported, match="cannot run AblationStudy, ModelDeployment yet .* refused before running") as e:
         executor.check_supported(resources)
+    assert "TuningExperiment" not in str(e.value)
     assert stored_resources(executor.store) == []
+    executor.check_supported([r for r in resources if r.kind in ("EODataset", "TuningExperiment")])
 
 
 @pytest.fixture
 def probe_runtime(monkeypatch):
-    def use(entrypoint):
-        info = dataclasses.replace(KINDS["EODataset"], runtime=f"tests.unit.probe_runtime:{entrypoint}")
-        monkeypatch.setitem(KINDS, "EODataset", info)
+    def use(entrypoint, kind="EODataset"):
+        info = dataclasses.replace(KINDS[kind], runtime=f"tests.unit.probe_runtime:{entrypoint}")
+        monkeypatch.setitem(KINDS, kind, info)
 
     monkeypatch.chdir(ROOT)  # the runtime process imports tests.unit.probe_runtime from here
     return use
@@ -92,18 +94,61 @@ def test_a_crashing_runtime_ends_failed_with_its_cause(tmp_path, probe_runtime, 
     assert store.runs("datasets/default/iceberg-chips") == [], "nothing half-published"
 
 
-def test_a_dependent_of_a_failed_resource_does_not_run(tmp_path, probe_runtime, monkeypatch):
+def test_a_dependent_of_a_failed_resource_does_not_run(tmp_path, probe_runtime):
     probe_runtime("crash")
-    monkeypatch.setitem(KINDS, "TuningExperiment",
-                        dataclasses.replace(KINDS["TuningExperiment"], runtime="tests.unit.probe_runtime:succeed"))
+    probe_runtime("tune", "TuningExperiment")
     store = Store.from_uri(tmp_path.as_uri())
     executor = Executor(store, poll_interval=0.05)
     dataset, tuning = order(load_manifests([ROOT / "examples/ship-iceberg/01-dataset.yaml",
                                             ROOT / "examples/ship-iceberg/02-tuning.yaml"]))
     executor.apply(dataset)
     status = executor.apply(tuning).resource["status"]
+    assert status["phase"] == "Failed" and "runId" not in status
+    cond = get_condition(status["conditions"], "DatasetReady")
+    assert (cond["status"], cond["reason"]) == ("False", "DatasetNotReady")
+    assert cond["message"] == "EODataset 'iceberg-chips' is Failed, not Succeeded"
+    assert get_condition(status["conditions"], "Ready")["reason"] == "DatasetNotReady"
+    assert store.runs("experiments/default/iceberg-tuning") == []
+
+
+def test_a_missing_dataset_fails_the_experiment_in_a_one_shot_run(tmp_path, probe_runtime):
+    probe_runtime("tune", "TuningExperiment")
+    [tuning] = load_manifests([ROOT / "examples/ship-iceberg/02-tuning.yaml"])
+    status = Executor(Store.from_uri(tmp_path.as_uri())).apply(tuning).resource["status"]
     assert status["phase"] == "Failed"
-    assert get_condition(status["conditions"], "DatasetReady")["reason"] == "DatasetNotReady"
+    assert get_condition(status["conditions"], "DatasetReady")["message"] == \
+        "EODataset 'iceberg-chips' not found in namespace default"
+
+
+def test_an_experiment_gets_its_datasets_run_as_input_and_its_trials_shown(tmp_path, probe_runtime):
+    probe_runtime("succeed")
+    probe_runtime("tune", "TuningExperiment")
+    store = Store.from_uri(tmp_path.as_uri())
+    result = CliRunner().invoke(app, ["run", "-f", str(ROOT / "examples/ship-iceberg/02-tuning.yaml"),
+                                      "-f", str(ROOT / "examples/ship-iceberg/01-dataset.yaml"), "--store", store.uri])
+    assert result.exit_code == 0, result.output
+    [dataset] = stored_resources(store, ["EODataset"])
+    [tuning] = stored_resources(store, ["TuningExperiment"])
+    status = tuning["status"]
+    assert status["phase"] == "Succeeded", status
+    run_key = f"experiments/default/iceberg-tuning/{status['runId']}"
+    assert store.read_json(f"{run_key}/inputs.json") == {"dataset": dataset["status"]["results"]}
+    assert dataset["status"]["results"] == store.url(f"datasets/default/iceberg-chips/{dataset['status']['runId']}")
+    cond = get_condition(status["conditions"], "DatasetReady")
+    assert (cond["status"], cond["reason"]) == ("True", "DatasetReady")
+    # the runtime's results are projected; its live detail is not
+    assert status["trials"] == {"pending": 0, "running": 0, "succeeded": 1, "stopped": 1, "failed": 0}
+    assert status["bestTrial"] == {"id": "t-0001", "metric": 0.9, "parameters": {"model.dropout": "0.25"}}
+    assert status["bestMetric"] == 0.9 and status["registeredModel"]["version"] == "v1"
+    assert status["report"] == store.url(run_key) and "detail" not in status
+    assert status["progress"] == "2/2 trials"
+    # the live trial table, left on screen when the experiment ends
+    out = result.stderr
+    assert "TRIAL" in out and "PARAMETERS" in out and "EPOCH" in out
+    assert "t-0001" in out and "TERMINATED" in out and "model.dropout=0.25" in out and "0.9" in out
+    assert "t-0002" in out and "STOPPED" in out
+    table = CliRunner().invoke(app, ["get", "tex", "--store", store.uri]).stdout
+    assert "TRIALS" in table and "BEST" in table and "MODEL" in table and "v1" in table
 
 
 def test_cli_run_exit_codes(tmp_path):
@@ -111,6 +156,7 @@ def test_cli_run_exit_codes(tmp_path):
     bad = runner.invoke(app, ["run", "-f", str(ROOT / "tests/invalid/05-split-sum.yaml"), "--store", tmp_path.as_uri()])
     assert bad.exit_code == 2 and "spec.split.train" in bad.stderr and "05-split-sum.yaml" in bad.stderr
     refused = runner.invoke(app, ["run", "-f", str(ROOT / "examples/ship-iceberg"), "--store", tmp_path.as_uri()])
+    assert "AblationStudy" in refused.stderr and "TuningExperiment" not in refused.stderr
     assert refused.exit_code == 3 and "refused before running anything" in refused.stderr
     dry = runner.invoke(app, ["run", "--dry-run", "-f", str(ROOT / "examples/landcover-s2"), "--store", tmp_path.as_uri()])
     assert dry.exit_code == 0 and "1. EODataset default/landcover" in dry.stdout

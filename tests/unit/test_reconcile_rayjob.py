@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import shlex
 from pathlib import Path
 
 import pytest
@@ -15,10 +16,13 @@ ROOT = Path(__file__).resolve().parents[2]
 DEFAULTS = OperatorDefaults(runtime_image="registry.example/earthops-runtime:1", store_uri="s3://store/root")
 
 
+DATASET_RUN = "s3://store/root/datasets/default/landcover/g1-0123abcd"
+
+
 @pytest.fixture
-def runnable(monkeypatch):
-    for kind in ("EODataset", "TuningExperiment"):
-        monkeypatch.setitem(KINDS, kind, dataclasses.replace(KINDS[kind], runtime=f"earthops_runtime.{kind.lower()}:run"))
+def runnable():
+    assert KINDS["EODataset"].runtime == "earthops_runtime.dataset:run"
+    assert KINDS["TuningExperiment"].runtime == "earthops_runtime.tuning:run"
 
 
 def _resource(path: str):
@@ -29,7 +33,8 @@ def _resource(path: str):
 def test_rayjob_runs_the_runtime_command_on_the_declared_cluster(runnable):
     r = _resource("examples/landcover-s2/02-tuning.yaml")
     run = run_id(3, r)
-    config_map, job = desired_children(r, run=run, run_key=run_key(r, run), generation=3, defaults=DEFAULTS)
+    config_map, job = desired_children(r, run=run, run_key=run_key(r, run), generation=3, defaults=DEFAULTS,
+                                       inputs={"dataset": DATASET_RUN})
     assert job["apiVersion"] == "ray.io/v1" and job["kind"] == "RayJob"
     owner = job["metadata"]["ownerReferences"][0]
     assert owner == {"apiVersion": "earthops.dev/v1alpha1", "kind": "TuningExperiment", "name": "landcover-unet",
@@ -38,9 +43,10 @@ def test_rayjob_runs_the_runtime_command_on_the_declared_cluster(runnable):
     spec = job["spec"]
     assert spec["shutdownAfterJobFinishes"] is True and spec["ttlSecondsAfterFinished"] > 0
     assert "activeDeadlineSeconds" not in spec  # no timeout in this example
-    assert spec["entrypoint"].startswith("python -m earthops_runtime run --entrypoint earthops_runtime.tuningexperiment:run")
+    assert spec["entrypoint"].startswith("python -m earthops_runtime run --entrypoint earthops_runtime.tuning:run")
     assert f"--run-key experiments/default/landcover-unet/{run}" in spec["entrypoint"]
     assert "--store s3://store/root" in spec["entrypoint"]
+    assert shlex.split(spec["entrypoint"])[-2:] == ["--input", f"dataset={DATASET_RUN}"]
     [gpu_group] = spec["rayClusterSpec"]["workerGroupSpecs"]
     assert (gpu_group["groupName"], gpu_group["replicas"], gpu_group["maxReplicas"]) == ("gpu", 2, 2)
     pod = gpu_group["template"]["spec"]
@@ -59,9 +65,69 @@ def test_timeout_credentials_and_store_come_from_the_spec(runnable):
     assert head["envFrom"] == [{"secretRef": {"name": "eo-datasets-s3"}}]
     assert {"name": "EARTHOPS_STORE", "value": "s3://eo-datasets/svalbard"} in head["env"]
     assert "secret" not in json.dumps(head["env"]).lower()
+    assert "--input" not in job["spec"]["entrypoint"]  # a dataset references nothing
     tex = _resource("examples/ship-iceberg/02-tuning.yaml")
-    _, job = desired_children(tex, run="g1-x", run_key="k", generation=1, defaults=DEFAULTS)
+    _, job = desired_children(tex, run="g1-x", run_key="k", generation=1, defaults=DEFAULTS,
+                              inputs={"dataset": DATASET_RUN})
+    assert job["spec"]["activeDeadlineSeconds"] == 7200  # spec.timeout: 2h
+    assert job["spec"]["shutdownAfterJobFinishes"] is True and job["spec"]["ttlSecondsAfterFinished"] == 600
+    # the default cluster: a CPU head that schedules only, one CPU worker group, no GPUs anywhere
+    cluster = job["spec"]["rayClusterSpec"]
+    assert cluster["headGroupSpec"]["rayStartParams"] == {"num-cpus": "0"}
+    assert [g["groupName"] for g in cluster["workerGroupSpecs"]] == ["workers"]
+    assert "nvidia.com/gpu" not in json.dumps(cluster)
+
+
+def test_a_tuning_experiment_with_gpu_workers_and_fractional_trials(runnable):
+    tex = _resource("examples/ship-iceberg/02-tuning.yaml")
+    spec = tex.spec.model_validate({
+        **tex.spec.wire(), "storage": {"uri": "s3://experiments/iceberg", "secretRef": {"name": "s3-creds"}},
+        "resources": {"cpu": 2, "gpu": 0.25},
+        "compute": {"image": "registry.example/earthops-runtime:gpu",
+                    "head": {"cpu": 1, "memory": "4Gi"},
+                    "nodeSelector": {"pool": "ml"},
+                    "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+                    "workerGroups": [
+                        {"name": "cpu", "replicas": 1, "maxReplicas": 1, "cpu": 4, "memory": "8Gi"},
+                        {"name": "gpu", "replicas": 1, "minReplicas": 0, "maxReplicas": 4, "cpu": 8, "memory": "32Gi",
+                         "gpu": 2, "nodeSelector": {"nvidia.com/gpu.product": "H100"}}]},
+    })
+    tex = tex.model_copy(update={"spec": spec})
+    _, job = desired_children(tex, run="g3-x", run_key="experiments/default/iceberg-tuning/g3-x", generation=3,
+                              defaults=DEFAULTS, inputs={"dataset": DATASET_RUN})
+    cluster = job["spec"]["rayClusterSpec"]
+    assert cluster["enableInTreeAutoscaling"] is True  # the GPU group may grow to 4
+    head = cluster["headGroupSpec"]["template"]["spec"]
+    assert head["containers"][0]["resources"]["limits"] == {"cpu": "1", "memory": "4Gi"}
+    assert head["nodeSelector"] == {"pool": "ml"}
+    cpu, gpu = cluster["workerGroupSpecs"]
+    assert cpu["template"]["spec"]["containers"][0]["resources"]["limits"] == {"cpu": "4", "memory": "8Gi"}
+    assert (gpu["groupName"], gpu["replicas"], gpu["minReplicas"], gpu["maxReplicas"]) == ("gpu", 1, 0, 4)
+    pod = gpu["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["resources"]["limits"] == {"cpu": "8", "memory": "32Gi", "nvidia.com/gpu": "2"}
+    assert container["resources"]["requests"] == container["resources"]["limits"]
+    assert container["image"] == "registry.example/earthops-runtime:gpu"
+    assert pod["nodeSelector"] == {"pool": "ml", "nvidia.com/gpu.product": "H100"}
+    for p in (head, cpu["template"]["spec"], pod):
+        assert p["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+        assert p["containers"][0]["envFrom"] == [{"secretRef": {"name": "s3-creds"}}]
+        assert {"name": "EARTHOPS_STORE", "value": "s3://experiments/iceberg"} in p["containers"][0]["env"]
+    argv = shlex.split(job["spec"]["entrypoint"])
+    assert argv[argv.index("--store") + 1] == "s3://experiments/iceberg"
+    assert argv[argv.index("--input") + 1] == f"dataset={DATASET_RUN}"
     assert job["spec"]["activeDeadlineSeconds"] == 7200
+
+
+def test_trials_that_no_worker_could_run_and_unresolved_inputs_are_refused(runnable):
+    tex = _resource("examples/landcover-s2/02-tuning.yaml")  # 0.5 GPU per trial, workers with 1 GPU
+    greedy = tex.model_copy(update={"spec": tex.spec.model_copy(
+        update={"resources": tex.spec.resources.model_copy(update={"gpu": 1.5})})})
+    with pytest.raises(ValueError, match="spec.resources.gpu is 1.5 per trial but the largest worker pod .* has 1 GPU"):
+        desired_children(greedy, run="g1-x", run_key="k", generation=1, defaults=DEFAULTS,
+                         inputs={"dataset": DATASET_RUN})
+    with pytest.raises(ValueError, match="unresolved inputs dataset"):
+        desired_children(tex, run="g1-x", run_key="k", generation=1, defaults=DEFAULTS)
 
 
 def test_unrunnable_or_unowned_resources_are_refused(runnable):

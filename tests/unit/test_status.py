@@ -6,7 +6,7 @@ import pytest
 
 from earthops.api import KINDS
 from earthops.api.runtime import RuntimeStatus
-from earthops.status import Blocker, Execution, derive, get_condition, set_condition
+from earthops.status import Blocker, Execution, Met, derive, get_condition, set_condition
 
 pytestmark = pytest.mark.unit
 T0 = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
@@ -85,3 +85,44 @@ def test_blockers_hold_the_resource_with_a_named_condition():
     failed = derive(KINDS["TuningExperiment"], generation=1, previous=status, execution=Execution("Pending"),
                     blockers=(Blocker("DatasetReady", "DatasetFailed", "it failed", failed=True),), at=T0)
     assert failed["phase"] == "Failed"
+
+
+TEX = KINDS["TuningExperiment"]
+
+
+def test_a_met_dependency_turns_its_condition_true_and_stays_through_the_run():
+    waiting = derive(TEX, generation=1, previous=None, execution=Execution("Pending"),
+                     blockers=(Blocker("DatasetReady", "DatasetNotReady", "EODataset 'chips' not found"),), at=T0)
+    started = derive(TEX, generation=1, previous=waiting, execution=Execution("Pending", "RayClusterStarting"),
+                     met=(Met("DatasetReady", "EODataset 'chips' is Succeeded"),), at=T0 + timedelta(minutes=2))
+    cond = get_condition(started["conditions"], "DatasetReady")
+    assert (cond["status"], cond["reason"], cond["lastTransitionTime"]) == ("True", "DatasetReady", "2026-11-24T12:02:00Z")
+    assert started["phase"] == "Pending" and get_condition(started["conditions"], "Ready")["reason"] == "RayClusterStarting"
+    running = derive(TEX, generation=1, previous=started, execution=Execution("Running"), runtime=rt("Running"), at=T0)
+    assert get_condition(running["conditions"], "DatasetReady")["status"] == "True"
+
+
+def test_tuning_results_are_projected_and_live_detail_is_not():
+    results = {"trials": {"pending": 10, "running": 2, "succeeded": 3, "stopped": 1, "failed": 0},
+               "bestTrial": {"id": "t-0003", "metric": 0.91, "parameters": {"model.dropout": "0.2"}},
+               "bestMetric": 0.91, "registeredModel": {"name": "iceberg", "version": "v2", "uri": "s3://b/models/v2"},
+               "report": "s3://b/experiments/default/iceberg/g1-abc"}
+    runtime = rt("Succeeded", progress={"done": 16, "total": 16, "unit": "trials"}, results=results,
+                 detail={"trials": [{"id": "t-0003", "state": "TERMINATED", "parameters": {}, "metric": 0.91, "epoch": 8}]})
+    status = derive(TEX, generation=1, previous=None, execution=Execution("Succeeded"), runtime=runtime, at=T0)
+    assert status["phase"] == "Succeeded" and status["progress"] == "16/16 trials"
+    assert {k: status[k] for k in results} == results
+    assert "detail" not in status and "trials" not in status.get("conditions", [{}])[0]
+
+
+@pytest.mark.parametrize("results, fragment", [
+    ({"best_metric": 0.9}, "does not have: best_metric (accepted: bestMetric, bestTrial, registeredModel, report, trials)"),
+    ({"phase": "Succeeded", "trials": {"running": 1}}, "does not have: phase"),  # common fields are the control plane's
+    ({"bestTrial": {"id": "t1"}}, "bestTrial.metric"),
+])
+def test_a_tuning_runtime_with_a_misnamed_result_fails_clearly(results, fragment):
+    runtime = rt("Running", results=results)
+    status = derive(TEX, generation=1, previous=None, execution=Execution("Running"), runtime=runtime, at=T0)
+    assert status["phase"] == "Failed" and fragment in status["message"], status["message"]
+    assert get_condition(status["conditions"], "Ready")["reason"] == "InvalidRuntimeStatus"
+    assert "trials" not in status

@@ -103,28 +103,28 @@ class PrinterColumn:
         return out
 
 
-def _refs_dataset(spec: EODatasetSpec) -> list[tuple[str, str]]:
-    return []
+def _refs_dataset(spec: EODatasetSpec) -> dict[str, tuple[str, str]]:
+    return {}
 
 
-def _refs_tuning(spec: TuningExperimentSpec) -> list[tuple[str, str]]:
-    return [("EODataset", spec.dataset_ref.name)]
+def _refs_tuning(spec: TuningExperimentSpec) -> dict[str, tuple[str, str]]:
+    return {"dataset": ("EODataset", spec.dataset_ref.name)}
 
 
-def _refs_ablation(spec: AblationStudySpec) -> list[tuple[str, str]]:
-    refs = [("EODataset", spec.dataset_ref.name)]
+def _refs_ablation(spec: AblationStudySpec) -> dict[str, tuple[str, str]]:
+    refs = {"dataset": ("EODataset", spec.dataset_ref.name)}
     if spec.from_tuning:
-        refs.append(("TuningExperiment", spec.from_tuning.name))
+        refs["tuning"] = ("TuningExperiment", spec.from_tuning.name)
     return refs
 
 
-def _refs_deployment(spec: ModelDeploymentSpec) -> list[tuple[str, str]]:
-    refs = []
-    for ref in (spec.model_ref, spec.canary.model_ref if spec.canary else None):
+def _refs_deployment(spec: ModelDeploymentSpec) -> dict[str, tuple[str, str]]:
+    refs = {}
+    for key, ref in (("model", spec.model_ref), ("canaryModel", spec.canary.model_ref if spec.canary else None)):
         if ref is not None and ref.tuning_experiment:
-            refs.append(("TuningExperiment", ref.tuning_experiment))
+            refs[key] = ("TuningExperiment", ref.tuning_experiment)
     if spec.monitoring.reference_dataset_ref:
-        refs.append(("EODataset", spec.monitoring.reference_dataset_ref.name))
+        refs["referenceDataset"] = ("EODataset", spec.monitoring.reference_dataset_ref.name)
     return refs
 
 
@@ -147,8 +147,10 @@ class KindInfo:
     store_area: str
     #: Printer columns after NAME (`Age` is appended).
     columns: tuple[PrinterColumn, ...]
-    #: References to other resources in the same namespace: [(kind, name)].
-    references: Callable[[Any], list[tuple[str, str]]] = field(repr=False)
+    #: References to other resources in the same namespace, by input name: {key: (kind, name)}. The
+    #: runtime receives each referenced resource's published run as ``--input key=<URI>``
+    #: (``inputs={key: uri}``), once the referenced resource is in its ``ready_phase``.
+    references: Callable[[Any], dict[str, tuple[str, str]]] = field(repr=False)
     #: The phase that counts as done for resources that reference this one.
     ready_phase: str = "Succeeded"
     #: The data-plane entrypoint that runs this kind (``module:function`` in earthops_runtime), named
@@ -187,11 +189,15 @@ KINDS: dict[str, KindInfo] = {
             "TuningExperiment", "tuningexperiments", ("tex", "tune"), TuningExperiment, TuningExperimentSpec,
             TuningExperimentStatus, "experiments",
             (
-                _PHASE, _PROGRESS,
+                _PHASE,
+                PrinterColumn("Trials", ".status.progress", description="Trials finished out of maxTrials"),
                 PrinterColumn("Best", ".status.bestMetric", "number", "Best objective value so far"),
-                PrinterColumn("Model", ".status.registeredModel.version", description="Registered model version", priority=1),
+                PrinterColumn("Model", ".status.registeredModel.version", description="Registered model version"),
+                PrinterColumn("Failed", ".status.trials.failed", "integer", "Crashed trials", 1),
+                PrinterColumn("Report", ".status.report", description="Trials report in the store", priority=1),
             ),
             _refs_tuning,
+            runtime="earthops_runtime.tuning:run",
         ),
         KindInfo(
             "AblationStudy", "ablationstudies", ("abl",), AblationStudy, AblationStudySpec, AblationStudyStatus,

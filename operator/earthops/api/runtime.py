@@ -36,5 +36,8 @@ class RuntimeStatus(ApiModel):
     """A sentence for people."""
     results: dict[str, Any] = Field(default_factory=dict)
     """Kind-specific status fields (camelCase), merged into the resource status."""
+    detail: dict[str, Any] | None = None
+    """Live detail for people watching the run (e.g. ``trials``: a list of ``{id, state, parameters,
+    metric, epoch}`` for the embedded CLI's trial table). Never merged into the resource status."""
     updated_at: datetime
     """When the file was written."""

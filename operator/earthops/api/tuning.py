@@ -210,3 +210,5 @@ class TuningExperimentStatus(CommonStatus):
     """The best trial's objective value (for printing)."""
     registered_model: RegisteredModel | None = None
     """The best model, once registered."""
+    report: str | None = None
+    """Where the trials report is in the store (trials table, learning curves, parameter importance)."""

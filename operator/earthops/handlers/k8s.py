@@ -54,6 +54,18 @@ def get_custom(kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         raise
 
 
+def get_earthops(kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+    """An earthops resource (any of the four kinds), or None if it does not exist."""
+    from earthops.api import GROUP, KINDS, VERSION
+
+    try:
+        return client.CustomObjectsApi().get_namespaced_custom_object(GROUP, VERSION, namespace, KINDS[kind].plural, name)
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+
+
 def list_custom(kind: str, namespace: str, selector: str) -> list[dict[str, Any]]:
     group, version, plural = _plural(kind)
     return client.CustomObjectsApi().list_namespaced_custom_object(

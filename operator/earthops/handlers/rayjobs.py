@@ -1,7 +1,10 @@
-"""Handlers of a kind that runs as a KubeRay RayJob (EODataset now; tuning and ablation later).
+"""Handlers of a kind that runs as a KubeRay RayJob (EODataset, TuningExperiment; ablation later).
 
 create/update: one RayJob per spec generation (older runs' RayJobs are deleted: a spec change stops
-the old run). A timer follows the RayJob and the run's ``status.json`` in the store, and patches the
+the old run), once the resources it references are usable (a TuningExperiment waits, Pending with
+``DatasetReady=False``/``DatasetNotReady``, until its EODataset is Ready; the timer checks again every
+few seconds). The RayJob's runtime gets their published runs as ``--input key=URI``; a reference
+deleted after the run started does not stop it. A timer follows the RayJob and the run's ``status.json`` in the store, and patches the
 status with the same derivation the embedded executor uses. Deletion: children are owned by the
 resource, so the garbage collector removes them; published runs stay in the store.
 """
@@ -17,20 +20,24 @@ from earthops.api import GROUP, KINDS, VERSION, KindInfo, Resource, parse_resour
 from earthops.api.runtime import STATUS_FILE, RuntimeStatus
 from earthops.handlers import k8s
 from earthops.handlers.metrics import RECONCILES
+from earthops.reconcile.inputs import Lookup, not_ready_reason, resolve_inputs
 from earthops.reconcile.rayjob import (
     LABEL_KIND,
     LABEL_NAME,
     OperatorDefaults,
+    child_name,
     desired_children,
     execution_from_rayjob,
 )
 from earthops.reconcile.runs import run_id, run_key
-from earthops.status import Execution, derive
+from earthops.status import Execution, derive, get_condition
 from earthops.store import Store, StoreError
 
 log = logging.getLogger("earthops.operator")
 DEFAULTS = OperatorDefaults()
 TERMINAL = ("Succeeded", "Failed", "Ready")
+#: Ready-condition reasons of a resource waiting for a referenced one (``DatasetNotReady``, ...).
+WAIT_REASONS = frozenset(not_ready_reason(kind) for kind in KINDS)
 
 
 def configure(defaults: OperatorDefaults) -> None:
@@ -65,49 +72,107 @@ def _selector(resource: Resource[Any, Any]) -> str:
     return f"{LABEL_KIND}={resource.kind.lower()},{LABEL_NAME}={resource.name}"
 
 
+def _lookup(namespace: str) -> Lookup:
+    """Read a referenced resource's status from the API server; a status of an older spec generation
+    counts as Pending (its new run has not started yet)."""
+    def lookup(kind: str, name: str) -> dict[str, Any] | None:
+        obj = k8s.get_earthops(kind, namespace, name)
+        if obj is None:
+            return None
+        status = dict(obj.get("status") or {})
+        generation = (obj.get("metadata") or {}).get("generation")
+        if status and generation is not None and status.get("observedGeneration") not in (None, generation):
+            status["phase"] = "Pending"
+        return status
+
+    return lookup
+
+
+def _start(info: KindInfo, body: kopf.Body, meta: kopf.Meta, status: kopf.Status, patch: kopf.Patch) -> None:
+    """Start the run of the current generation: resolve its inputs, then create its RayJob.
+
+    While a referenced resource is not usable (a TuningExperiment's dataset not Ready), the status says
+    so (``DatasetReady=False``, reason ``DatasetNotReady``, phase Pending), no RayJob is created, and
+    :func:`follow_run`'s timer calls this again until it is."""
+    resource = _resource(body)
+    generation = int(meta.get("generation") or 1)
+    run = run_id(generation, resource)
+    previous = {k: v for k, v in dict(status).items() if k != "kopf"}
+    if previous.get("runId") == run and previous.get("phase") in TERMINAL:
+        return  # resumed after a restart: this generation is done
+    job_name = child_name(resource, run)
+    if previous.get("runId") == run and previous.get("rayJobName") == job_name \
+            and k8s.get_custom("RayJob", resource.namespace, job_name) is not None:
+        return  # resumed after an operator restart: the run goes on (its inputs were resolved), the timer follows it
+    resolved = resolve_inputs(resource, _lookup(resource.namespace), wait=True)
+    if not resolved.ready:
+        _stop_other_runs(body, resource, keep=None)
+        new = derive(info, generation=generation, previous={"conditions": previous.get("conditions", [])},
+                     execution=Execution("Pending"), blockers=resolved.blockers, met=resolved.met)
+        new.update({"runId": None, "rayJobName": None, "startTime": None, "completionTime": None})
+        if new.get("conditions") != previous.get("conditions") or previous.get("observedGeneration") != generation \
+                or previous.get("phase") != new["phase"]:
+            patch.status.update(new)
+            blocker = resolved.blockers[0]
+            kopf.info(body, reason=blocker.reason, message=blocker.message)
+            RECONCILES.labels(info.kind, "waiting").inc()
+        return
+    try:
+        children = desired_children(resource, run=run, run_key=run_key(resource, run), generation=generation,
+                                    defaults=DEFAULTS, inputs=resolved.inputs)
+    except ValueError as exc:
+        patch.status.update(derive(info, generation=generation, previous=previous,
+                                   execution=Execution("Failed", "InvalidSpec", str(exc)), met=resolved.met))
+        kopf.warn(body, reason="InvalidSpec", message=str(exc))
+        RECONCILES.labels(info.kind, "invalid").inc()
+        return
+    config_map, rayjob = children
+    _stop_other_runs(body, resource, keep=rayjob["metadata"]["name"])
+    k8s.delete_config_maps(resource.namespace, _selector(resource), keep=config_map["metadata"]["name"])
+    k8s.create_if_absent(config_map)
+    if k8s.create_if_absent(rayjob):
+        kopf.info(body, reason="RayJobCreated", message=f"created RayJob {rayjob['metadata']['name']} for run {run}")
+    if previous.get("runId") == run and previous.get("rayJobName") == rayjob["metadata"]["name"]:
+        return  # resumed after an operator restart: the run goes on, the timer follows it
+    new = derive(info, generation=generation, previous={"conditions": previous.get("conditions", [])},
+                 execution=Execution("Pending", "RayClusterStarting", "waiting for the Ray cluster to start"),
+                 met=resolved.met)
+    new.update({"runId": run, "rayJobName": rayjob["metadata"]["name"]})
+    patch.status.update(new)
+    RECONCILES.labels(info.kind, "started").inc()
+
+
+def _stop_other_runs(body: kopf.Body, resource: Resource[Any, Any], keep: str | None) -> None:
+    """A spec change stops the previous generation's run: delete every RayJob of this resource but ``keep``."""
+    for old in k8s.list_custom("RayJob", resource.namespace, _selector(resource)):
+        if old["metadata"]["name"] != keep:
+            k8s.delete_custom("RayJob", resource.namespace, old["metadata"]["name"])
+            kopf.info(body, reason="RunSuperseded", message=f"deleted RayJob {old['metadata']['name']} of an older spec")
+
+
+def _waiting(info: KindInfo, previous: dict[str, Any], generation: int) -> bool:
+    """Whether the status says the current generation waits for a referenced resource."""
+    if previous.get("observedGeneration") != generation or previous.get("phase") != "Pending" or previous.get("rayJobName"):
+        return False
+    ready = get_condition(previous.get("conditions") or [], "Ready") or {}
+    return ready.get("reason") in WAIT_REASONS
+
+
 def register(info: KindInfo) -> None:
     @kopf.on.resume(GROUP, VERSION, info.plural)
     @kopf.on.create(GROUP, VERSION, info.plural)
     @kopf.on.update(GROUP, VERSION, info.plural, field="spec")
     def start_run(body: kopf.Body, meta: kopf.Meta, status: kopf.Status, patch: kopf.Patch, **_: Any) -> None:
-        resource = _resource(body)
-        generation = int(meta.get("generation") or 1)
-        run = run_id(generation, resource)
-        previous = {k: v for k, v in dict(status).items() if k != "kopf"}
-        if previous.get("runId") == run and previous.get("phase") in TERMINAL:
-            return  # resumed after a restart: this generation is done
-        try:
-            children = desired_children(resource, run=run, run_key=run_key(resource, run), generation=generation,
-                                        defaults=DEFAULTS)
-        except ValueError as exc:
-            patch.status.update(derive(info, generation=generation, previous=previous,
-                                       execution=Execution("Failed", "InvalidSpec", str(exc))))
-            kopf.warn(body, reason="InvalidSpec", message=str(exc))
-            RECONCILES.labels(info.kind, "invalid").inc()
-            return
-        config_map, rayjob = children
-        # a spec change stops the previous generation's run
-        for old in k8s.list_custom("RayJob", resource.namespace, _selector(resource)):
-            if old["metadata"]["name"] != rayjob["metadata"]["name"]:
-                k8s.delete_custom("RayJob", resource.namespace, old["metadata"]["name"])
-                kopf.info(body, reason="RunSuperseded", message=f"deleted RayJob {old['metadata']['name']} of an older spec")
-        k8s.delete_config_maps(resource.namespace, _selector(resource), keep=config_map["metadata"]["name"])
-        k8s.create_if_absent(config_map)
-        if k8s.create_if_absent(rayjob):
-            kopf.info(body, reason="RayJobCreated", message=f"created RayJob {rayjob['metadata']['name']} for run {run}")
-        if previous.get("runId") == run and previous.get("rayJobName") == rayjob["metadata"]["name"]:
-            return  # resumed after an operator restart: the run goes on, the timer follows it
-        new = derive(info, generation=generation, previous={"conditions": previous.get("conditions", [])},
-                     execution=Execution("Pending", "RayClusterStarting", "waiting for the Ray cluster to start"))
-        new.update({"runId": run, "rayJobName": rayjob["metadata"]["name"]})
-        patch.status.update(new)
-        RECONCILES.labels(info.kind, "started").inc()
+        _start(info, body, meta, status, patch)
 
     @kopf.timer(GROUP, VERSION, info.plural, interval=3.0, initial_delay=1.0, sharp=False)
     def follow_run(body: kopf.Body, meta: kopf.Meta, status: kopf.Status, patch: kopf.Patch, **_: Any) -> None:
         previous = {k: v for k, v in dict(status).items() if k != "kopf"}
         job_name, run = previous.get("rayJobName"), previous.get("runId")
         generation = int(meta.get("generation") or 1)
+        if _waiting(info, previous, generation):
+            _start(info, body, meta, status, patch)  # is what it waits for usable now?
+            return
         if not job_name or not run or previous.get("observedGeneration") != generation or previous.get("phase") in TERMINAL:
             return
         resource = _resource(body)

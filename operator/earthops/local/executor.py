@@ -21,9 +21,10 @@ from typing import Any
 
 from earthops.api import KINDS, Resource, parse_resource
 from earthops.api.runtime import STATUS_FILE, RuntimeStatus
+from earthops.reconcile.inputs import Inputs, Lookup, input_args, resolve_inputs
 from earthops.reconcile.runs import run_id as make_run_id
 from earthops.reconcile.runs import spec_hash
-from earthops.status import Blocker, Execution, derive
+from earthops.status import Execution, derive
 from earthops.store import Store, StoreError, run_prefix
 
 RESOURCE_FILE = "resource.json"
@@ -41,7 +42,7 @@ def order(resources: list[Resource[Any, Any]], known: set[tuple[str, str, str]] 
     by_key = {r.key: r for r in resources}
     problems, deps = [], {}
     for r in resources:
-        refs = [(kind, r.namespace, name) for kind, name in KINDS[r.kind].references(r.spec)]
+        refs = [(kind, r.namespace, name) for kind, name in KINDS[r.kind].references(r.spec).values()]
         for ref in refs:
             if ref not in by_key and ref not in known:
                 problems.append(f"{r.kind} {r.namespace}/{r.name} references {ref[0]} {ref[2]!r}, which is neither "
@@ -133,17 +134,17 @@ class Executor:
         key = self._state_key(r)
         return self.store.read_json(key) if self.store.exists(key) else None
 
-    def _blockers(self, r: Resource[Any, Any]) -> tuple[Blocker, ...]:
-        out = []
-        for kind, name in KINDS[r.kind].references(r.spec):
-            info = KINDS[kind]
-            key = f"{run_prefix(info.store_area, r.namespace, name)}/{RESOURCE_FILE}"
-            phase = (self.store.read_json(key).get("status") or {}).get("phase") if self.store.exists(key) else None
-            if phase != info.ready_phase:
-                out.append(Blocker(f"{kind.removeprefix('EO')}Ready", f"{kind.removeprefix('EO')}NotReady",
-                                   f"{kind} {name!r} is {phase or 'missing'}, not {info.ready_phase}",
-                                   failed=True))
-        return tuple(out)
+    def _lookup(self, namespace: str) -> Lookup:
+        def lookup(kind: str, name: str) -> dict[str, Any] | None:
+            key = f"{run_prefix(KINDS[kind].store_area, namespace, name)}/{RESOURCE_FILE}"
+            return (self.store.read_json(key).get("status") or {}) if self.store.exists(key) else None
+
+        return lookup
+
+    def resolve(self, r: Resource[Any, Any]) -> Inputs:
+        """The published runs ``r`` references; a reference that is not usable fails ``r`` (a one-shot
+        run: nothing else will make it usable)."""
+        return resolve_inputs(r, self._lookup(r.namespace), wait=False)
 
     def apply(self, r: Resource[Any, Any]) -> Outcome:
         """Run one resource (its references must have run). Returns its recorded state."""
@@ -163,10 +164,10 @@ class Executor:
         prev_status = (previous or {}).get("status") if same_spec else None
         state = {**wire, "specHash": digest}
 
-        blockers = self._blockers(r)
-        if blockers:
+        resolved = self.resolve(r)
+        if not resolved.ready:
             state["status"] = derive(info, generation=generation, previous=prev_status,
-                                     execution=Execution("Pending"), blockers=blockers)
+                                     execution=Execution("Pending"), blockers=resolved.blockers, met=resolved.met)
             self.store.write_json(self._state_key(r), state)
             return Outcome(state)
 
@@ -174,11 +175,12 @@ class Executor:
         run_key = f"{run_prefix(info.store_area, r.namespace, r.name)}/{run_id}"
         started = datetime.now(UTC)
         state["status"] = derive(info, generation=generation, previous=prev_status,
-                                 execution=Execution("Running", start_time=started))
+                                 execution=Execution("Running", start_time=started), met=resolved.met)
         state["status"]["runId"] = run_id
         self.store.write_json(self._state_key(r), state)
         run_store = self.run_store(r)
-        execution, runtime = self._run_process(info.runtime or "", wire, run_store, run_key, run_id, state, started)
+        execution, runtime = self._run_process(info.runtime or "", wire, run_store, run_key, run_id, state, started,
+                                               resolved.inputs)
         state["status"] = derive(info, generation=generation, previous=state["status"], execution=execution,
                                  runtime=runtime)
         if runtime is not None and runtime.phase == "Succeeded":
@@ -195,12 +197,13 @@ class Executor:
             return None  # mid-write on a store without atomic replace, or not there yet: poll again
 
     def _run_process(self, entrypoint: str, wire: dict[str, Any], run_store: Store, run_key: str, run_id: str,
-                     state: dict[str, Any], started: datetime) -> tuple[Execution, RuntimeStatus | None]:
+                     state: dict[str, Any], started: datetime,
+                     inputs: dict[str, str]) -> tuple[Execution, RuntimeStatus | None]:
         with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
             json.dump(wire, f)
             resource_file = f.name
         cmd = [sys.executable, "-m", "earthops_runtime", "run", "--entrypoint", entrypoint,
-               "--resource", resource_file, "--store", run_store.uri, "--run-key", run_key, "--run-id", run_id]
+               "--resource", resource_file, "--store", run_store.uri, "--run-key", run_key, "--run-id", run_id, *input_args(inputs)]
         if self.ray_address:
             cmd += ["--ray-address", self.ray_address]
         log_path = os.path.join(tempfile.gettempdir(), f"earthops-{run_id}.log")

@@ -11,11 +11,13 @@ import json
 import math
 import re
 import shlex
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from earthops.api import API_VERSION, KINDS, Resource
 from earthops.api.common import RayCompute, RayNodeGroup
+from earthops.reconcile.inputs import input_args
 from earthops.status import Execution
 
 RAY_VERSION = "2.60.0"
@@ -102,14 +104,33 @@ def _duration_seconds(text: str) -> int:
     return max(1, math.ceil(sum(float(n) * units[u] for n, u in re.findall(r"([0-9.]+)(ms|s|m|h)", text))))
 
 
+def _check_trial_fits(spec: Any, compute: RayCompute) -> None:
+    """A trial asking for more GPUs than any worker pod has would wait forever: refuse the spec."""
+    trial = getattr(spec, "resources", None)
+    gpu = getattr(trial, "gpu", 0) or 0
+    if gpu > 0:
+        most = max((g.gpu for g in compute.worker_groups if g.max_replicas > 0), default=0)
+        if gpu > most:
+            raise ValueError(f"spec.resources.gpu is {gpu:g} per trial but the largest worker pod in "
+                             f"spec.compute.workerGroups has {most} GPU(s): no trial could ever be scheduled")
+
+
 def desired_children(resource: Resource[Any, Any], *, run: str, run_key: str, generation: int,
-                     defaults: OperatorDefaults) -> list[dict[str, Any]]:
-    """The ConfigMap and the RayJob that run ``resource``'s generation ``generation`` as ``run``."""
+                     defaults: OperatorDefaults, inputs: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+    """The ConfigMap and the RayJob that run ``resource``'s generation ``generation`` as ``run``.
+
+    ``inputs``: the published runs it references (:func:`earthops.reconcile.inputs.resolve_inputs`),
+    passed to the runtime as ``--input key=URI``; every reference of the kind must be there."""
     info = KINDS[resource.kind]
     if info.runtime is None:
         raise ValueError(f"{resource.kind} has no runtime in this version")
+    inputs = dict(inputs or {})
+    unresolved = sorted(set(info.references(resource.spec)) - set(inputs))
+    if unresolved:
+        raise ValueError(f"{resource.kind} {resource.namespace}/{resource.name}: unresolved inputs {', '.join(unresolved)}")
     spec = resource.spec
     compute: RayCompute = spec.compute
+    _check_trial_fits(spec, compute)
     storage = getattr(spec, "storage", None) or getattr(getattr(spec, "output", None), "storage", None)
     store_uri = (storage.uri if storage and storage.uri else None) or defaults.store_uri
     if not store_uri:
@@ -136,6 +157,7 @@ def desired_children(resource: Resource[Any, Any], *, run: str, run_key: str, ge
     entrypoint = shlex.join([
         "python", "-m", "earthops_runtime", "run", "--entrypoint", info.runtime,
         "--resource", f"{RESOURCE_MOUNT}/{RESOURCE_FILE}", "--store", store_uri, "--run-key", run_key, "--run-id", run,
+        *input_args(inputs),
     ])
     head = {
         # the head schedules; work goes to the workers (num-cpus 0 keeps tasks off it)

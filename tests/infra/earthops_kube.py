@@ -1,0 +1,62 @@
+"""Helpers of the operator lifecycle tests on the real API server: earthops resources from the
+examples, their status, waiting for the operator, and the runtime's ``status.json`` written into the
+store by the test (the runtime's part, played without pods)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from earthops.api import KINDS
+from earthops.store import Store
+from tests.infra.peers import KubeRaySimulator
+from tests.infra.proc import wait_for
+
+ROOT = Path(__file__).resolve().parents[2]
+API = "earthops.dev/v1alpha1"
+
+
+def apply_example(kube: Any, path: str, ns: str, name: str | None = None, **spec_changes: Any) -> dict[str, Any]:
+    """Apply an example manifest (``examples/...``) in ``ns``, renamed and with spec fields replaced."""
+    doc = yaml.safe_load((ROOT / path).read_text())
+    doc["metadata"].update(namespace=ns, **({"name": name} if name else {}))
+    doc["spec"].update(spec_changes)
+    return kube.apply(doc)[0]
+
+
+def status(kube: Any, kind: str, ns: str, name: str) -> dict[str, Any]:
+    return kube.get(API, kind, name, ns).get("status") or {}
+
+
+def wait_status(kube: Any, kind: str, ns: str, name: str, op: Any, what: str,
+                check: Callable[[dict[str, Any]], Any], timeout: float = 30) -> dict[str, Any]:
+    """Wait until the resource's status passes ``check`` (failing with the operator's log tail)."""
+    wait_for(lambda: check(status(kube, kind, ns, name)), timeout=timeout, what=what, proc=op.proc, log_path=op.log)
+    return status(kube, kind, ns, name)
+
+
+def condition(status_: dict[str, Any], type_: str) -> dict[str, Any]:
+    return next(c for c in status_.get("conditions") or [] if c["type"] == type_)
+
+
+def write_runtime(store: Store, kind: str, ns: str, name: str, run: str, phase: str, **fields: Any) -> None:
+    """Write the run's ``status.json`` as the runtime would (``fields``: progress, results, reason, ...)."""
+    doc = {"phase": phase, "runId": run, "generation": int(run[1:].split("-")[0]),
+           "updatedAt": datetime.now(UTC).isoformat(), **fields}
+    store.write_json(f"{KINDS[kind].store_area}/{ns}/{name}/{run}/status.json", doc)
+
+
+def succeed_run(kube: Any, store: Store, kind: str, ns: str, name: str, op: Any, **results: Any) -> dict[str, Any]:
+    """Play a whole successful run of the resource: its RayJob runs, the runtime reports success with
+    ``results``, the RayJob completes; returns the resource's final status."""
+    ray = KubeRaySimulator(kube.admin)
+    st = wait_status(kube, kind, ns, name, op, f"a RayJob for {kind} {name}", lambda s: s.get("rayJobName"))
+    ray.job_running(ns, st["rayJobName"])
+    write_runtime(store, kind, ns, name, st["runId"], "Succeeded", results=results)
+    ray.job_succeeded(ns, st["rayJobName"])
+    return wait_status(kube, kind, ns, name, op, f"{kind} {name} {KINDS[kind].ready_phase}",
+                       lambda s: s.get("phase") == KINDS[kind].ready_phase)
