@@ -106,7 +106,9 @@ class EarlyStopping(ApiModel):
 
     name: Literal["median", "asha", "none"] = "median"
     """`median`: stop a trial worse than the median of the others at the same step (Maggy's rule);
-    `asha`: asynchronous successive halving; `none`."""
+    `asha`: asynchronous successive halving; `none`. Not used by the algorithms `hyperband`, `bohb` and
+    `pbt`, which schedule trials themselves (hyperband and bohb halve by `reductionFactor`; pbt
+    exploits and explores every `gracePeriod` epochs)."""
     min_trials: Annotated[int, Field(ge=1, le=1000)] = 3
     """median: trials that must have reported a step before one is stopped at that step."""
     grace_period: Annotated[int, Field(ge=1, le=10_000)] = 1
