@@ -679,3 +679,16 @@ def test_an_unmapped_band_is_not_left_under_its_name(tmp_path):
     assert "B08" not in scenes["odd"].assets
     with pytest.raises(SceneError, match="no asset for band 'B08'"):
         band_assets(scenes["odd"], ["B04", "B08"])
+
+
+def test_scene_and_spec_errors_survive_pickling():
+    """Ray carries a task's exception to the driver by pickling it: the field, reason and message stay."""
+    import pickle
+
+    from earthops_runtime.data.scene import SceneError, SpecError
+
+    spec = pickle.loads(pickle.dumps(SpecError("spec.model.parameters.kernelSize", "2.5 is not an integer", "Bad")))
+    assert (spec.field, spec.reason, str(spec)) == ("spec.model.parameters.kernelSize", "Bad",
+                                                    "spec.model.parameters.kernelSize: 2.5 is not an integer")
+    scene = pickle.loads(pickle.dumps(SceneError("S1A_X", "corrupt")))
+    assert (scene.scene_id, scene.reason, str(scene)) == ("S1A_X", "corrupt", "scene S1A_X: corrupt")

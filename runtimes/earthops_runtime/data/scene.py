@@ -37,6 +37,9 @@ class SceneError(Exception):
         self.reason = reason
         super().__init__(f"scene {scene_id}: {reason}")
 
+    def __reduce__(self) -> tuple[Any, ...]:  # pickled across Ray workers with its own arguments
+        return type(self), (self.scene_id, self.reason)
+
 
 class SpecError(ValueError):
     """The spec cannot work with the data (unknown band, index with missing bands, empty search):
@@ -44,8 +47,12 @@ class SpecError(ValueError):
 
     def __init__(self, field: str, message: str, reason: str = "InvalidSpec"):
         self.field = field
+        self.detail = message
         self.reason = reason
         super().__init__(f"{field}: {message}")
+
+    def __reduce__(self) -> tuple[Any, ...]:  # a trial's SpecError reaches the Ray driver intact
+        return type(self), (self.field, self.detail, self.reason)
 
 
 def band_kind(band: str) -> str:
