@@ -151,3 +151,33 @@ def test_optuna_accepts_every_domain():
 def test_as_text():
     assert space.as_text(0.001234567) == "0.00123457"
     assert space.as_text(3) == "3" and space.as_text("adam") == "adam" and space.as_text(True) == "true"
+
+
+@pytest.mark.parametrize(("model", "search", "field", "fragment"), [
+    ({"name": "iceberg-cnn", "parameters": {"width": 0.25}},
+     [{"name": "model.kernelSize", "type": "double", "min": 2, "max": 5}], "spec.searchSpace[0]",
+     "model.kernelSize = 3.11"),  # a double over kernelSize: 2.0 is fine, but the draws are not integers
+    ({"name": "iceberg-cnn", "parameters": {"width": 0.25}},
+     [{"name": "model.filters", "type": "discrete", "values": [8, 16]}], "spec.searchSpace[0]", "filters"),
+    ({"name": "iceberg-cnn", "parameters": {"widht": 0.25}},
+     [{"name": "model.dropout", "type": "double", "min": 0.1, "max": 0.5}], "spec.model.parameters.widht",
+     "kernelSize"),
+    ({"name": "resnet50", "parameters": {}},
+     [{"name": "model.dropout", "type": "double", "min": 0.1, "max": 0.5}], "spec.model.name", "iceberg-cnn"),
+    ({"name": "unet-small", "parameters": {}},
+     [{"name": "model.dropout", "type": "double", "min": 0.1, "max": 0.5}], "spec.model.name", "segmentation"),
+])
+def test_model_mistakes_fail_before_any_trial_naming_the_field(model, search, field, fragment):
+    from earthops_runtime.tuning.experiment import check_model
+
+    s = TuningExperimentSpec.model_validate({"datasetRef": {"name": "d"}, "model": model, "searchSpace": search})
+    with pytest.raises(SpecError) as err:
+        check_model(s, "classification")
+    assert err.value.field == field and fragment in str(err.value), str(err.value)
+
+
+def test_a_valid_model_space_passes_the_check():
+    from earthops_runtime.tuning.experiment import check_model
+
+    check_model(spec([{"name": "model.kernelSize", "type": "discrete", "values": [2, 3, 5]},
+                      {"name": "model.dropout", "type": "double", "min": 0.01, "max": 0.5}]), "classification")

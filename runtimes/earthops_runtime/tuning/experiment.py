@@ -343,6 +343,7 @@ def run(*, resource: TuningExperiment, store: Store, run_key: str, reporter: Any
     from earthops_runtime.training import DatasetInfo
 
     info = DatasetInfo.open(dataset)  # fails before any trial when the dataset is missing or unlabelled
+    check_model(spec, info.task)
     reporter.report("Running", done=0, total=spec.max_trials, unit="trials", message="starting trials",
                     results={"trials": rep.counts([], spec.training.epochs, spec.max_trials)})
     try:
@@ -360,6 +361,19 @@ def run(*, resource: TuningExperiment, store: Store, run_key: str, reporter: Any
                     message=f"{c['succeeded']} trials succeeded, {c['stopped']} stopped early, {c['failed']} failed; "
                             f"best {spec.objective.metric} {results['bestMetric']:.4g}; registered "
                             f"{registered['name']} {registered['version']}")
+
+
+def check_model(spec: TuningExperimentSpec, task: str) -> None:
+    """An unknown model, a model for another label task, an unknown model parameter or a value the model
+    refuses fails the experiment before any trial (a custom factory is imported, not called)."""
+    from earthops_runtime.models.zoo import ZOO, check_task, custom_factory, model_arguments
+
+    name = spec.model.name
+    if name in ZOO:
+        check_task(name, ZOO[name].tasks, task)
+    else:
+        custom_factory(name)
+    space.validate_model_space(spec, lambda parameters: model_arguments(name, parameters))
 
 
 @dataclass

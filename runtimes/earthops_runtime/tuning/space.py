@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from pydantic import ValidationError
@@ -181,6 +181,26 @@ def validate_space(spec: TuningExperimentSpec) -> None:
             continue
         for value in _corners(p):
             apply_config(spec, {p.name: value})
+
+
+def validate_model_space(spec: TuningExperimentSpec, check: Callable[[dict[str, Any]], Any]) -> None:
+    """Check the model's parameters before any trial starts: ``check`` (the zoo's argument check) gets
+    ``spec.model.parameters`` alone, then with each ``model.*`` search parameter at its corners, so an
+    unknown parameter or a value the model refuses names the search-space entry, not a failed trial."""
+    base = dict(spec.model.parameters)
+    check(base)
+    for i, p in enumerate(spec.search_space):
+        area, _, key = p.name.partition(".")
+        if area != "model":
+            continue
+        values = _corners(p)
+        if p.type == "double" and p.step is None:  # draws are not integral: try one (an int argument refuses it)
+            values.append(p.min + 0.37 * (p.max - p.min))  # type: ignore[operator]
+        for value in values:
+            try:
+                check({**base, key: value})
+            except SpecError as exc:
+                raise SpecError(_field(i), f"{p.name} = {as_text(value)}: {exc.detail}") from None
 
 
 def _corners(p: SearchParameter) -> list[Any]:
