@@ -281,3 +281,22 @@ def test_other_algorithms_run(tmp_path, ray_local, iceberg_dataset, algorithm):
     status, store, run_key, _ = run_in_process(doc, tmp_path.as_uri(), iceberg_dataset.run_uri, ray_local)
     summary = check_outputs(store, run_key, status, 4)
     assert algorithm in summary["searcher"] + summary["scheduler"]
+
+
+def test_an_experiment_in_an_s3_store_keeps_tune_state_checkpoints_report_and_model_there(
+        s3_env, s3_bucket, iceberg_dataset, ray_local):
+    """Cluster mode keeps everything in S3: Ray Tune's state and checkpoints go through a pyarrow
+    filesystem over the store's s3fs, the report is published there and the model registered there."""
+    from earthops_runtime.registry import load_model
+
+    doc = experiment("s3-tuning", maxTrials=2, earlyStopping={"name": "none"})
+    status, store, run_key, _ = run_in_process(doc, f"s3://{s3_bucket}/earthops", iceberg_dataset.run_uri, ray_local)
+    assert status.phase == "Succeeded", status
+    assert store.uri.startswith("s3://") and store.is_published(run_key)
+    assert {"trials.parquet", "trials.csv", "history.parquet", "summary.json"} <= {
+        key.rsplit("/", 1)[-1] for key in store.list(run_key)}
+    tune_files = store.list("experiments/default/s3-tuning/_tune/g1-test")
+    assert any(key.endswith("trainer.pt") for key in tune_files), tune_files[:20]  # checkpoints in the bucket
+    model = status.results["registeredModel"]
+    module, item = load_model(store, "default", model["name"], model["version"])
+    assert item["properties"]["mlm:architecture"] == "iceberg-cnn"
