@@ -9,10 +9,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from earthops.api import KINDS
 from earthops.store import Store
+from tests.infra.operator import running_operator
 from tests.infra.peers import KubeRaySimulator
 from tests.infra.proc import wait_for
 
@@ -60,3 +62,11 @@ def succeed_run(kube: Any, store: Store, kind: str, ns: str, name: str, op: Any,
     ray.job_succeeded(ns, st["rayJobName"])
     return wait_status(kube, kind, ns, name, op, f"{kind} {name} {KINDS[kind].ready_phase}",
                        lambda s: s.get("phase") == KINDS[kind].ready_phase)
+
+
+@pytest.fixture(name="env")
+def operator_env(kube_controller_manager: Any, kube_namespace: str, tmp_path: Path) -> Any:
+    """(API client, namespace, store, operator) with the operator running on a local store."""
+    store = Store.from_uri((tmp_path / "store").as_uri())
+    with running_operator(kube_controller_manager, kube_namespace, tmp_path, store.uri) as op:
+        yield kube_controller_manager, kube_namespace, store, op

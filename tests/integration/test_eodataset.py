@@ -1,18 +1,15 @@
 """EODataset end to end in embedded mode: real runtime process, local Ray, real data, real store."""
 
-from pathlib import Path
-
 import numpy as np
 import pytest
-import yaml
 
 from earthops.api import parse_resource
 from earthops.local import Executor
 from earthops.status import get_condition
 from earthops.store import Store
+from tests.infra.pytest_datasets import example
 
 pytestmark = pytest.mark.integration
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -21,14 +18,7 @@ def ray_address(ray_local):
 
 
 def _example(path: str, **changes):
-    doc = yaml.safe_load((ROOT / path).read_text())
-    for dotted, value in changes.items():
-        node = doc
-        *parents, last = dotted.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[last] = value
-    return parse_resource(doc, path)
+    return parse_resource(example(path, **changes), path)
 
 
 def _run(store: Store, resource, ray_address):

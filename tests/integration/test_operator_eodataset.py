@@ -6,6 +6,7 @@ import pytest
 import yaml
 
 from earthops.store import Store
+from tests.infra.earthops_kube import operator_env as env  # noqa: F401 - the fixture
 from tests.infra.earthops_kube import apply_example, wait_status, write_runtime
 from tests.infra.earthops_kube import status as resource_status
 from tests.infra.operator import running_operator
@@ -13,13 +14,6 @@ from tests.infra.peers import KubeRaySimulator
 from tests.infra.proc import wait_for
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def env(kube_controller_manager, kube_namespace, tmp_path):
-    store = Store.from_uri((tmp_path / "store").as_uri())
-    with running_operator(kube_controller_manager, kube_namespace, tmp_path, store.uri) as op:
-        yield kube_controller_manager, kube_namespace, store, op
 
 
 def _dataset(kube, ns, name="iceberg-chips", **spec_changes):

@@ -8,6 +8,7 @@ import shlex
 import pytest
 
 from earthops.store import Store
+from tests.infra.earthops_kube import operator_env as env  # noqa: F401 - the fixture
 from tests.infra.earthops_kube import (
     apply_example,
     condition,
@@ -24,13 +25,6 @@ pytestmark = pytest.mark.integration
 TEX = "TuningExperiment"
 DATASET_RESULTS = {"chips": {"train": 70, "validation": 15, "test": 15},
                    "scenes": {"total": 10, "processed": 10, "failed": 0}}
-
-
-@pytest.fixture
-def env(kube_controller_manager, kube_namespace, tmp_path):
-    store = Store.from_uri((tmp_path / "store").as_uri())
-    with running_operator(kube_controller_manager, kube_namespace, tmp_path, store.uri) as op:
-        yield kube_controller_manager, kube_namespace, store, op
 
 
 def _experiment(kube, ns, name="iceberg-tuning", **spec_changes):

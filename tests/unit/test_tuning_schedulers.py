@@ -221,9 +221,11 @@ def test_plots_are_png():
 
 
 def test_quantities_and_durations():
-    from earthops_runtime.tuning.experiment import duration_seconds, quantity
+    from earthops.api.common import duration_seconds, quantity_value
 
     assert duration_seconds("1h30m") == 5400 and duration_seconds("90s") == 90 and duration_seconds(None) is None
-    assert quantity("4Gi") == 4 * 2**30 and quantity("500m") == 0.5 and quantity(2) == 2.0
-    with pytest.raises(SpecError, match="memory"):
-        quantity("lots")
+    assert duration_seconds("500ms") == 0.5
+    assert quantity_value("4Gi") == 4 * 2**30 and quantity_value("500m") == 0.5 and quantity_value(2) == 2.0
+    assert quantity_value("1e3") == 1000 and quantity_value(None) is None
+    with pytest.raises(ValueError, match="'lots' is not a Kubernetes quantity"):
+        quantity_value("lots")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -30,6 +31,31 @@ Quantity = Annotated[
 ]
 #: A duration such as `90s`, `30m`, `2h` or `1h30m`.
 Duration = Annotated[str, StringConstraints(pattern=r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$")]
+
+_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_QUANTITY_PARTS = re.compile(r"^([+-]?[0-9.]+(?:[eE][+-]?[0-9]+)?)([KMGTPE]i|[numkMGTPE])?$")
+_QUANTITY_SUFFIX = {None: 1.0, "n": 1e-9, "u": 1e-6, "m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15,
+                    "E": 1e18, "Ki": 2.0**10, "Mi": 2.0**20, "Gi": 2.0**30, "Ti": 2.0**40, "Pi": 2.0**50, "Ei": 2.0**60}
+
+
+def duration_seconds(text: str | None) -> float | None:
+    """A :data:`Duration` (`2h`, `1h30m`, `90s`, `500ms`) in seconds; None stays None."""
+    if not text:
+        return None
+    return sum(float(n) * _DURATION_UNITS[u] for n, u in _DURATION_PART.findall(text))
+
+
+def quantity_value(value: int | float | str | None) -> float | None:
+    """A :data:`Quantity` (`4Gi`, `500m`, `2`) as a number; None stays None."""
+    if value is None:
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    m = _QUANTITY_PARTS.match(value.strip())
+    if not m:
+        raise ValueError(f"{value!r} is not a Kubernetes quantity (e.g. 4Gi, 512Mi, 500m, 2)")
+    return float(m.group(1)) * _QUANTITY_SUFFIX[m.group(2)]
 
 # --- references ---------------------------------------------------------------------------------------
 

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from earthops.api import API_VERSION, KINDS, Resource
-from earthops.api.common import RayCompute, RayNodeGroup
+from earthops.api.common import RayCompute, RayNodeGroup, duration_seconds
 from earthops.reconcile.inputs import input_args
 from earthops.status import Execution
 
@@ -97,11 +96,6 @@ def _pod_template(image: str, group: RayNodeGroup, compute: RayCompute, *, conta
     if compute.service_account_name:
         spec["serviceAccountName"] = compute.service_account_name
     return {"spec": spec}
-
-
-def _duration_seconds(text: str) -> int:
-    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
-    return max(1, math.ceil(sum(float(n) * units[u] for n, u in re.findall(r"([0-9.]+)(ms|s|m|h)", text))))
 
 
 def _check_trial_fits(spec: Any, compute: RayCompute) -> None:
@@ -192,7 +186,7 @@ def desired_children(resource: Resource[Any, Any], *, run: str, run_key: str, ge
     }
     timeout = getattr(spec, "timeout", None)
     if timeout:
-        job_spec["activeDeadlineSeconds"] = _duration_seconds(timeout)
+        job_spec["activeDeadlineSeconds"] = max(1, math.ceil(duration_seconds(timeout) or 0))
     rayjob = {
         "apiVersion": "ray.io/v1",
         "kind": "RayJob",

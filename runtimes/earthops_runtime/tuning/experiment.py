@@ -17,12 +17,10 @@ its :class:`Live` state (:data:`LIVE`).
 
 from __future__ import annotations
 
-import inspect
 import io
 import math
 import os
 import posixpath
-import re
 import tempfile
 import time
 from collections.abc import Mapping
@@ -33,6 +31,7 @@ from ray import tune
 from ray.tune.experiment import Trial
 
 from earthops.api import TuningExperiment
+from earthops.api.common import duration_seconds, quantity_value
 from earthops.api.tuning import TuningExperimentSpec
 from earthops.store import Store
 from earthops_runtime.data.scene import SpecError
@@ -245,13 +244,6 @@ def _status_results(records: list[rep.TrialRecord], spec: TuningExperimentSpec) 
     return out
 
 
-def _report(reporter: Any, phase: str | None, *, detail: dict[str, Any] | None = None, **kwargs: Any) -> None:
-    """``reporter.report``, with ``detail`` when the reporter takes it."""
-    if detail is not None and "detail" in inspect.signature(reporter.report).parameters:
-        kwargs["detail"] = detail
-    reporter.report(phase, **kwargs)
-
-
 def _report_running(live: Live, records: list[rep.TrialRecord]) -> None:
     spec = live.spec
     results = _status_results(records, spec)
@@ -261,44 +253,19 @@ def _report_running(live: Live, records: list[rep.TrialRecord]) -> None:
     message = (f"{done}/{spec.max_trials} trials done ({c['running']} running, {c['stopped']} stopped early, "
                f"{c['failed']} failed)" + (f"; best {spec.objective.metric} {best['metric']:.4g} ({best['id']})"
                                            if best else ""))
-    _report(live.reporter, "Running", done=done, total=spec.max_trials, unit="trials", message=message,
+    live.reporter.report("Running", done=done, total=spec.max_trials, unit="trials", message=message,
             results=results, detail=_detail(records, spec))
 
 
 # --- helpers -------------------------------------------------------------------------------------------
 
 
-_DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
-_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
-
-
-def duration_seconds(text: str | None) -> float | None:
-    """``2h``, ``1h30m``, ``90s`` -> seconds."""
-    if not text:
-        return None
-    return sum(float(n) * _UNITS[u] for n, u in _DURATION.findall(text))
-
-
-_QUANTITY = re.compile(r"^([0-9.]+(?:[eE][+-]?[0-9]+)?)([KMGTPE]i|[numkMGTPE])?$")
-_SUFFIX = {None: 1, "n": 1e-9, "u": 1e-6, "m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18,
-           "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
-
-
-def quantity(value: int | str | None) -> float | None:
-    """A Kubernetes quantity (``4Gi``, ``500m``, ``2``) as a number."""
-    if value is None:
-        return None
-    if isinstance(value, (int, float)):
-        return float(value)
-    m = _QUANTITY.match(value.strip().lstrip("+"))
-    if not m:
-        raise SpecError("spec.resources.memory", f"{value!r} is not a quantity (e.g. 4Gi, 512Mi)")
-    return float(m.group(1)) * _SUFFIX[m.group(2)]
-
-
 def trial_resources(spec: TuningExperimentSpec) -> dict[str, float]:
     res: dict[str, float] = {"cpu": float(spec.resources.cpu), "gpu": float(spec.resources.gpu)}
-    memory = quantity(spec.resources.memory)
+    try:
+        memory = quantity_value(spec.resources.memory)
+    except ValueError as exc:
+        raise SpecError("spec.resources.memory", str(exc)) from None
     if memory:
         res["memory"] = memory
     return res
