@@ -37,11 +37,13 @@ envtest-sync: ## after editing tests/envtest/versions.env: regenerate the envtes
 samples: setup ## fetch the real sample imagery and catalogue it
 	$(BIN)/earthops samples
 
-demo: setup samples ## set up, then run the main example's dataset on the embedded executor and search it
+demo: setup samples ## set up, then run the main example on the embedded executor: dataset, tuning, registered model, search
 	$(BIN)/earthops run --dry-run -f examples/ship-iceberg/
-	$(BIN)/earthops run -f examples/ship-iceberg/01-dataset.yaml
+	$(BIN)/earthops run -f examples/ship-iceberg/01-dataset.yaml -f examples/ship-iceberg/02-tuning.yaml
 	$(BIN)/earthops get
 	$(BIN)/earthops describe eodataset iceberg-chips
+	$(BIN)/earthops get models
+	$(BIN)/earthops describe model iceberg-tuning
 	$(BIN)/earthops search --bbox=-56,50,-50,56 --limit 5
 
 test: setup envtest stacapi ## set up, then run the unit and integration tests (CI runs exactly this)

@@ -116,6 +116,15 @@ def test_random_median_end_to_end_registers_the_best_model(tmp_path, ray_local, 
     status2, _, _, seconds2 = run_in_process(doc, tmp_path.as_uri(), iceberg_dataset.run_uri, ray_local)
     assert status2.phase == "Succeeded" and status2.message == "already published"
     assert status2.results["bestTrial"] == status.results["bestTrial"] and seconds2 < 5
+    # a driver that died after registering but before publishing: the rerun restores the finished trials
+    # from Tune's state and finds the version it registered instead of registering a second one
+    store.delete(run_key)
+    status3, _, _, _ = run_in_process(doc, tmp_path.as_uri(), iceberg_dataset.run_uri, ray_local)
+    assert status3.phase == "Succeeded" and store.is_published(run_key)
+    assert status3.results["registeredModel"] == status.results["registeredModel"]
+    from earthops.registry import list_models
+
+    assert [row["version"] for row in list_models(store, "default", "iceberg-best")] == ["v1"]
     print(f"random+median 5 trials x 2 epochs: {seconds:.1f} s, utilisation {summary['workerUtilisation']}")
 
 

@@ -533,7 +533,16 @@ def _register(resource: TuningExperiment, store: Store, run_key: str, info: Any,
     from earthops_runtime.registry import ModelCard, register_model
     from earthops_runtime.training import Trainer
 
+    from earthops.registry import list_models
+
     spec = resource.spec
+    name = spec.model_name or resource.name
+    run_id = run_key.rsplit("/", 1)[-1]
+    for row in list_models(store, resource.namespace, name) if store.exists(f"models/{resource.namespace}/{name}") else []:
+        exp = row["experiment"]
+        if (exp.get("kind"), exp.get("name"), exp.get("runId")) == ("TuningExperiment", resource.name, run_id):
+            # a driver restarted after registering but before publishing: the version is already there
+            return {"name": name, "version": row["version"], "uri": row["uri"]}
     best = outcome.best
     params, training = space.apply_config(spec, best.config)
     trainer = Trainer(info, spec.model.name, params, training, device="cpu")
@@ -547,8 +556,8 @@ def _register(resource: TuningExperiment, store: Store, run_key: str, info: Any,
         features=list(info.features), chip_shape=tuple(info.chip_shape), mean=list(info.mean), std=list(info.std),
         metrics=metrics, hyperparameters=hyper, dataset_uri=info.uri, dataset_collection=info.collection,
         experiment={"kind": "TuningExperiment", "namespace": resource.namespace, "name": resource.name,
-                    "runId": run_key.rsplit("/", 1)[-1], "uri": store.url(run_key), "trial": best.id},
+                    "runId": run_id, "uri": store.url(run_key), "trial": best.id},
     )
-    version = register_model(store, namespace=resource.namespace, name=spec.model_name or resource.name,
+    version = register_model(store, namespace=resource.namespace, name=name,
                              model=trainer.model, example_input=trainer.example_input(), card=card)
     return {"name": version.name, "version": version.version, "uri": version.uri}
