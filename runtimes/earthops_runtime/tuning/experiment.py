@@ -17,13 +17,14 @@ its :class:`Live` state (:data:`LIVE`).
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 import os
 import posixpath
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -260,6 +261,29 @@ def _report_running(live: Live, records: list[rep.TrialRecord]) -> None:
 # --- helpers -------------------------------------------------------------------------------------------
 
 
+#: Ray Tune settings for the experiment's fit only (restored after, so the process's other Tune runs
+#: keep Ray's defaults): the Guard names a missing objective itself; JSON and CSV results only (the
+#: history comes from them; Tune's TensorBoard logger costs about half a second per trial on 2 cores);
+#: no warning about checkpoint syncs, which are per epoch on purpose.
+TUNE_ENV = {"TUNE_DISABLE_STRICT_METRIC_CHECKING": "1", "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
+            "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0"}
+
+
+@contextlib.contextmanager
+def scoped_env(values: Mapping[str, str]) -> Iterator[None]:
+    """Set environment variables for the duration of the block, then restore what was there."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def trial_resources(spec: TuningExperimentSpec) -> dict[str, float]:
     res: dict[str, float] = {"cpu": float(spec.resources.cpu), "gpu": float(spec.resources.gpu)}
     try:
@@ -358,11 +382,6 @@ def _tune(resource: TuningExperiment, store: Store, run_key: str, reporter: Any,
     from earthops_runtime import raycluster
 
     spec = resource.spec
-    os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"  # the Guard names a missing objective itself
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    # JSON and CSV results only (the history comes from them): Tune's TensorBoard logger costs about half
-    # a second per trial on a 2-core machine
-    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
     raycluster.connect(ray_address)
     plan = schedulers.plan(spec)
@@ -374,33 +393,34 @@ def _tune(resource: TuningExperiment, store: Store, run_key: str, reporter: Any,
     live = Live(spec=spec, reporter=reporter, slots=spec.max_concurrent_trials)
     LIVE[run_key] = live
     started = time.monotonic()
-    try:
-        if tune.Tuner.can_restore(path, storage_filesystem=fs):
-            tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=False,
-                                       restart_errored=False, param_space=plan.param_space, storage_filesystem=fs)
-            resumed = True
-        else:
-            tuner = tune.Tuner(
-                trainable,
-                param_space=plan.param_space,
-                tune_config=tune.TuneConfig(
-                    metric=spec.objective.metric, mode=schedulers.mode(spec), search_alg=plan.search_alg,
-                    scheduler=plan.scheduler, num_samples=plan.num_samples,
-                    time_budget_s=duration_seconds(spec.timeout), reuse_actors=True),
-                run_config=tune.RunConfig(
-                    name=name, storage_path=storage_path, storage_filesystem=fs, verbose=0,
-                    stop=Guard(run_key),
-                    callbacks=[Watch(run_key), JsonLoggerCallback(), CSVLoggerCallback()],
-                    failure_config=tune.FailureConfig(max_failures=spec.trial_retries),
-                    # PBT clones other trials' checkpoints: Ray deletes kept-count checkpoints a clone still
-                    # refers to (FileNotFoundError in its checkpoint manager), so PBT keeps them all
-                    checkpoint_config=tune.CheckpointConfig(num_to_keep=None if spec.algorithm.name == "pbt" else 2),
-                    progress_reporter=None, log_to_file=False),
-            )
-            resumed = False
-        grid = tuner.fit()
-    finally:
-        LIVE.pop(run_key, None)
+    with scoped_env(TUNE_ENV):
+        try:
+            if tune.Tuner.can_restore(path, storage_filesystem=fs):
+                tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=False,
+                                           restart_errored=False, param_space=plan.param_space, storage_filesystem=fs)
+                resumed = True
+            else:
+                tuner = tune.Tuner(
+                    trainable,
+                    param_space=plan.param_space,
+                    tune_config=tune.TuneConfig(
+                        metric=spec.objective.metric, mode=schedulers.mode(spec), search_alg=plan.search_alg,
+                        scheduler=plan.scheduler, num_samples=plan.num_samples,
+                        time_budget_s=duration_seconds(spec.timeout), reuse_actors=True),
+                    run_config=tune.RunConfig(
+                        name=name, storage_path=storage_path, storage_filesystem=fs, verbose=0,
+                        stop=Guard(run_key),
+                        callbacks=[Watch(run_key), JsonLoggerCallback(), CSVLoggerCallback()],
+                        failure_config=tune.FailureConfig(max_failures=spec.trial_retries),
+                        # PBT clones other trials' checkpoints: Ray deletes kept-count checkpoints a clone still
+                        # refers to (FileNotFoundError in its checkpoint manager), so PBT keeps them all
+                        checkpoint_config=tune.CheckpointConfig(num_to_keep=None if spec.algorithm.name == "pbt" else 2),
+                        progress_reporter=None, log_to_file=False),
+                )
+                resumed = False
+            grid = tuner.fit()
+        finally:
+            LIVE.pop(run_key, None)
     wall = time.monotonic() - started
     analysis = grid._experiment_analysis  # the Trial objects: status, config, error; with histories
     frames = analysis.trial_dataframes
