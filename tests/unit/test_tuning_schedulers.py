@@ -182,6 +182,14 @@ def test_history_rows():
     assert rows[0] == {"trial_id": "t1", "epoch": 1, "val_accuracy": 0.6, "val_loss": pytest.approx(0.4)}
 
 
+def test_history_keeps_the_last_report_of_an_epoch_a_pbt_clone_repeated():
+    # epochs 1, 2, then PBT cloned another trial's epoch-1 checkpoint into it: 2 and 3 again
+    history = [{"epoch": 1, "val_accuracy": 0.5}, {"epoch": 2, "val_accuracy": 0.52},
+               {"epoch": 2, "val_accuracy": 0.61}, {"epoch": 3, "val_accuracy": 0.7}]
+    rows = rep.history_rows([rep.TrialRecord("t1", {}, "TERMINATED", history)])
+    assert [(r["epoch"], r["val_accuracy"]) for r in rows] == [(1, 0.5), (2, 0.61), (3, 0.7)]
+
+
 def test_short_error():
     assert rep.short_error("x\ntorch.OutOfMemoryError: CUDA out of memory. Tried 2 GiB") == \
         "torch.OutOfMemoryError: CUDA out of memory. Tried 2 GiB"

@@ -135,15 +135,20 @@ def trials_table(records: Sequence[TrialRecord], parameter_names: Sequence[str],
 
 
 def history_rows(records: Sequence[TrialRecord]) -> list[dict[str, Any]]:
-    """One row per (trial, epoch) with every numeric metric reported."""
+    """One row per (trial, epoch) with every numeric metric reported. A trial that reported an epoch
+    twice (population-based training cloned another trial's earlier checkpoint into it) keeps its last
+    report of that epoch: the history is the lineage the trial ended with."""
     rows = []
     for r in records:
+        by_epoch: dict[int, dict[str, Any]] = {}
         for i, h in enumerate(r.history):
             row: dict[str, Any] = {"trial_id": r.id, "epoch": int(h.get("epoch", i + 1))}
             for k, v in h.items():
                 if k != "epoch" and isinstance(v, (int, float)) and not isinstance(v, bool):
                     row[k] = float(v)
-            rows.append(row)
+            by_epoch.pop(row["epoch"], None)  # re-inserted: the order follows the last reports
+            by_epoch[row["epoch"]] = row
+        rows.extend(sorted(by_epoch.values(), key=lambda row: row["epoch"]))
     return rows
 
 
