@@ -24,7 +24,7 @@ def connect(ray_address: str | None) -> Any:
         return ray
     # a local Ray for embedded mode: no token auth and no dashboard (nothing to reach from outside)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    loopback_only()
     num_cpus = int(os.environ.get("EARTHOPS_RAY_NUM_CPUS") or os.cpu_count() or 1)
     ray.init(
         num_cpus=num_cpus,
@@ -36,6 +36,17 @@ def connect(ray_address: str | None) -> Any:
         log_to_driver=False,
     )
     return ray
+
+
+def loopback_only() -> None:
+    """Keep a local Ray on 127.0.0.1. Ray reads ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER`` once, when it is
+    first imported; in its (default, on Linux) cluster mode it resolves ``_node_ip_address="127.0.0.1"``
+    to the machine's outward address. A module that imported Ray before this point (Ray Tune, in the
+    tuning runtime) has fixed that, so the setting is also made on the imported constant."""
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    from ray._private import ray_constants
+
+    ray_constants.ENABLE_RAY_CLUSTER = False
 
 
 def cpus(ray: Any) -> int:

@@ -23,12 +23,14 @@ OBJECT_STORE_BYTES = 200 * 1024 * 1024
 def ray_local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """A started local Ray (the ``ray`` module); its address is ``ray.get_runtime_context().gcs_address``."""
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     try:
         import ray
     except ImportError as exc:
         unavailable(f"ray is not installed: {exc}")
+    from earthops_runtime.raycluster import loopback_only
+
+    loopback_only()  # also when a test module imported Ray (Ray Tune) before this fixture
     try:
         ray.init(
             num_cpus=2,

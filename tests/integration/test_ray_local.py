@@ -19,5 +19,23 @@ def test_ray_runs_tasks_in_parallel_on_loopback(ray_local):
     (s1, e1), (s2, e2) = ray.get([nap.remote(1.0), nap.remote(1.0)])
     assert s1 < e2 and s2 < e1, "the two tasks did not run side by side"
     nodes = [n for n in ray.nodes() if n["Alive"]]
-    assert [n["NodeManagerAddress"] for n in nodes] == ["127.0.0.1"]
+    assert [n["NodeManagerAddress"] for n in nodes] == ["127.0.0.1"], \
+        [{k: n.get(k) for k in ("NodeID", "NodeManagerAddress", "NodeName", "Resources", "Labels")} for n in ray.nodes()]
     assert ray.cluster_resources()["CPU"] == 2
+
+
+def test_embedded_ray_stays_on_loopback_after_ray_tune_was_imported():
+    """The tuning runtime imports Ray Tune before it starts its local Ray: that Ray must still be on
+    127.0.0.1 (Ray fixes its node-address mode when first imported)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    code = ("import json, ray.tune\nfrom earthops_runtime import raycluster\nr = raycluster.connect(None)\n"
+            "print(json.dumps([n['NodeManagerAddress'] for n in r.nodes() if n['Alive']]))\nr.shutdown()\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env["EARTHOPS_RAY_NUM_CPUS"] = "1"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == ["127.0.0.1"]
