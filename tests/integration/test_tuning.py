@@ -112,6 +112,11 @@ def test_random_median_end_to_end_registers_the_best_model(tmp_path, ray_local, 
 
     model, item = load_model(store, "default", "iceberg-best")
     assert model is not None and item["id"].startswith("iceberg-best")
+    best = status.results["bestTrial"]["parameters"]
+    hyper = item["properties"]["mlm:hyperparameters"]
+    assert not any(k.startswith(("training.", "model.")) for k in hyper), hyper  # each setting once
+    assert f"{hyper['learningRate']:.6g}" == best["training.learningRate"]
+    assert item["properties"]["earthops:parameters"]["kernelSize"] == int(best["model.kernelSize"])
     # a rerun of the published generation reports what it published and runs nothing
     status2, _, _, seconds2 = run_in_process(doc, tmp_path.as_uri(), iceberg_dataset.run_uri, ray_local)
     assert status2.phase == "Succeeded" and status2.message == "already published"

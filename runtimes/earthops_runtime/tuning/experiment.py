@@ -569,8 +569,8 @@ def _register(resource: TuningExperiment, store: Store, run_key: str, info: Any,
     with outcome.checkpoints[best.id].as_directory() as d:
         trainer.load_checkpoint(d)
     metrics = _final_metrics(best, spec.objective.metric)
+    # the trial's Training with its tuned values applied; the model's (tuned) arguments are the card's parameters
     hyper = training.model_dump(mode="json", by_alias=True)
-    hyper.update({k: v for k, v in best.config.items()})
     card = ModelCard(
         architecture=spec.model.name, parameters=params, task=info.task, classes=list(info.classes),
         features=list(info.features), chip_shape=tuple(info.chip_shape), mean=list(info.mean), std=list(info.std),
