@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: setup crds verify-crds envtest envtest-sync stacapi samples demo test unit integration bench lock clean help
+.PHONY: setup lint crds verify-crds envtest envtest-sync stacapi samples demo test unit integration bench lock clean help
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 14
@@ -18,6 +18,10 @@ $(STAMP): pyproject.toml constraints.txt
 	@touch $@
 
 setup: $(STAMP) ## create .venv and install earthops with every extra from the lock
+
+lint: setup ## the layer contracts (import-linter, pyproject.toml) and ruff; fails on any violation
+	$(BIN)/lint-imports --no-cache
+	$(BIN)/ruff check operator runtimes tests
 
 crds: setup ## regenerate crds/ and the chart's CRDs from earthops.api
 	$(BIN)/earthops crds --out crds --out charts/earthops/crds
@@ -46,7 +50,7 @@ demo: setup samples ## set up, then run the main example on the embedded executo
 	$(BIN)/earthops describe model iceberg-tuning
 	$(BIN)/earthops search --bbox=-56,50,-50,56 --limit 5
 
-test: setup envtest stacapi ## set up, then run the unit and integration tests (CI runs exactly this)
+test: setup lint envtest stacapi ## set up, lint, then run the unit and integration tests (CI runs exactly this)
 	$(BIN)/python -m pytest -m "not bench" $(PYTEST_ARGS)
 
 unit: setup ## only the fast unit tests

@@ -1,10 +1,10 @@
 """``python -m earthops_runtime run ...``: the one command that runs a resource's work.
 
 KubeRay runs it as the RayJob entrypoint; the embedded executor runs it as a local process. It reads
-the resource, calls the kind's entrypoint function (``module:function``, named by the control plane
-from ``earthops.api.KINDS``) with the published runs it references (``--input key=URI`` ->
-``inputs={key: uri}``, resolved by the control plane) and makes sure a ``status.json`` says how the run ended, even when the
-entrypoint crashes.
+the resource, loads the kind's :class:`~earthops_runtime.entrypoint.Runtime` (``module:attribute``,
+named by the control plane in ``earthops.api.KINDS``), runs it through the entrypoint protocol with
+the published runs it references (``--input key=URI`` -> ``inputs={key: uri}``, resolved by the
+control plane) and makes sure a ``status.json`` says how the run ended, even when the runtime crashes.
 """
 
 from __future__ import annotations
@@ -15,19 +15,22 @@ import json
 import sys
 import traceback
 from pathlib import Path
-from typing import Any
 
 from earthops.api import parse_resource
-from earthops.reconcile.inputs import parse_input_args
-from earthops.store import Store, StoreError
-from earthops_runtime.reporting import Reporter
+from earthops.core.inputs import parse_input_args
+from earthops.core.store import Store, StoreError
+from earthops_runtime.entrypoint import Reporter, Run, Runtime, execute
 
 
-def _load(entrypoint: str) -> Any:
-    module_name, _, func_name = entrypoint.partition(":")
-    if not module_name or not func_name:
-        raise SystemExit(f"--entrypoint {entrypoint!r}: expected module:function")
-    return getattr(importlib.import_module(module_name), func_name)
+def _load(entrypoint: str) -> Runtime:
+    module_name, _, name = entrypoint.partition(":")
+    if not module_name or not name:
+        raise SystemExit(f"--entrypoint {entrypoint!r}: expected module:attribute")
+    runtime = getattr(importlib.import_module(module_name), name)
+    if not isinstance(runtime, Runtime):
+        raise TypeError(f"--entrypoint {entrypoint!r} is a {type(runtime).__name__}, not an "
+                        "earthops_runtime.entrypoint.Runtime")
+    return runtime
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,21 +58,16 @@ def main(argv: list[str] | None = None) -> int:
     store = Store.from_uri(args.store)
     reporter = Reporter(store, args.run_key, args.run_id, resource.metadata.generation)
     try:
-        func = _load(args.entrypoint)
-        reporter.report("Running", message="started")
-        func(resource=resource, store=store, run_key=args.run_key, reporter=reporter, ray_address=args.ray_address,
-             inputs=inputs)
+        runtime = _load(args.entrypoint)
+        execute(runtime, Run(resource=resource, store=store, key=args.run_key, reporter=reporter, inputs=inputs,
+                             ray_address=args.ray_address))
     except StoreError as exc:
         print(f"error: {exc}", file=sys.stderr)
         _report_failure(reporter, "StoreError", str(exc))
         return 1
     except Exception as exc:  # noqa: BLE001 - any crash must end in a Failed status, with its cause
         traceback.print_exc()
-        reason = getattr(exc, "reason", None)  # SpecError and friends carry a CamelCase reason
-        if isinstance(reason, str) and reason[:1].isupper():
-            _report_failure(reporter, reason, str(exc))
-        else:
-            _report_failure(reporter, type(exc).__name__, f"{type(exc).__name__}: {exc}")
+        _report_failure(reporter, type(exc).__name__, f"{type(exc).__name__}: {exc}")
         return 1
     if reporter.status.phase not in ("Succeeded", "Failed"):
         _report_failure(reporter, "NoResults", "the entrypoint returned without reporting success")

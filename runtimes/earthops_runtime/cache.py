@@ -21,6 +21,21 @@ from filelock import FileLock
 MARKER = ".earthops-cache.json"
 
 
+def cache_root(part: str) -> Path:
+    """``$EARTHOPS_CACHE/<part>``, else ``${XDG_CACHE_HOME:-~/.cache}/earthops/<part>``: the one rule for
+    where the runtime caches what it fetches or builds (``samples``, ``index``)."""
+    explicit = os.environ.get("EARTHOPS_CACHE")
+    if explicit:
+        return Path(explicit).expanduser() / part
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "earthops" / part
+
+
+def default_cache_dir() -> Path:
+    """Where samples and synthetic scenes are cached: :func:`cache_root` ``("samples")``."""
+    return cache_root("samples")
+
+
 def _files(tree: Path) -> dict[str, int]:
     return {p.relative_to(tree).as_posix(): p.stat().st_size
             for p in sorted(tree.rglob("*")) if p.is_file() and p.name != MARKER}

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import resource
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,20 +22,13 @@ from typing import Any
 import numpy as np
 
 from earthops.api import EODataset
-from earthops.store import Store
-from earthops_runtime.data.scene import Scene, SceneError, SpecError
+from earthops.core.store import Store
+from earthops_runtime.data.scene import Scene
+from earthops_runtime.entrypoint import SUMMARY_FILE, Outcome, Run, Runtime
+from earthops_runtime.errors import RunFailed, SceneError, SpecError
 
-SUMMARY_FILE = "summary.json"
 FAILURES_FILE = "failures.json"
 SCENES_PER_TASK_MAX = 64
-
-
-class RunFailed(Exception):
-    """The run cannot publish (failure budget exceeded, validation failed); nothing was published."""
-
-    def __init__(self, reason: str, message: str):
-        self.reason = reason
-        super().__init__(message)
 
 
 # --- labels ---------------------------------------------------------------------------------------
@@ -163,7 +155,7 @@ def process_scenes(scenes: list[Scene], spec_wire: dict[str, Any], run_uri: str,
                     cloud = None
                     if spec.chips.max_cloud_fraction < 1.0:
                         if "clouds" in scene.assets:
-                            cloud = (lambda w, r=reader: r.read_asset("clouds", w, resampling="nearest") > 0)
+                            cloud = (lambda w, r=reader: r.read_asset("clouds", w, resampling="nearest") > 0)  # noqa: E731
                         elif "SCL" in scene.assets:
                             cloud = scl_cloud_mask(reader)
                     for batch in cut_chips(reader, size, stride, chip_filter=chip_filter, cloud_mask=cloud):
@@ -227,38 +219,36 @@ def _batches(scenes: list[Scene], workers: int) -> list[list[Scene]]:
     return [scenes[i:i + per_task] for i in range(0, len(scenes), per_task)]
 
 
-def run(*, resource: EODataset, store: Store, run_key: str, reporter: Any, ray_address: str | None,
-        inputs: Mapping[str, str] | None = None) -> None:
-    """Entry point (see :mod:`earthops_runtime.__main__`). An EODataset references nothing: ``inputs`` is empty."""
+def _run(run: Run) -> Outcome:
+    """The EODataset's work (see the module docstring). An EODataset references nothing: no inputs."""
+    from earthops_runtime.catalog.dataset import update_root_catalog
     from earthops_runtime.data.features import plan_features
     from earthops_runtime.data.sources import resolve_scenes
     from earthops_runtime.data.validation import check_spec
 
+    resource, reporter = run.resource, run.reporter
     spec = resource.spec
-    if store.is_published(run_key):  # a rerun of a finished generation: report what it published
-        summary = store.read_json(f"{run_key}/{SUMMARY_FILE}")
-        scenes = summary["results"]["scenes"]["total"]
-        reporter.report("Succeeded", done=scenes, total=scenes,
-                        unit="scenes", message="already published", results=summary["results"])
-        return
     plan = plan_features(spec.bands, spec.features.indices, spec.features.sar)
     check_spec(spec.validation, plan.names)
-    reporter.report("Running", message="resolving scenes", unit="scenes")
+    reporter.report(message="resolving scenes")
     scenes = resolve_scenes(spec.source, spec.bands, sample_scenes=_sample_scenes)
     if spec.source.sample is not None:
         scenes = scenes[: spec.source.sample.count]
     labels = plan_labels(spec, scenes)
     reporter.report(done=0, total=len(scenes), message=f"{len(scenes)} scenes")
+    result = _process(resource, run.store, run.key, reporter, run.ray_address, scenes, labels, plan.names)
+    update_root_catalog(run.store, f"{run.key}/stac/collection.json",
+                        title=f"EODataset {resource.namespace}/{resource.name}")
+    return Outcome(result["results"], result["message"])
 
-    try:
-        result = _process(resource, store, run_key, reporter, ray_address, scenes, labels, plan.names)
-    except RunFailed as exc:
-        reporter.report("Failed", reason=exc.reason, message=str(exc))
-        return
-    from earthops_runtime.catalog.dataset import update_root_catalog
 
-    update_root_catalog(store, f"{run_key}/stac/collection.json", title=f"EODataset {resource.namespace}/{resource.name}")
-    reporter.report("Succeeded", message=result["message"], results=result["results"])
+def _replay(resource: EODataset, summary: dict[str, Any]) -> Outcome:
+    scenes = summary["results"]["scenes"]["total"]
+    return Outcome(summary["results"], "already published", done=scenes, total=scenes)
+
+
+#: The entrypoint (``earthops_runtime.dataset:run`` in ``earthops.api.KINDS``).
+run = Runtime(unit="scenes", body=_run, replay=_replay)
 
 
 def _process(resource: EODataset, store: Store, run_key: str, reporter: Any, ray_address: str | None,

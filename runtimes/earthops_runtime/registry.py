@@ -1,7 +1,7 @@
 """The model registry: immutable, numbered model versions in the store, described in STAC (MLM).
 
 ``register_model`` publishes ``<store>/models/<ns>/<model>/<vN>/`` in one atomic step
-(:meth:`earthops.store.Store.publish`)::
+(:meth:`earthops.core.store.Store.publish`)::
 
     weights.pt      the state_dict (CPU tensors): rebuild the architecture, load the weights
     model.pt2       the exported program (torch.export, eval mode, any batch size when the model
@@ -18,7 +18,7 @@ version is immutable: the store refuses to publish it twice, so two registration
 number cannot both win; the loser takes the next number and tries again. On S3 the refusal is a
 check before copying (S3 has no atomic rename), so the race is narrowed to that window, not closed.
 
-Reading (``load_model``) and listing go through :mod:`earthops.registry`, the control plane's
+Reading (``load_model``) and listing go through :mod:`earthops.core.registry`, the control plane's
 JSON-only view, so ``latest`` and the error messages are the same everywhere.
 """
 
@@ -35,7 +35,7 @@ from urllib.parse import urlparse
 
 import torch
 
-from earthops.registry import (
+from earthops.core.registry import (
     AREA,
     COLLECTION_NAME,
     ITEM_NAME,
@@ -47,7 +47,7 @@ from earthops.registry import (
     version_key,
     versions,
 )
-from earthops.store import Store, StoreError, run_prefix
+from earthops.core.store import Store, StoreError, run_prefix
 from earthops_runtime.catalog.dataset import update_root_catalog
 from earthops_runtime.catalog.index import INDEX_NAME, write_index
 from earthops_runtime.catalog.model import (
@@ -90,7 +90,7 @@ def register_model(store: Store, *, namespace: str, name: str, model: torch.nn.M
     device; it fixes the exported program's shapes. ``training_stats``: the dataset's ``stats.json``
     document; by default it is read from ``card.dataset_uri``. The caller's model is not changed
     (a CPU copy in eval mode is exported). Raises ValueError for a card or input that disagree,
-    :class:`earthops.store.StoreError` when the store or the dataset cannot be read or written."""
+    :class:`earthops.core.store.StoreError` when the store or the dataset cannot be read or written."""
     check_names(namespace, name)
     check_card(card)
     x = example_input.detach().to("cpu", torch.float32)
@@ -211,7 +211,7 @@ def load_model(store: Store, namespace: str, name: str, version: str = LATEST, *
     (``mlm:architecture``, ``earthops:parameters``, bands, classes, chip shape) with the weights
     loaded, in eval mode — for fine-tuning or ablation. ``exported=True``: the exported program's
     module (or the TorchScript module) — no model code needed, what serving runs. Raises
-    :class:`earthops.registry.RegistryError` naming the models or versions that exist."""
+    :class:`earthops.core.registry.RegistryError` naming the models or versions that exist."""
     version, item = read_item(store, namespace, name, version)
     key = version_key(namespace, name, version)
     if exported:

@@ -42,7 +42,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from earthops_runtime.cache import cached_entry, valid
+from earthops_runtime.cache import cached_entry, default_cache_dir, valid
 
 PACKAGE = "bigearthnet-common"
 VERSION = "2.8.0"
@@ -75,15 +75,6 @@ class SampleFetchError(RuntimeError):
 
 # --------------------------------------------------------------------------------------------------
 # Public API
-
-
-def default_cache_dir() -> Path:
-    """``$EARTHOPS_CACHE/samples``, else ``${XDG_CACHE_HOME:-~/.cache}/earthops/samples``."""
-    explicit = os.environ.get("EARTHOPS_CACHE")
-    if explicit:
-        return Path(explicit).expanduser() / "samples"
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "earthops" / "samples"
 
 
 def fetch_bigearthnet(cache_dir: Path | None = None) -> Path:
@@ -243,7 +234,7 @@ def _check_structure(tree: Path) -> None:
 def _build_catalog(data: Path, tree: Path) -> None:
     import pystac
 
-    from earthops_runtime.catalog import stac
+    from earthops_runtime.stac import conventions as stac
 
     catalog = pystac.Catalog(
         id=CATALOG_ID, title="BigEarthNet example patches",

@@ -52,11 +52,11 @@ def _raw_read(paths: list[str]) -> tuple[int, float]:
 def test_preparation_throughput_against_raw_reads(tmp_path):
     os.environ["EARTHOPS_RAY_NUM_CPUS"] = "2"
     from earthops.api import parse_resource
-    from earthops.store import Store
+    from earthops.core.store import Store
     from earthops_runtime import raycluster
+    from earthops_runtime.cache import default_cache_dir
     from earthops_runtime.dataset import run
-    from earthops_runtime.reporting import Reporter
-    from earthops_runtime.samples import default_cache_dir
+    from earthops_runtime.entrypoint import Reporter, Run
 
     t0 = time.monotonic()
     catalog = _scenes(default_cache_dir())
@@ -93,7 +93,7 @@ def test_preparation_throughput_against_raw_reads(tmp_path):
     resource_ = parse_resource(spec)
     reporter = Reporter(store, "datasets/bench/bench/g1", "g1", 1)
     t = time.monotonic()
-    run(resource=resource_, store=store, run_key="datasets/bench/bench/g1", reporter=reporter, ray_address=None)
+    run(Run(resource=resource_, store=store, key="datasets/bench/bench/g1", reporter=reporter))
     prep_s = time.monotonic() - t
     assert reporter.status.phase == "Succeeded", reporter.status.message
     summary = store.read_json("datasets/bench/bench/g1/summary.json")

@@ -32,7 +32,7 @@ import pyarrow as pa
 import pystac
 import pytest
 
-from earthops.store import Store
+from earthops.core.store import Store
 from earthops_runtime.catalog import index, search
 
 pytestmark = pytest.mark.bench

@@ -42,7 +42,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from earthops.store import Store
+from earthops.core.store import Store
 from earthops_runtime.data.loader import ChipDataset, plan_segments, shuffle_pool
 from earthops_runtime.data.shards import (
     COMPRESSION,
@@ -304,7 +304,7 @@ def measure(store: Store, x: np.ndarray, y: np.ndarray, ids: list[str], repeats:
             for metric, features, shuffle in READS[rep % len(READS):] + READS[:rep % len(READS)]:
                 counted: list[int] = []
                 record(r, metric, *clock.run(
-                    lambda fmt=fmt, key=key, f=features, s=shuffle: counted.append(drain(fmt.read(store, key, f, s)))))
+                    lambda fmt=fmt, key=key, f=features, s=shuffle: counted.append(drain(fmt.read(store, key, f, s)))))  # noqa: B023
                 assert counted == [n], f"{fmt.name} {metric}: {counted} chips of {n}"
     return best
 

@@ -150,8 +150,8 @@ def run_earthops(store_uri: str, doc: dict[str, Any], dataset: str, ray_address:
     import pandas as pd
 
     from earthops.api import parse_resource
-    from earthops.store import Store
-    from earthops_runtime.reporting import Reporter
+    from earthops.core.store import Store
+    from earthops_runtime.entrypoint import Reporter, Run
     from earthops_runtime.tuning import run
 
     resource = parse_resource(doc, "bench")
@@ -160,8 +160,8 @@ def run_earthops(store_uri: str, doc: dict[str, Any], dataset: str, ray_address:
     reporter = Reporter(store, run_key, "g1-bench", 1)
     load_before = load()
     started = time.perf_counter()
-    run(resource=resource, store=store, run_key=run_key, reporter=reporter, ray_address=ray_address,
-        inputs={"dataset": dataset})
+    run(Run(resource=resource, store=store, key=run_key, reporter=reporter, ray_address=ray_address,
+            inputs={"dataset": dataset}))
     wall = time.perf_counter() - started
     status = reporter.status
     assert status.phase == "Succeeded", f"{resource.name}: {status.phase} {status.reason}: {status.message}"

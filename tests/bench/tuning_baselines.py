@@ -63,8 +63,9 @@ def warm(seconds: float = 1.0) -> int:
     concurrent calls land on different workers."""
     import os
 
-    import earthops_runtime.training  # noqa: F401
     import torch  # noqa: F401
+
+    import earthops_runtime.training  # noqa: F401
 
     time.sleep(seconds)
     return os.getpid()

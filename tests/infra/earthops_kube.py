@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from earthops.api import KINDS
-from earthops.store import Store
+from earthops.core.store import Store
 from tests.infra.operator import running_operator
 from tests.infra.peers import KubeRaySimulator
 from tests.infra.proc import wait_for

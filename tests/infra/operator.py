@@ -55,7 +55,7 @@ def running_operator(kube: Any, namespace: str, workdir: Path, store_uri: str) -
     kubeconfig = kube.write_kubeconfig(workdir / "operator.kubeconfig", user=account, token=token)
     live, metrics = free_port(), free_port()
     log = workdir / "operator.log"
-    proc = spawn([sys.executable, "-m", "earthops.cli", "operator", "--namespace", namespace, "--standalone",
+    proc = spawn([sys.executable, "-m", "earthops.control.cli", "operator", "--namespace", namespace, "--standalone",
                   "--liveness-port", str(live), "--metrics-port", str(metrics), "--store", store_uri,
                   "--log-format", "text"],
                  log_path=log, env={**os.environ, "KUBECONFIG": str(kubeconfig)})

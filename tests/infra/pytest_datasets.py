@@ -42,8 +42,8 @@ def example(path: str, **changes: Any) -> dict[str, Any]:
 
 def build(store_uri: str, doc: dict[str, Any], ray_address: str) -> BuiltDataset:
     from earthops.api import KINDS, parse_resource
-    from earthops.local import Executor
-    from earthops.store import Store
+    from earthops.control.local import Executor
+    from earthops.core.store import Store
 
     resource = parse_resource(doc, "test dataset")
     state = Executor(Store.from_uri(store_uri), ray_address=ray_address, poll_interval=0.2).apply(resource).resource

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 from earthops.api import parse_resource
-from earthops.local import Executor
-from earthops.status import get_condition
-from earthops.store import Store
+from earthops.control.local import Executor
+from earthops.control.status import get_condition
+from earthops.core.store import Store
 from tests.infra.pytest_datasets import example
 
 pytestmark = pytest.mark.integration

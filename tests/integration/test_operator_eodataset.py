@@ -5,9 +5,9 @@ written into the store, so the full lifecycle runs without pods."""
 import pytest
 import yaml
 
-from earthops.store import Store
-from tests.infra.earthops_kube import operator_env as env  # noqa: F401 - the fixture
+from earthops.core.store import Store
 from tests.infra.earthops_kube import apply_example, wait_status, write_runtime
+from tests.infra.earthops_kube import operator_env as env  # noqa: F401 - the fixture
 from tests.infra.earthops_kube import status as resource_status
 from tests.infra.operator import running_operator
 from tests.infra.peers import KubeRaySimulator

@@ -7,16 +7,15 @@ import shlex
 
 import pytest
 
-from earthops.store import Store
-from tests.infra.earthops_kube import operator_env as env  # noqa: F401 - the fixture
+from earthops.core.store import Store
 from tests.infra.earthops_kube import (
     apply_example,
     condition,
-    status,
     succeed_run,
     wait_status,
     write_runtime,
 )
+from tests.infra.earthops_kube import operator_env as env  # noqa: F401 - the fixture
 from tests.infra.operator import running_operator
 from tests.infra.peers import KubeRaySimulator
 from tests.infra.proc import wait_for

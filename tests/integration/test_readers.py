@@ -29,8 +29,9 @@ from earthops.api.dataset import (
 from earthops_runtime.data.chips import ChipFilter, chip_windows, cut_chips
 from earthops_runtime.data.grid import TargetGrid
 from earthops_runtime.data.readers import LABEL_NODATA, RASTER_PROPERTY, SAR_SCALE_PROPERTY, SceneReader
-from earthops_runtime.data.scene import Scene, SceneError, SpecError
+from earthops_runtime.data.scene import Scene
 from earthops_runtime.data.sources import resolve_scenes
+from earthops_runtime.errors import SceneError, SpecError
 
 pytestmark = pytest.mark.integration
 
@@ -68,7 +69,7 @@ def native(scene: Scene, band: str) -> np.ndarray:
 
 
 def write_tif(path: Path, data: np.ndarray, *, crs: str = "EPSG:32633",
-              transform: Affine = Affine(10, 0, 404400, 0, -10, 5342400), **profile) -> Path:
+              transform: Affine = Affine(10, 0, 404400, 0, -10, 5342400), **profile) -> Path:  # noqa: B008
     data = data if data.ndim == 3 else data[None]
     with rasterio.open(path, "w", driver="GTiff", width=data.shape[2], height=data.shape[1], count=data.shape[0],
                        dtype=data.dtype, crs=crs, transform=transform, **profile) as dst:

@@ -16,15 +16,15 @@ import torch
 from torch import nn
 from typer.testing import CliRunner
 
-from earthops.cli import app
-from earthops.registry import RegistryError, list_models
-from earthops.store import Store, StoreError
+from earthops.control.cli import app
+from earthops.core.registry import RegistryError, list_models
+from earthops.core.store import Store, StoreError
 from earthops_runtime.catalog.model import EXPORTED, MLM_SCHEMA, TORCHSCRIPT, collection_id
 from earthops_runtime.catalog.search import search
-from earthops_runtime.catalog.stac import validate_core
 from earthops_runtime.data.stats import normalization
 from earthops_runtime.models import build_model
 from earthops_runtime.registry import ModelCard, load_model, register_model
+from earthops_runtime.stac.conventions import validate_core
 from earthops_runtime.training.data import DatasetInfo
 
 pytestmark = pytest.mark.integration

@@ -26,7 +26,7 @@ from rasterio.crs import CRS
 
 from earthops_runtime import samples
 from earthops_runtime.cache import MARKER
-from earthops_runtime.catalog import stac
+from earthops_runtime.stac import conventions as stac
 from tests.infra import proc
 
 pytestmark = pytest.mark.integration

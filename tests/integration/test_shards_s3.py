@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from earthops.store import Store
+from earthops.core.store import Store
 from earthops_runtime.data.loader import ChipDataset
 from earthops_runtime.data.shards import INDEX_KEY, ShardWriter, read_index, read_split, write_index
 

@@ -28,13 +28,13 @@ from rasterio.io import MemoryFile
 from rasterio.transform import Affine
 
 from earthops.api.dataset import Source
-from earthops_runtime.data.scene import SpecError
 from earthops_runtime.data.sources import (
     RASTER_KEY,
     band_assets,
     parse_interval,
     resolve_scenes,
 )
+from earthops_runtime.errors import SpecError
 from tests.infra.proc import free_port
 from tests.infra.s3 import SeaweedS3
 from tests.infra.stacapi import StacApiServer, minimal_collection

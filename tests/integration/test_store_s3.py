@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from earthops.store import MARKER, Store, StoreError
+from earthops.core.store import MARKER, Store, StoreError
 from tests.infra.proc import free_port
 
 pytestmark = pytest.mark.integration

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from earthops.api.tuning import Training
-from earthops.store import StoreError
-from earthops_runtime.data.scene import SpecError
+from earthops.core.store import StoreError
+from earthops_runtime.errors import SpecError
 from earthops_runtime.training import CHECKPOINT_FILE, DatasetInfo, Trainer, metric_names
 
 pytestmark = pytest.mark.integration
@@ -235,7 +235,7 @@ def test_bad_model_parameters_fail_before_any_data_is_read(iceberg):
 
 
 def test_training_reads_a_run_and_writes_checkpoints_on_s3(iceberg_dataset, s3_env, s3_bucket):
-    from earthops.store import Store
+    from earthops.core.store import Store
 
     local = Path(urlparse(iceberg_dataset.run_uri).path)
     run = Store.from_uri(f"s3://{s3_bucket}/earthops/datasets/default/iceberg-chips/g1")

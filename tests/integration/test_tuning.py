@@ -20,8 +20,8 @@ pytest.importorskip("torch")
 import pandas as pd  # noqa: E402
 
 from earthops.api import parse_resource  # noqa: E402
-from earthops.store import Store  # noqa: E402
-from earthops_runtime.reporting import Reporter  # noqa: E402
+from earthops.core.store import Store  # noqa: E402
+from earthops_runtime.entrypoint import Reporter, Run  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 SPACE = [
@@ -56,8 +56,8 @@ def run_in_process(doc: dict[str, Any], store_uri: str, dataset: str, ray_local:
     run_key = f"experiments/default/{resource.name}/{run_id}"
     reporter = Reporter(store, run_key, run_id, 1)
     started = time.monotonic()
-    run(resource=resource, store=store, run_key=run_key, reporter=reporter,
-        ray_address=ray_local.get_runtime_context().gcs_address, inputs={"dataset": dataset})
+    run(Run(resource=resource, store=store, key=run_key, reporter=reporter,
+            ray_address=ray_local.get_runtime_context().gcs_address, inputs={"dataset": dataset}))
     return reporter.status, store, run_key, time.monotonic() - started
 
 
@@ -127,7 +127,7 @@ def test_random_median_end_to_end_registers_the_best_model(tmp_path, ray_local, 
     status3, _, _, _ = run_in_process(doc, tmp_path.as_uri(), iceberg_dataset.run_uri, ray_local)
     assert status3.phase == "Succeeded" and store.is_published(run_key)
     assert status3.results["registeredModel"] == status.results["registeredModel"]
-    from earthops.registry import list_models
+    from earthops.core.registry import list_models
 
     assert [row["version"] for row in list_models(store, "default", "iceberg-best")] == ["v1"]
     print(f"random+median 5 trials x 2 epochs: {seconds:.1f} s, utilisation {summary['workerUtilisation']}")
@@ -266,7 +266,7 @@ def test_driver_killed_mid_experiment_resumes_without_rerunning_finished_trials(
     trials = table(store, run_key)
     assert len(trials) == 6 and set(trials["state"]) == {"succeeded"}
     history = pd.read_parquet(store.local_path(f"{run_key}/history.parquet"))
-    for tid, trial in before.items():
+    for tid in before:
         # the finished trial is in the table with its own results, trained once: two epochs, not four
         assert tid in set(trials["trial_id"])
         assert sorted(history.loc[history["trial_id"] == tid, "epoch"]) == [1, 2]

@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def _cli(*args: str, store: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "EARTHOPS_STORE": store, "COLUMNS": "200"}
-    return subprocess.run([sys.executable, "-m", "earthops.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "earthops.control.cli", *args], capture_output=True, text=True,
                           env=env, timeout=timeout, cwd=ROOT)
 
 

@@ -1,47 +1,72 @@
-"""Entrypoints used to test the executor plumbing (process, status.json, publication, status).
+"""Runtimes used to test the executor plumbing (process, status.json, publication, status).
 
-They do what a kind's runtime does — report progress, publish a run folder, report results — with
-tiny work, so the generic machinery is tested before any kind's real runtime exists."""
+They do what a kind's runtime does — report progress, publish a run folder, return results — with
+tiny work, through the same entrypoint protocol, so the generic machinery is tested before any kind's
+real runtime exists."""
 
 from __future__ import annotations
 
 import os
 
+from earthops_runtime.entrypoint import SUMMARY_FILE, Outcome, Runtime
+from earthops_runtime.errors import RunFailed
 
-def succeed(*, resource, store, run_key, reporter, ray_address, inputs):
+
+def _replay(resource, summary):
+    return Outcome(summary["results"], "already published")
+
+
+def _succeed(run):
     total = 3
-    reporter.report("Running", done=0, total=total, unit="scenes")
-    with store.publish(run_key) as run:
+    run.reporter.report(done=0, total=total)
+    results = {"scenes": {"total": 3, "processed": 3}, "chips": {"train": 7, "validation": 2, "test": 1}}
+    with run.store.publish(run.key) as out:
         for i in range(total):
-            run.write_bytes(f"shards/{i:03d}.bin", bytes([i]) * 10)
-            reporter.report(done=i + 1)
-        run.write_json("stats.json", {"bands": list(resource.spec.bands)})
-    reporter.report("Succeeded", message="3 scenes", results={"scenes": {"total": 3, "processed": 3},
-                                                               "chips": {"train": 7, "validation": 2, "test": 1}})
+            out.write_bytes(f"shards/{i:03d}.bin", bytes([i]) * 10)
+            run.reporter.report(done=i + 1)
+        out.write_json("stats.json", {"bands": list(run.resource.spec.bands)})
+        out.write_json(SUMMARY_FILE, {"results": results})
+    return Outcome(results, "3 scenes", done=3, total=3)
 
 
-def crash(*, resource, store, run_key, reporter, ray_address, inputs):
-    reporter.report("Running", done=1, total=2, unit="scenes")
+def _crash(run):
+    run.reporter.report(done=1, total=2)
     raise RuntimeError("scene 2 is corrupt")
 
 
-def exit_hard(*, resource, store, run_key, reporter, ray_address, inputs):
-    reporter.report("Running", done=0, total=1, unit="scenes")
+def _refuse(run):
+    run.reporter.report(done=1, total=2)
+    raise RunFailed("ValidationFailed", "band B04 has 80% NaN")
+
+
+def _exit_hard(run):
+    run.reporter.report(done=0, total=1)
     os._exit(9)
 
 
-def tune(*, resource, store, run_key, reporter, ray_address, inputs):
+def _tune(run):
     """A TuningExperiment's shape: reads its dataset input, reports trials live and the best trial."""
-    dataset = inputs["dataset"]
+    dataset = run.input("dataset", "spec.datasetRef", "?")
     trials = [{"id": "t-0001", "state": "RUNNING", "parameters": {"model.dropout": 0.25}, "metric": 0.81, "epoch": 2},
               {"id": "t-0002", "state": "STOPPED", "parameters": {"model.dropout": 0.4}, "metric": 0.62, "epoch": 1}]
-    reporter.report("Running", done=1, total=2, unit="trials", results={"trials": {"running": 1, "stopped": 1}},
-                    detail={"trials": trials})
-    with store.publish(run_key) as run:
-        run.write_json("inputs.json", dict(inputs))
+    run.reporter.report(done=1, total=2, results={"trials": {"running": 1, "stopped": 1}}, detail={"trials": trials})
+    with run.store.publish(run.key) as out:
+        out.write_json("inputs.json", dict(run.inputs))
     trials[0].update(state="TERMINATED", metric=0.9, epoch=3)
-    reporter.report("Succeeded", done=2, total=2, message=f"trained on {dataset}", detail={"trials": trials},
-                    results={"trials": {"succeeded": 1, "stopped": 1}, "bestMetric": 0.9,
-                             "bestTrial": {"id": "t-0001", "metric": 0.9, "parameters": {"model.dropout": "0.25"}},
-                             "registeredModel": {"name": resource.name, "version": "v1", "uri": store.url("models/x/v1")},
-                             "report": store.url(run_key)})
+    run.reporter.report(detail={"trials": trials})
+    return Outcome({"trials": {"succeeded": 1, "stopped": 1}, "bestMetric": 0.9,
+                    "bestTrial": {"id": "t-0001", "metric": 0.9, "parameters": {"model.dropout": "0.25"}},
+                    "registeredModel": {"name": run.resource.name, "version": "v1",
+                                        "uri": run.store.url("models/x/v1")},
+                    "report": run.store.url(run.key)}, f"trained on {dataset}", done=2, total=2)
+
+
+succeed = Runtime(unit="scenes", body=_succeed, replay=_replay)
+crash = Runtime(unit="scenes", body=_crash, replay=_replay)
+refuse = Runtime(unit="scenes", body=_refuse, replay=_replay)
+exit_hard = Runtime(unit="scenes", body=_exit_hard, replay=_replay)
+tune = Runtime(unit="trials", body=_tune, replay=_replay)
+
+
+def not_a_runtime(**kwargs):
+    """A plain function where a Runtime is expected: the command refuses it, naming the type."""

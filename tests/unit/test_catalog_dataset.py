@@ -16,9 +16,10 @@ import rasterio
 from rasterio.crs import CRS
 from rasterio.transform import Affine
 
-from earthops.store import Store
-from earthops_runtime.catalog import dataset, index, stac
+from earthops.core.store import Store
+from earthops_runtime.catalog import dataset, index
 from earthops_runtime.data.scene import Scene
+from earthops_runtime.stac import conventions as stac
 
 pytestmark = pytest.mark.unit
 

@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from earthops import crds as gen
 from earthops.api import KINDS
+from earthops.control import crds as gen
 
 pytestmark = pytest.mark.unit
 ROOT = Path(__file__).resolve().parents[2]
@@ -109,7 +109,7 @@ def test_defaults_match_the_models():
 def test_cli_prints_the_same_crds(tmp_path):
     from typer.testing import CliRunner
 
-    from earthops.cli import app
+    from earthops.control.cli import app
 
     result = CliRunner().invoke(app, ["crds"])
     assert result.exit_code == 0, result.output

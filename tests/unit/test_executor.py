@@ -7,10 +7,10 @@ import pytest
 from typer.testing import CliRunner
 
 from earthops.api import KINDS, load_manifests
-from earthops.cli import app
-from earthops.local import Executor, Unsupported, order, stored_resources
-from earthops.status import get_condition
-from earthops.store import Store
+from earthops.control.cli import app
+from earthops.control.local import Executor, Unsupported, order, stored_resources
+from earthops.control.status import get_condition
+from earthops.core.store import Store
 
 pytestmark = pytest.mark.unit
 ROOT = Path(__file__).resolve().parents[2]
@@ -92,6 +92,45 @@ def test_a_crashing_runtime_ends_failed_with_its_cause(tmp_path, probe_runtime, 
     status = Executor(store, poll_interval=0.05).apply(dataset).resource["status"]
     assert status["phase"] == "Failed" and fragment in status["message"]
     assert store.runs("datasets/default/iceberg-chips") == [], "nothing half-published"
+
+
+def test_a_refused_run_ends_failed_with_its_own_reason(tmp_path, probe_runtime):
+    """RunFailed, whichever kind raises it, becomes Failed with its CamelCase reason (the protocol's one
+    failure type), and nothing is published."""
+    probe_runtime("refuse")
+    store = Store.from_uri(tmp_path.as_uri())
+    [dataset] = load_manifests([ROOT / "examples/ship-iceberg/01-dataset.yaml"])
+    status = Executor(store, poll_interval=0.05).apply(dataset).resource["status"]
+    assert status["phase"] == "Failed", status
+    assert get_condition(status["conditions"], "Ready")["reason"] == "ValidationFailed"
+    assert "band B04 has 80% NaN" in status["message"]
+    assert store.runs("datasets/default/iceberg-chips") == []
+
+
+def test_a_published_run_is_replayed_not_redone(tmp_path, probe_runtime):
+    """A rerun of a generation whose run folder is published (a restarted driver, a forgotten embedded
+    state) reports what the run published, through the protocol's one replay path."""
+    probe_runtime("succeed")
+    store = Store.from_uri(tmp_path.as_uri())
+    [dataset] = load_manifests([ROOT / "examples/ship-iceberg/01-dataset.yaml"])
+    first = Executor(store, poll_interval=0.05).apply(dataset).resource["status"]
+    run_key = f"datasets/default/iceberg-chips/{first['runId']}"
+    shard = store.local_path(f"{run_key}/shards/000.bin")
+    before = shard.stat().st_mtime_ns
+    store.local_path("datasets/default/iceberg-chips/resource.json").unlink()  # forget the state
+    probe_runtime("crash")  # a body that would fail: the replay must not call it
+    again = Executor(store, poll_interval=0.05).apply(dataset).resource["status"]
+    assert again["phase"] == "Succeeded" and again["runId"] == first["runId"], again
+    assert again["message"] == "already published" and again["chips"] == first["chips"]
+    assert shard.stat().st_mtime_ns == before
+
+
+def test_the_runtime_command_refuses_an_entrypoint_that_is_not_a_runtime(tmp_path, probe_runtime):
+    probe_runtime("not_a_runtime")
+    store = Store.from_uri(tmp_path.as_uri())
+    [dataset] = load_manifests([ROOT / "examples/ship-iceberg/01-dataset.yaml"])
+    status = Executor(store, poll_interval=0.05).apply(dataset).resource["status"]
+    assert status["phase"] == "Failed" and "not an earthops_runtime.entrypoint.Runtime" in status["message"]
 
 
 def test_a_dependent_of_a_failed_resource_does_not_run(tmp_path, probe_runtime):

@@ -16,7 +16,7 @@ from earthops_runtime.data.features import (
     plan_features,
     resolve_index_name,
 )
-from earthops_runtime.data.scene import SpecError
+from earthops_runtime.errors import SpecError
 
 pytestmark = pytest.mark.unit
 
@@ -46,7 +46,7 @@ def test_band_symbols_follow_the_catalogue_sentinel2_table():
 
 
 def test_band_symbols_agree_with_the_earthops_stac_band_table():
-    from earthops_runtime.catalog.stac import S2_BANDS
+    from earthops_runtime.stac.conventions import S2_BANDS
 
     for band in S2_BANDS:
         sym = band_symbol(band.name)

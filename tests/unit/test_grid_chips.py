@@ -45,7 +45,7 @@ from earthops_runtime.data.readers import (
     gdal_s3_options,
     processing_baseline,
 )
-from earthops_runtime.data.scene import SpecError
+from earthops_runtime.errors import SpecError
 
 pytestmark = pytest.mark.unit
 

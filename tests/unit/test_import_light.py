@@ -16,9 +16,9 @@ HEAVY = ["torch", "ray", "kserve", "rasterio", "pystac", "numpy"]
     "modules",
     [
         ["earthops"],
-        ["earthops.api", "earthops.crds", "earthops.store", "earthops.status", "earthops.display"],
-        ["earthops.cli", "earthops.local"],
-        ["earthops.handlers.kinds", "earthops.handlers.process"],
+        ["earthops.api", "earthops.control.crds", "earthops.core.store", "earthops.control.status", "earthops.control.display"],
+        ["earthops.control.cli", "earthops.control.local"],
+        ["earthops.control.handlers.kinds", "earthops.control.handlers.process"],
     ],
 )
 def test_importing_the_control_plane_pulls_in_no_heavy_library(modules):

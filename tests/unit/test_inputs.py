@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from earthops.api import load_manifests
-from earthops.reconcile.inputs import input_args, parse_input_args, resolve_inputs
+from earthops.control.reconcile.inputs import resolve_inputs
+from earthops.core.inputs import input_args, parse_input_args
 
 pytestmark = pytest.mark.unit
 ROOT = Path(__file__).resolve().parents[2]

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from earthops_runtime.data.scene import SpecError
+from earthops_runtime.errors import SpecError
 from earthops_runtime.models import ZOO, accepted_parameters, build_model, model_arguments, model_names
 from earthops_runtime.models.iceberg import pool_out
 from earthops_runtime.models.unet import padding_for

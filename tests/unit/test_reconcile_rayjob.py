@@ -1,6 +1,5 @@
 """The pure RayJob builder and the RayJob -> execution projection."""
 
-import dataclasses
 import json
 import shlex
 from pathlib import Path
@@ -8,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from earthops.api import KINDS, load_manifests
-from earthops.reconcile.rayjob import OperatorDefaults, child_name, desired_children, execution_from_rayjob
-from earthops.reconcile.runs import run_id, run_key
+from earthops.control.reconcile.rayjob import OperatorDefaults, child_name, desired_children, execution_from_rayjob
+from earthops.core.runs import run_id, run_key
 
 pytestmark = pytest.mark.unit
 ROOT = Path(__file__).resolve().parents[2]

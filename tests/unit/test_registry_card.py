@@ -10,8 +10,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from earthops import registry
-from earthops.registry import RegistryError
+from earthops.control import display
+from earthops.core import registry
+from earthops.core.registry import RegistryError
 from earthops_runtime.catalog.index import items_table
 from earthops_runtime.catalog.model import (
     CLASSIFICATION_SCHEMA,
@@ -30,7 +31,7 @@ from earthops_runtime.catalog.model import (
     rebuild_arguments,
     validate,
 )
-from earthops_runtime.catalog.stac import ConventionError
+from earthops_runtime.stac.conventions import ConventionError
 
 pytestmark = pytest.mark.unit
 
@@ -221,7 +222,7 @@ def test_the_collection_lists_every_version():
         model_collection("default", "iceberg", {})
 
 
-# --- versions and names (earthops.registry) ------------------------------------------------------------
+# --- versions and names (earthops.core.registry) ------------------------------------------------------------
 
 
 def test_versions_are_numbered_and_never_reused():
@@ -253,15 +254,15 @@ def test_rows_and_labels_for_the_cli():
                    "created": "2025-03-01T12:00:00Z", "architecture": "iceberg-cnn", "task": "classification",
                    "metrics": {"val_accuracy": 0.91, "val_loss": 0.25}, "dataset": card().dataset_uri,
                    "experiment": card().experiment}
-    assert registry.dataset_label(row["dataset"]) == "iceberg-chips/g1-ab12cd34"
-    assert registry.dataset_label("file:///data/other/place") == "other/place"
-    assert registry.dataset_label(None) == ""
-    assert registry.experiment_label(row["experiment"]) == "iceberg-tune/r7"
-    assert registry.metrics_text({"val_accuracy": 0.912345, "epochs": 12}) == "val_accuracy=0.9123 epochs=12"
+    assert display.dataset_label(row["dataset"]) == "iceberg-chips/g1-ab12cd34"
+    assert display.dataset_label("file:///data/other/place") == "other/place"
+    assert display.dataset_label(None) == ""
+    assert display.experiment_label(row["experiment"]) == "iceberg-tune/r7"
+    assert display.metrics_text({"val_accuracy": 0.912345, "epochs": 12}) == "val_accuracy=0.9123 epochs=12"
 
 
 def test_describe_shows_input_normalisation_classes_and_lineage():
-    text = registry.describe(item(), namespace="default", name="iceberg", version="v3", uri="s3://b/m/v3")
+    text = display.describe_model(item(), namespace="default", name="iceberg", version="v3", uri="s3://b/m/v3")
     lines = text.splitlines()
     assert "Version:        v3" in lines and "Architecture:   iceberg-cnn" in lines
     assert "Artifact:       ./model.pt2 (torch.export.save)" in lines
@@ -271,7 +272,7 @@ def test_describe_shows_input_normalisation_classes_and_lineage():
 
 
 def test_the_control_plane_registry_imports_no_heavy_library():
-    code = ("import json, sys; import earthops.registry; "
+    code = ("import json, sys; import earthops.core.registry; "
             "print(json.dumps([m for m in ('torch', 'numpy', 'pystac', 'ray') if m in sys.modules]))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert json.loads(out.stdout) == []

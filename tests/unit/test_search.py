@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from earthops.cli import app
-from earthops.store import Store
+from earthops.control.cli import app
+from earthops.core.store import Store
 from earthops_runtime.catalog import index, search
 
 pytestmark = pytest.mark.unit

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from earthops.store import Store, StoreError
+from earthops.core.store import Store, StoreError
 from earthops_runtime.data import loader as loader_module
 from earthops_runtime.data.loader import (
     ChipDataset,

@@ -23,7 +23,7 @@ from rasterio.crs import CRS
 from rasterio.transform import Affine
 
 from earthops.api.dataset import Source
-from earthops_runtime.data.scene import Scene, SceneError, SpecError
+from earthops_runtime.data.scene import Scene
 from earthops_runtime.data.sources import (
     ERROR_KEY,
     RASTER_KEY,
@@ -33,6 +33,7 @@ from earthops_runtime.data.sources import (
     parse_interval,
     resolve_scenes,
 )
+from earthops_runtime.errors import SceneError, SpecError
 
 pytestmark = pytest.mark.unit
 
@@ -685,7 +686,7 @@ def test_scene_and_spec_errors_survive_pickling():
     """Ray carries a task's exception to the driver by pickling it: the field, reason and message stay."""
     import pickle
 
-    from earthops_runtime.data.scene import SceneError, SpecError
+    from earthops_runtime.errors import SceneError, SpecError
 
     spec = pickle.loads(pickle.dumps(SpecError("spec.model.parameters.kernelSize", "2.5 is not an integer", "Bad")))
     assert (spec.field, spec.reason, str(spec)) == ("spec.model.parameters.kernelSize", "Bad",

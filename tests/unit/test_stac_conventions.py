@@ -1,4 +1,4 @@
-"""The shared STAC conventions (earthops_runtime.catalog.stac) on small GeoTIFFs made here."""
+"""The shared STAC conventions (earthops_runtime.stac.conventions) on small GeoTIFFs made here."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import rasterio.warp
 from rasterio.crs import CRS
 from rasterio.transform import Affine
 
-from earthops_runtime.catalog import stac
+from earthops_runtime.stac import conventions as stac
 
 pytestmark = pytest.mark.unit
 

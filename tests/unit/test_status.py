@@ -6,7 +6,7 @@ import pytest
 
 from earthops.api import KINDS
 from earthops.api.runtime import RuntimeStatus
-from earthops.status import Blocker, Execution, Met, derive, get_condition, set_condition
+from earthops.control.status import Blocker, Execution, Met, derive, get_condition, set_condition
 
 pytestmark = pytest.mark.unit
 T0 = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)

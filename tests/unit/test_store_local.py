@@ -5,7 +5,7 @@ import threading
 
 import pytest
 
-from earthops.store import MARKER, Store, StoreError, credentials, default_uri
+from earthops.core.store import MARKER, Store, StoreError, credentials, default_uri
 
 pytestmark = pytest.mark.unit
 

@@ -14,8 +14,8 @@ import pytest
 import rasterio
 
 from earthops_runtime.cache import MARKER
-from earthops_runtime.catalog import stac
 from earthops_runtime.data import synthetic as sy
+from earthops_runtime.stac import conventions as stac
 
 pytestmark = pytest.mark.unit
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from earthops_runtime.data.scene import SpecError
+from earthops_runtime.errors import SpecError
 from earthops_runtime.training.metrics import (
     MetricAccumulator,
     accuracy,

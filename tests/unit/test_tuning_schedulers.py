@@ -11,7 +11,7 @@ import pytest
 pytest.importorskip("ray.tune")
 
 from earthops.api.tuning import TuningExperimentSpec  # noqa: E402
-from earthops_runtime.data.scene import SpecError  # noqa: E402
+from earthops_runtime.errors import SpecError  # noqa: E402
 from earthops_runtime.tuning import report as rep  # noqa: E402
 from earthops_runtime.tuning import schedulers  # noqa: E402
 from earthops_runtime.tuning.schedulers import MedianHistory, median_decision  # noqa: E402

@@ -9,7 +9,7 @@ import pytest
 pytest.importorskip("ray.tune")
 
 from earthops.api.tuning import TuningExperimentSpec  # noqa: E402
-from earthops_runtime.data.scene import SpecError  # noqa: E402
+from earthops_runtime.errors import SpecError  # noqa: E402
 from earthops_runtime.tuning import space  # noqa: E402
 
 

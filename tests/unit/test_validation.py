@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from earthops.api.dataset import Validation, ValidationSummary
-from earthops_runtime.data.scene import SpecError
 from earthops_runtime.data.stats import DatasetStats
 from earthops_runtime.data.validation import ValidationReport, check_spec, validate
+from earthops_runtime.errors import SpecError
 
 pytestmark = pytest.mark.unit
 

@@ -170,6 +170,12 @@ class KindInfo:
     def printer_columns(self) -> list[PrinterColumn]:
         return [*self.columns, _AGE]
 
+    @staticmethod
+    def storage(spec: Any) -> Any:
+        """The spec's :class:`~earthops.api.common.Storage` (``spec.storage``, or an EODataset's
+        ``spec.output.storage``), or None: where its runs and their credentials live."""
+        return getattr(spec, "storage", None) or getattr(getattr(spec, "output", None), "storage", None)
+
 
 KINDS: dict[str, KindInfo] = {
     k.kind: k

@@ -2,7 +2,7 @@
 
 Each runtime entrypoint writes ``status.json`` in its run folder (atomically, as often as it likes).
 The operator and the embedded executor read it and project it into the resource status with the same
-function (:func:`earthops.status.derive`). Results use the kind's status field names (camelCase), so
+function (:func:`earthops.control.status.derive`). Results use the kind's status field names (camelCase), so
 they can be merged into the resource status as they are.
 """
 

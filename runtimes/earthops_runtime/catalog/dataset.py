@@ -18,7 +18,7 @@ under ``stac/`` plus the run's search index ``index.parquet``::
   (``../shards/index.json``, when the run has it) and ``index`` (``../index.parquet``, role
   ``stac-items``, the stac-geoparquet convention); ``earthops:run`` names the run.
 * **Scene items** keep a given source item's properties, assets and extensions, migrated by pystac to
-  the versions of :mod:`earthops_runtime.catalog.stac` (projection v2 ``proj:code``, eo/raster v1.1,
+  the versions of :mod:`earthops_runtime.stac.conventions` (projection v2 ``proj:code``, eo/raster v1.1,
   sar v1.0); without one, they are built from the :class:`Scene` (footprint from its bbox, eo:bands for
   Sentinel-2 band names, sar for Sentinel-1 polarisations). Asset hrefs of source data stay absolute
   (the data is not copied); ``derived_from`` and ``via`` links point to the source item.
@@ -52,9 +52,9 @@ from pystac.extensions.raster import RasterExtension
 from pystac.extensions.sar import Polarization, SarExtension
 from pystac.validation import validate_dict
 
-from earthops_runtime.catalog import stac
 from earthops_runtime.catalog.index import INDEX_NAME, write_index
 from earthops_runtime.data.scene import SAR_BANDS, Scene
+from earthops_runtime.stac import conventions as stac
 
 with warnings.catch_warnings():
     # pystac flags the label extension as unmaintained ("pilot"); it is still the STAC way to describe

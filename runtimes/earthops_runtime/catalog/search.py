@@ -41,10 +41,10 @@ import re
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, date, datetime, time
-from pathlib import Path
 from typing import Any
 
-from earthops.store import MARKER
+from earthops.core.store import MARKER
+from earthops_runtime.cache import cache_root
 from earthops_runtime.catalog.index import (
     CORE_COLUMNS,
     EXTRA_PROPERTIES,
@@ -219,14 +219,6 @@ def index_keys(store: Any, areas: Sequence[str] = AREAS) -> list[str]:
     return published_files(store, INDEX_NAME, areas)
 
 
-def _cache_dir() -> Path:
-    base = os.environ.get("EARTHOPS_CACHE") or os.environ.get("XDG_CACHE_HOME")
-    root = Path(base) if base else Path.home() / ".cache"
-    if not os.environ.get("EARTHOPS_CACHE"):
-        root = root / "earthops"
-    return root / "index"
-
-
 def _local_files(store: Any, keys: Sequence[str]) -> dict[str, str]:
     """Local path -> store URL of each index. Remote indexes are copied once into the cache, keyed by
     URL and publication time (a run republished under the same key gets a new entry)."""
@@ -239,7 +231,7 @@ def _local_files(store: Any, keys: Sequence[str]) -> dict[str, str]:
         run_key = key.rsplit("/", 1)[0]
         published = store.read_json(f"{run_key}/{MARKER}").get("published", "")
         digest = hashlib.sha256(f"{url}\n{published}".encode()).hexdigest()[:32]
-        path = _cache_dir() / f"{digest}.parquet"
+        path = cache_root("index") / f"{digest}.parquet"
         if not path.is_file():
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")

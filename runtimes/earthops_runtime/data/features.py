@@ -54,7 +54,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from earthops_runtime.data.scene import SAR_BANDS, SpecError
+from earthops_runtime.data.scene import SAR_BANDS
+from earthops_runtime.errors import SpecError
 
 INDICES_FIELD = "spec.features.indices"
 SAR_FIELD = "spec.features.sar"
@@ -381,8 +382,8 @@ def _plan_indices(bands: tuple[str, ...], names: list[str], sar_unit: str) -> li
         unsupported: list[str] = []
 
         def band_input(sym: str) -> _Band | None:
-            if sym not in needed_bands:
-                needed_bands.append(sym)
+            if sym not in needed_bands:  # noqa: B023 - called within this iteration
+                needed_bands.append(sym)  # noqa: B023
             if sym not in provided:
                 return None
             linear = sym in SAR_BANDS and sar_unit == "db"
@@ -393,7 +394,7 @@ def _plan_indices(bands: tuple[str, ...], names: list[str], sar_unit: str) -> li
                 return _Const(cat[sym[6:]].wavelength_nm)
             c = spx.constants[sym]
             if c.default is None:
-                unsupported.append(f"constant {sym} ({c.description}) has no default in the catalogue")
+                unsupported.append(f"constant {sym} ({c.description}) has no default in the catalogue")  # noqa: B023
                 return None
             return _Const(float(c.default))
 

@@ -29,7 +29,7 @@ from rasterio.warp import transform as transform_points
 from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 
-from earthops_runtime.data.scene import SpecError
+from earthops_runtime.errors import SpecError
 
 Bounds = tuple[float, float, float, float]
 

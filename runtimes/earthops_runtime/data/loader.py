@@ -2,7 +2,7 @@
 
 ``ChipDataset("s3://bucket/earthops/datasets/ns/ds/g3-ab12", "train", features=["HH", "HV"],
 normalization=stats)`` reads ``shards/index.json``, then streams row groups of the split's shard files
-through the :class:`~earthops.store.Store` (local folders natively, S3 through ranged GETs of only the
+through the :class:`~earthops.core.store.Store` (local folders natively, S3 through ranged GETs of only the
 selected features' column chunks) and yields ``(x, y)``: ``x`` float32 ``(C, H, W)`` in the requested
 feature order, normalised per feature; ``y`` int64 ``()`` class index (classification), float32
 ``(K,)`` 0/1 vector (multilabel, ready for ``BCEWithLogitsLoss``) or int64 ``(H, W)`` class map with
@@ -42,7 +42,7 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from earthops.store import Store
+from earthops.core.store import Store
 from earthops_runtime.data.shards import (
     ChipBatch,
     ShardIndex,
@@ -130,7 +130,7 @@ def shuffle_pool(batches: Iterable[Sequence[Any]], size: int, rng: np.random.Gen
             draws, k = rng.random(1024), 0
         r = int(draws[k] * remaining)
         k += 1
-        for slot, entry in enumerate(pool):
+        for slot, entry in enumerate(pool):  # noqa: B007 - the slot found is used after the loop
             left = len(entry[0]) - entry[2]
             if r < left:
                 break

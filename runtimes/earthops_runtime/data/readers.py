@@ -56,7 +56,7 @@ assets; an asset that cannot be opened or read (missing object, corrupt or trunc
 S3 access: GDAL's ``/vsis3/`` is configured from the standard variables (``AWS_ENDPOINT_URL`` -> GDAL's
 ``AWS_S3_ENDPOINT`` host:port, ``AWS_HTTPS`` from its scheme and path-style addressing; credentials,
 session token and region), read from the environment or the mounted Secret folder named by
-``EARTHOPS_STORE_CREDENTIALS_DIR`` exactly as the store reads them (:func:`earthops.store.credentials`).
+``EARTHOPS_STORE_CREDENTIALS_DIR`` exactly as the store reads them (:func:`earthops.core.store.credentials`).
 """
 
 from __future__ import annotations
@@ -85,7 +85,8 @@ from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
 from earthops_runtime.data.grid import Footprint, TargetGrid, crs_string, grid_for_scene
-from earthops_runtime.data.scene import Scene, SceneError, SpecError, band_kind
+from earthops_runtime.data.scene import Scene, band_kind
+from earthops_runtime.errors import SceneError, SpecError
 
 #: Scene property with each band's asset, band index, scale, offset and nodata (written by
 #: :mod:`earthops_runtime.data.sources` as ``RASTER_KEY``).
@@ -258,7 +259,7 @@ def gdal_s3_options(environ: Mapping[str, str] | None = None) -> tuple[dict[str,
     ``AWS_REGION``. GDAL variables set explicitly in the environment are left alone. ``credentials``:
     the key id, secret and session token (handed to GDAL through a rasterio session).
     """
-    from earthops.store import StoreError, credentials
+    from earthops.core.store import StoreError, credentials
 
     env = dict(os.environ if environ is None else environ)
     try:
@@ -342,7 +343,7 @@ def _read_bytes(uri: str) -> bytes:
 
     options: dict[str, Any] = {}
     if parsed.scheme.lower() == "s3":
-        from earthops.store import credentials
+        from earthops.core.store import credentials
 
         creds = credentials()
         options = {"key": creds.get("AWS_ACCESS_KEY_ID"), "secret": creds.get("AWS_SECRET_ACCESS_KEY"),

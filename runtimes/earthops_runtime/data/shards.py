@@ -82,7 +82,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from earthops.store import Store, StoreError
+from earthops.core.store import Store, StoreError
 
 FORMAT = "earthops.shards"
 VERSION = 1

@@ -62,7 +62,7 @@ What readers get in ``scene.properties`` (besides the item's own non-null proper
     Only on scenes that could not be read (files source): why.
 
 S3 credentials come from the environment or ``EARTHOPS_STORE_CREDENTIALS_DIR``
-(:func:`earthops.store.credentials`), never from the spec; :func:`earthops_runtime.data.readers.gdal_env` turns them into
+(:func:`earthops.core.store.credentials`), never from the spec; :func:`earthops_runtime.data.readers.gdal_env` turns them into
 GDAL's ``/vsis3/`` settings for rasterio.
 """
 
@@ -83,8 +83,9 @@ import fsspec
 import pystac
 from pystac.utils import make_absolute_href
 
-from earthops_runtime.catalog import stac
-from earthops_runtime.data.scene import Scene, SceneError, SpecError
+from earthops_runtime.data.scene import Scene
+from earthops_runtime.errors import SceneError, SpecError
+from earthops_runtime.stac import conventions as stac
 
 if TYPE_CHECKING:
     from earthops.api.dataset import SearchFilter, Source
@@ -207,7 +208,7 @@ _S3_FILESYSTEMS: dict[tuple[Any, ...], fsspec.AbstractFileSystem] = {}
 def _s3_filesystem() -> fsspec.AbstractFileSystem:
     """An S3 filesystem for the current credentials, reused by this process while they stay the same
     (a new one costs 0.2-0.5 s before its first answer). Not shared across fork: the pid is in the key."""
-    from earthops.store import credentials, s3_filesystem
+    from earthops.core.store import credentials, s3_filesystem
 
     creds = credentials()
     key = (os.getpid(), *sorted(creds.items()))
@@ -254,7 +255,7 @@ def _normalize_uri(uri: str) -> str:
 
 class FsspecStacIO(pystac.StacIO):
     """A pystac StacIO over fsspec: local paths, ``file://``, ``s3://`` (with the store's credentials,
-    :func:`earthops.store.credentials`) and ``http(s)://``."""
+    :func:`earthops.core.store.credentials`) and ``http(s)://``."""
 
     def __init__(self, filesystems: _Filesystems | None = None) -> None:
         super().__init__()

@@ -1,7 +1,7 @@
 """Deterministic synthetic Earth-observation data for the EODataset pipeline (``source.sample``).
 
 Two generators, each writing a self-contained static STAC catalog (through
-:mod:`earthops_runtime.catalog.stac`, so they speak the store's one STAC dialect):
+:mod:`earthops_runtime.stac.conventions`, so they speak the store's one STAC dialect):
 
 ``synthetic-s1-iceberg`` -- :func:`generate_s1_iceberg`
     Sentinel-1 ship-vs-iceberg chips like the Statoil/C-CORE (Kaggle) data of the Hopsworks paper:
@@ -51,7 +51,7 @@ between CPU families), and different seeds give different data. Bump :data:`GENE
 the output for a given (name, count, seed) changes: cached catalogs are keyed by it.
 
 Cache (:func:`synthetic_catalog`): ``<samples cache>/<name>-n<count>-s<seed>-v<version>/`` under
-:func:`earthops_runtime.samples.default_cache_dir`, built like the BigEarthNet entries -- in a hidden
+:func:`earthops_runtime.cache.default_cache_dir`, built like the BigEarthNet entries -- in a hidden
 temporary folder beside it, under an exclusive file lock, renamed into place with its marker
 (``.earthops-cache.json``: identity plus every file and its size) already inside; a killed build leaves
 only a temporary folder, removed by the next build; a valid entry is returned without taking the lock.
@@ -75,9 +75,8 @@ import rasterio
 from rasterio.crs import CRS
 from rasterio.transform import Affine
 
-from earthops_runtime.cache import cached_entry, valid
-from earthops_runtime.catalog import stac
-from earthops_runtime.samples import default_cache_dir
+from earthops_runtime.cache import cached_entry, default_cache_dir, valid
+from earthops_runtime.stac import conventions as stac
 
 __all__ = [
     "GENERATOR_VERSION",
@@ -859,7 +858,7 @@ def cache_entry_name(name: str, *, count: int, seed: int) -> str:
 def synthetic_catalog(name: str, *, count: int, seed: int, cache_dir: Path | None = None) -> Path:
     """``catalog.json`` of the synthetic sample set ``name`` (``synthetic-s1-iceberg`` or
     ``synthetic-s2-landcover``) with ``count`` chips/scenes from ``seed``: generated once into the
-    cache (``cache_dir``, default :func:`earthops_runtime.samples.default_cache_dir`), atomically, then
+    cache (``cache_dir``, default :func:`earthops_runtime.cache.default_cache_dir`), atomically, then
     reused. S1: 75x75 chips; S2: 1098x1098 scenes with :data:`S2_CLOUD_FRACTION` clouds."""
     if name not in _GENERATORS:
         raise ValueError(f"unknown synthetic sample set {name!r}; known: {', '.join(SYNTHETIC_NAMES)}")

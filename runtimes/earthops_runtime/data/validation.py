@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from earthops.api.dataset import Validation
-from earthops_runtime.data.scene import SpecError
+from earthops_runtime.errors import SpecError
 
 Status = Literal["pass", "warn", "fail"]
 SPLIT_ORDER = ("train", "validation", "test")

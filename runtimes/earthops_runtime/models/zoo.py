@@ -26,7 +26,7 @@ from typing import Any
 
 from torch import nn
 
-from earthops_runtime.data.scene import SpecError
+from earthops_runtime.errors import SpecError
 from earthops_runtime.models.iceberg import iceberg_cnn
 from earthops_runtime.models.resnet import resnet18_ms
 from earthops_runtime.models.unet import unet_small

@@ -18,11 +18,11 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from earthops.store import StoreError
+from earthops.core.store import StoreError
 from earthops_runtime.data.loader import ChipDataset
-from earthops_runtime.data.scene import SpecError
 from earthops_runtime.data.shards import ShardIndex, open_source, read_index
 from earthops_runtime.data.stats import normalization
+from earthops_runtime.errors import SpecError
 
 DATASET_FIELD = "spec.datasetRef"
 

@@ -42,9 +42,9 @@ import numpy as np
 import torch
 
 from earthops.api.tuning import Training
-from earthops.store import Store
+from earthops.core.store import Store
 from earthops_runtime.data.loader import steps_per_epoch
-from earthops_runtime.data.scene import SpecError
+from earthops_runtime.errors import SpecError
 from earthops_runtime.models.zoo import build_model, model_arguments
 from earthops_runtime.training.data import DatasetInfo
 from earthops_runtime.training.metrics import MetricAccumulator, loss_sum, mean_loss

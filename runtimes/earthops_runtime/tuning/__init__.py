@@ -10,11 +10,14 @@ from __future__ import annotations
 from typing import Any
 
 
-def run(**kwargs: Any) -> None:
-    """Entry point ``earthops_runtime.tuning:run`` (see :func:`earthops_runtime.tuning.experiment.run`)."""
-    from earthops_runtime.tuning.experiment import run as _run
+def __getattr__(name: str) -> Any:
+    """``run`` (the :class:`~earthops_runtime.entrypoint.Runtime` named ``earthops_runtime.tuning:run``),
+    imported on first use: the submodules that need no Ray (``space``, ``report``) stay light."""
+    if name == "run":
+        from earthops_runtime.tuning.experiment import run
 
-    _run(**kwargs)
+        return run
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = ["run"]

@@ -34,12 +34,12 @@ from ray.tune.experiment import Trial
 from earthops.api import TuningExperiment
 from earthops.api.common import duration_seconds, quantity_value
 from earthops.api.tuning import TuningExperimentSpec
-from earthops.store import Store
-from earthops_runtime.data.scene import SpecError
+from earthops.core.store import Store
+from earthops_runtime.entrypoint import SUMMARY_FILE, Outcome, Run, Runtime
+from earthops_runtime.errors import RunFailed, SpecError
 from earthops_runtime.tuning import report as rep
 from earthops_runtime.tuning import schedulers, space
 
-SUMMARY_FILE = "summary.json"
 #: Key the trainable adds when the objective metric is missing from its metrics (their names, joined).
 UNKNOWN_METRIC_KEY = "earthops_reported_metrics"
 #: Seconds between two status reports while trials run.
@@ -50,14 +50,6 @@ _RAY_KEYS = {
     "done", "trial_id", "iterations_since_restore", "time_since_restore", "checkpoint_dir_name", "should_checkpoint",
     "experiment_tag", "config", UNKNOWN_METRIC_KEY,
 }
-
-
-class ExperimentFailed(Exception):
-    """The experiment cannot succeed (reason: UnknownMetric, TooManyFailedTrials, NoFinishedTrials)."""
-
-    def __init__(self, reason: str, message: str):
-        self.reason = reason
-        super().__init__(message)
 
 
 # --- the trial ------------------------------------------------------------------------------------------
@@ -316,42 +308,38 @@ def tune_location(store: Store, run_key: str) -> tuple[str, str, Any]:
 # --- the entrypoint ------------------------------------------------------------------------------------
 
 
-def run(*, resource: TuningExperiment, store: Store, run_key: str, reporter: Any, ray_address: str | None,
-        inputs: Mapping[str, str] | None = None) -> None:
-    """Entry point (see :mod:`earthops_runtime.__main__`)."""
+def _run(run: Run) -> Outcome:
+    """The TuningExperiment's work (see the module docstring)."""
+    resource, store, reporter = run.resource, run.store, run.reporter
     spec = resource.spec
-    if store.is_published(run_key):  # a rerun of a finished generation: report what it published
-        summary = store.read_json(f"{run_key}/{SUMMARY_FILE}")
-        done = sum(summary["results"]["trials"][s] for s in ("succeeded", "stopped", "failed"))
-        reporter.report("Succeeded", done=done, total=spec.max_trials, unit="trials", message="already published",
-                        results=summary["results"])
-        return
-    dataset = (inputs or {}).get("dataset")
-    if not dataset:
-        raise SpecError("spec.datasetRef", f"no dataset run for {spec.dataset_ref.name!r} was given to the runtime "
-                        "(expected --input dataset=<published EODataset run URI>)", reason="DatasetNotReady")
+    dataset = run.input("dataset", "spec.datasetRef", spec.dataset_ref.name)
     space.validate_space(spec)
     from earthops_runtime.training import DatasetInfo
 
     info = DatasetInfo.open(dataset)  # fails before any trial when the dataset is missing or unlabelled
     check_model(spec, info.task)
-    reporter.report("Running", done=0, total=spec.max_trials, unit="trials", message="starting trials",
+    reporter.report(done=0, total=spec.max_trials, message="starting trials",
                     results={"trials": rep.counts([], spec.training.epochs, spec.max_trials)})
-    try:
-        outcome = _tune(resource, store, run_key, reporter, ray_address, dataset)
-    except ExperimentFailed as exc:
-        reporter.report("Failed", reason=exc.reason, message=str(exc))
-        return
-    registered = _register(resource, store, run_key, info, outcome)
-    results = {**outcome.results, "registeredModel": registered, "report": store.url(run_key)}
-    with store.publish(run_key) as run_store:
+    outcome = _tune(resource, store, run.key, reporter, run.ray_address, dataset)
+    registered = _register(resource, store, run.key, info, outcome)
+    results = {**outcome.results, "registeredModel": registered, "report": store.url(run.key)}
+    with store.publish(run.key) as run_store:
         _write_outputs(run_store, outcome, resource, {**outcome.summary, "results": results})
     c = results["trials"]
-    reporter.report("Succeeded", done=c["succeeded"] + c["stopped"] + c["failed"], total=spec.max_trials,
-                    unit="trials", results=results,
-                    message=f"{c['succeeded']} trials succeeded, {c['stopped']} stopped early, {c['failed']} failed; "
-                            f"best {spec.objective.metric} {results['bestMetric']:.4g}; registered "
-                            f"{registered['name']} {registered['version']}")
+    return Outcome(results, done=c["succeeded"] + c["stopped"] + c["failed"], total=spec.max_trials,
+                   message=f"{c['succeeded']} trials succeeded, {c['stopped']} stopped early, {c['failed']} failed; "
+                           f"best {spec.objective.metric} {results['bestMetric']:.4g}; registered "
+                           f"{registered['name']} {registered['version']}")
+
+
+def _replay(resource: TuningExperiment, summary: dict[str, Any]) -> Outcome:
+    trials = summary["results"]["trials"]
+    return Outcome(summary["results"], "already published",
+                   done=sum(trials[s] for s in ("succeeded", "stopped", "failed")), total=resource.spec.max_trials)
+
+
+#: The entrypoint (``earthops_runtime.tuning:run`` in ``earthops.api.KINDS``).
+run = Runtime(unit="trials", body=_run, replay=_replay)
 
 
 def check_model(spec: TuningExperimentSpec, task: str) -> None:
@@ -368,7 +356,7 @@ def check_model(spec: TuningExperimentSpec, task: str) -> None:
 
 
 @dataclass
-class Outcome:
+class Tuned:
     records: list[rep.TrialRecord]
     checkpoints: dict[str, Any]
     results: dict[str, Any]
@@ -378,7 +366,7 @@ class Outcome:
 
 
 def _tune(resource: TuningExperiment, store: Store, run_key: str, reporter: Any, ray_address: str | None,
-          dataset: str) -> Outcome:
+          dataset: str) -> Tuned:
     from earthops_runtime import raycluster
 
     spec = resource.spec
@@ -453,31 +441,31 @@ def _tune(resource: TuningExperiment, store: Store, run_key: str, reporter: Any,
     }
     outcome_partial = dict(records=records, checkpoints=checkpoints, results=results, summary=summary,
                            plan_names=(plan.searcher_name, plan.scheduler_name))
-    failure: ExperimentFailed | None = None
+    failure: RunFailed | None = None
     failed = results["trials"]["failed"]
     if live.unknown_metric:
-        failure = ExperimentFailed("UnknownMetric", live.unknown_metric)
+        failure = RunFailed("UnknownMetric", live.unknown_metric)
     elif failed > spec.max_failed_trials:
         shown = "; ".join(f"{r.id}: {rep.short_error(r.error)}" for r in records if r.ray_status == Trial.ERROR)[:1500]
-        failure = ExperimentFailed("TooManyFailedTrials", f"{failed} trials failed, more than maxFailedTrials "
+        failure = RunFailed("TooManyFailedTrials", f"{failed} trials failed, more than maxFailedTrials "
                                    f"{spec.max_failed_trials}: {shown}")
     # the registered model is the best finished trial that has its final checkpoint (a trial cut by the
     # time budget may have none)
     best = rep.best_trial([r for r in records if r.id in checkpoints], metric, goal, finished_only=True,
                           epochs=epochs)
     if failure is None and best is None:
-        failure = ExperimentFailed("NoFinishedTrials", f"no trial finished with a value of {metric!r} and a "
+        failure = RunFailed("NoFinishedTrials", f"no trial finished with a value of {metric!r} and a "
                                    f"checkpoint ({failed} failed)")
     if failure is not None:
         # completed trials are never lost: the table goes beside status.json, in the (unpublished) run folder
         summary["failure"] = {"reason": failure.reason, "message": str(failure)}
-        _write_outputs(_InPlace(store, run_key), Outcome(best=best, **outcome_partial), resource,  # type: ignore[arg-type]
+        _write_outputs(_InPlace(store, run_key), Tuned(best=best, **outcome_partial), resource,  # type: ignore[arg-type]
                        {**summary, "results": results})
         reporter.report(results=results)
         raise failure
     summary["bestTrial"] = {"id": best.id, "metric": best.last(metric), "parameters": best.config,
                             "metrics": _final_metrics(best, metric)}
-    return Outcome(best=best, **outcome_partial)  # type: ignore[arg-type]
+    return Tuned(best=best, **outcome_partial)  # type: ignore[arg-type]
 
 
 def trainer_options() -> dict[str, Any]:
@@ -512,7 +500,7 @@ class _InPlace:
         self.store.write_json(f"{self.key}/{key}", obj)
 
 
-def _write_outputs(target: Any, outcome: Outcome, resource: TuningExperiment, summary: dict[str, Any]) -> None:
+def _write_outputs(target: Any, outcome: Tuned, resource: TuningExperiment, summary: dict[str, Any]) -> None:
     import pandas as pd
 
     from earthops_runtime.tuning import plots
@@ -548,12 +536,11 @@ def _write_outputs(target: Any, outcome: Outcome, resource: TuningExperiment, su
     target.write_json(SUMMARY_FILE, summary)
 
 
-def _register(resource: TuningExperiment, store: Store, run_key: str, info: Any, outcome: Outcome) -> dict[str, Any]:
+def _register(resource: TuningExperiment, store: Store, run_key: str, info: Any, outcome: Tuned) -> dict[str, Any]:
     """Rebuild the best trial's model from its final checkpoint and register it."""
+    from earthops.core.registry import list_models
     from earthops_runtime.registry import ModelCard, register_model
     from earthops_runtime.training import Trainer
-
-    from earthops.registry import list_models
 
     spec = resource.spec
     name = spec.model_name or resource.name

@@ -265,7 +265,7 @@ def plan(spec: TuningExperimentSpec) -> Plan:
         search_alg = optuna(ot.samplers.GPSampler(seed=spec.algorithm.seed))
         searcher = "bayesian (optuna GP)"
     else:  # the contract's Literal makes this unreachable, but a clear error beats a KeyError
-        from earthops_runtime.data.scene import SpecError
+        from earthops_runtime.errors import SpecError
 
         raise SpecError("spec.algorithm.name", f"unknown algorithm {algo!r}; accepted: random, grid, tpe, bayesian, "
                         "hyperband, bohb, pbt")
@@ -281,7 +281,7 @@ def plan(spec: TuningExperimentSpec) -> Plan:
     elif algo == "pbt":
         mutations = space.mutations(spec)
         if not mutations:
-            from earthops_runtime.data.scene import SpecError
+            from earthops_runtime.errors import SpecError
 
             raise SpecError("spec.searchSpace", "pbt mutates training.* parameters during training: add at least one "
                             "(e.g. training.learningRate); model parameters are fixed per trial")

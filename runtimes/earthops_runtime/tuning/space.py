@@ -18,7 +18,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from earthops.api.tuning import SearchParameter, Training, TuningExperimentSpec
-from earthops_runtime.data.scene import SpecError
+from earthops_runtime.errors import SpecError
 
 #: Grid points above which a grid is refused (it could never be run).
 MAX_GRID_POINTS = 100_000

@@ -1,5 +1,5 @@
 """The embedded executor: the same resources, run on this machine without a cluster."""
 
-from earthops.local.executor import Executor, Unsupported, order, stored_resources
+from earthops.control.local.executor import Executor, Unsupported, order, stored_resources
 
 __all__ = ["Executor", "Unsupported", "order", "stored_resources"]

@@ -8,7 +8,7 @@ and its entrypoint as ``inputs={key: uri}``.
 
 The operator and the embedded executor resolve inputs with :func:`resolve_inputs`, each with its own
 way of reading the referenced resources' status; what is not usable yet becomes a
-:class:`~earthops.status.Blocker` (``DatasetReady=False``, reason ``DatasetNotReady``).
+:class:`~earthops.control.status.Blocker` (``DatasetReady=False``, reason ``DatasetNotReady``).
 """
 
 from __future__ import annotations
@@ -18,11 +18,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from earthops.api import KINDS, Resource
-from earthops.status import Blocker, Met
+from earthops.control.status import Blocker, Met
 
 #: (kind, name) -> the referenced resource's status (``{}`` when it has none yet), or None if it does not exist.
 Lookup = Callable[[str, str], Mapping[str, Any] | None]
-INPUT_FLAG = "--input"
 
 
 def condition_type(kind: str) -> str:
@@ -74,24 +73,3 @@ def resolve_inputs(resource: Resource[Any, Any], lookup: Lookup, *, wait: bool) 
         suffix = "; waiting for it" if wait else ""
         blockers.append(Blocker(condition_type(kind), not_ready_reason(kind), problem + suffix, failed=not wait))
     return Inputs(inputs, tuple(blockers), tuple(met))
-
-
-def input_args(inputs: Mapping[str, str]) -> list[str]:
-    """``["--input", "dataset=<URI>", ...]`` in key order: the runtime command's inputs."""
-    out: list[str] = []
-    for key in sorted(inputs):
-        out += [INPUT_FLAG, f"{key}={inputs[key]}"]
-    return out
-
-
-def parse_input_args(values: list[str] | None) -> dict[str, str]:
-    """``["dataset=<URI>"]`` -> ``{"dataset": "<URI>"}``; ValueError on a value without ``key=``."""
-    out: dict[str, str] = {}
-    for value in values or []:
-        key, sep, uri = value.partition("=")
-        if not sep or not key or not uri:
-            raise ValueError(f"{INPUT_FLAG} {value!r}: expected key=URI (e.g. dataset=s3://bucket/datasets/...)")
-        if key in out:
-            raise ValueError(f"{INPUT_FLAG} {key}=...: given twice")
-        out[key] = uri
-    return out

@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 from earthops.api import KINDS, Resource
-from earthops.store import run_prefix
+from earthops.core.store import run_prefix
 
 
 def spec_hash(resource: Resource[Any, Any]) -> str:

@@ -10,6 +10,8 @@ from typing import Any
 
 import kopf
 
+from earthops.control.reconcile.rayjob import DEFAULT_RUNTIME_IMAGE
+
 log = logging.getLogger("earthops.operator")
 #: The liveness and metrics endpoints listen on every interface: kubelet probes and Prometheus reach the
 #: pod from outside it.
@@ -25,7 +27,7 @@ class OperatorOptions:
     liveness_port: int = 8080
     metrics_port: int = 9090
     store: str | None = None
-    runtime_image: str = "ghcr.io/earthops/runtime:0.1.0"
+    runtime_image: str = DEFAULT_RUNTIME_IMAGE
     log_level: str = "info"
     log_format: str = "text"
 
@@ -33,7 +35,7 @@ class OperatorOptions:
 def _configure(opts: OperatorOptions) -> None:
     import os
 
-    from earthops.store import ENV_STORE
+    from earthops.core.store import ENV_STORE
 
     if opts.store:
         os.environ[ENV_STORE] = opts.store
@@ -47,9 +49,9 @@ def _configure(opts: OperatorOptions) -> None:
 
     @kopf.on.startup()
     def _settings(settings: kopf.OperatorSettings, **_: Any) -> None:
-        from earthops.handlers import k8s, rayjobs
-        from earthops.reconcile.rayjob import OperatorDefaults
-        from earthops.store import default_uri
+        from earthops.control.handlers import k8s, rayjobs
+        from earthops.control.reconcile.rayjob import OperatorDefaults
+        from earthops.core.store import default_uri
 
         k8s.login()
         rayjobs.configure(OperatorDefaults(runtime_image=opts.runtime_image, store_uri=opts.store or default_uri()))
@@ -68,7 +70,7 @@ def _configure(opts: OperatorOptions) -> None:
 
     @kopf.on.probe(id="kinds")
     def _kinds(**_: Any) -> dict[str, list[str]]:
-        from earthops.handlers.kinds import RAYJOB_KINDS, UNSUPPORTED_KINDS
+        from earthops.control.handlers.kinds import RAYJOB_KINDS, UNSUPPORTED_KINDS
 
         return {"rayjob": RAYJOB_KINDS, "unsupported": UNSUPPORTED_KINDS}
 
@@ -77,8 +79,8 @@ def run_operator(opts: OperatorOptions) -> int:
     """Run until SIGTERM/SIGINT; returns the exit code."""
     from prometheus_client import start_http_server
 
-    from earthops.handlers import kinds  # noqa: F401 - registers the handlers
-    from earthops.handlers.metrics import describe_operator
+    from earthops.control.handlers import kinds  # noqa: F401 - registers the handlers
+    from earthops.control.handlers.metrics import describe_operator
 
     _configure(opts)
     scope = "*" if opts.all_namespaces else ",".join(opts.namespaces)

@@ -4,7 +4,7 @@ A registered model version is a published (immutable) run folder ``models/<ns>/<
 whose ``item.json`` is a STAC item with the ML-Model (``mlm``) extension (written by
 ``earthops_runtime.registry``, which also writes the weights and the exported program). Everything
 the CLI and the operator need — which versions exist, which one ``latest`` is, what each one is —
-is in those items, so this module reads JSON through the :class:`~earthops.store.Store` and never
+is in those items, so this module reads JSON through the :class:`~earthops.core.store.Store` and never
 imports torch (``earthops get models`` starts fast, the operator stays light).
 
 Versions are ``v1``, ``v2``, ... in registration order; ``latest`` is the highest number (not the
@@ -20,7 +20,7 @@ from typing import Any
 from pydantic import TypeAdapter, ValidationError
 
 from earthops.api.common import Label, Name
-from earthops.store import Store, run_prefix
+from earthops.core.store import Store, run_prefix
 
 AREA = "models"
 ITEM_NAME = "item.json"
@@ -105,86 +105,6 @@ def summarize(item: Mapping[str, Any], *, namespace: str, name: str, version: st
     }
 
 
-def dataset_label(uri: str | None) -> str:
-    """A short name of a dataset run URI for tables: ``<name>/<run-id>`` of
-    ``.../datasets/<ns>/<name>/<run-id>``, else the URI's last two segments."""
-    if not uri:
-        return ""
-    parts = uri.rstrip("/").split("/")
-    if "datasets" in parts:
-        i = len(parts) - 1 - parts[::-1].index("datasets")
-        if len(parts) - i == 4:
-            return f"{parts[i + 2]}/{parts[i + 3]}"
-    return "/".join(parts[-2:])
-
-
-def experiment_label(experiment: Mapping[str, Any] | None) -> str:
-    """``<name>/<runId>`` of an experiment reference (the namespace is the model's, usually)."""
-    if not experiment:
-        return ""
-    return "/".join(str(experiment[k]) for k in ("name", "runId") if experiment.get(k))
-
-
-def metrics_text(metrics: Mapping[str, Any]) -> str:
-    """``val_accuracy=0.9123 val_loss=0.2`` (4 significant digits)."""
-    return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
-
-
-def describe(item: Mapping[str, Any], *, namespace: str, name: str, version: str, uri: str) -> str:
-    """A ``kubectl describe``-like text of a registered version: what it is, what it expects as
-    input (bands, shape, normalisation), what it outputs, how good it is and where it came from."""
-    import yaml
-
-    from earthops.display import plain_table
-
-    props = item.get("properties") or {}
-    row = summarize(item, namespace=namespace, name=name, version=version, uri=uri)
-    model_input = (props.get("mlm:input") or [{}])[0]
-    output = (props.get("mlm:output") or [{}])[0]
-    model_asset = (item.get("assets") or {}).get("model") or {}
-    lines = [
-        f"Name:           {name}",
-        f"Namespace:      {namespace}",
-        f"Version:        {version}",
-        f"URI:            {uri}",
-        f"Created:        {row['created'] or ''}",
-        f"Architecture:   {row['architecture'] or ''}",
-        f"Task:           {row['task']}",
-        f"Framework:      {props.get('mlm:framework', '')} {props.get('mlm:framework_version', '')}".rstrip(),
-        f"Parameters:     {props.get('mlm:total_parameters', '')}",
-        f"Artifact:       {model_asset.get('href', '')} ({model_asset.get('mlm:artifact_type', '')})",
-        f"Dataset:        {row['dataset'] or ''}",
-        f"Experiment:     {experiment_label(row['experiment'])}  {row['experiment'].get('uri', '')}".rstrip(),
-        f"Metrics:        {metrics_text(row['metrics'])}",
-        "Input:",
-        f"  Shape:        {(model_input.get('input') or {}).get('shape', '')} "
-        f"{(model_input.get('input') or {}).get('dim_order', '')}",
-    ]
-    scaling = model_input.get("value_scaling") or []
-    bands = model_input.get("bands") or []
-    if bands:
-        scaling = scaling if len(scaling) == len(bands) else [{}] * len(bands)
-        table = [[str(b), _number(s.get("mean")), _number(s.get("stddev"))]
-                 for b, s in zip(bands, scaling, strict=True)]
-        lines.append("  " + plain_table(["BAND", "MEAN", "STD"], table).replace("\n", "\n  "))
-    lines.append("Output:")
-    lines.append(f"  Shape:        {(output.get('result') or {}).get('shape', '')} "
-                 f"{(output.get('result') or {}).get('dim_order', '')}")
-    classes = output.get("classification:classes") or []
-    if classes:
-        named = (f"{c.get('value')}={c.get('title') or c.get('name')}" for c in classes)
-        lines.append("  Classes:      " + ", ".join(named))
-    lines.append("Hyperparameters:")
-    hyper = props.get("mlm:hyperparameters") or {}
-    lines.append("\n".join("  " + line for line in yaml.safe_dump(hyper, sort_keys=True).splitlines()) if hyper
-                 else "  <none>")
-    return "\n".join(lines)
-
-
-def _number(value: Any) -> str:
-    return f"{value:.6g}" if isinstance(value, float) else "" if value is None else str(value)
-
-
 # --- reading the store -----------------------------------------------------------------------------
 
 
@@ -229,7 +149,6 @@ def list_models(store: Store, namespace: str | None = None, name: str | None = N
     return rows
 
 
-__all__ = ["AREA", "COLLECTION_NAME", "ITEM_NAME", "LATEST", "RegistryError", "check_names", "dataset_label",
-           "describe", "experiment_label", "list_models", "metrics_text", "model_names", "next_version", "pick_version",
-           "read_item", "resolve_version", "sort_versions", "summarize", "version_key", "version_number",
-           "versions"]
+__all__ = ["AREA", "COLLECTION_NAME", "ITEM_NAME", "LATEST", "RegistryError", "check_names", "list_models",
+           "model_names", "next_version", "pick_version", "read_item", "resolve_version", "sort_versions", "summarize",
+           "version_key", "version_number", "versions"]

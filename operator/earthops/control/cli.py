@@ -15,7 +15,8 @@ from rich.console import Console
 
 from earthops import __version__
 from earthops.api import KINDS, ManifestError, kind_for, load_manifests
-from earthops.store import ENV_STORE, Store, StoreError
+from earthops.control.reconcile.rayjob import DEFAULT_RUNTIME_IMAGE
+from earthops.core.store import ENV_STORE, Store, StoreError
 
 app = typer.Typer(
     name="earthops",
@@ -76,7 +77,7 @@ def crds(
                                                         "folder (repeatable); default: print to stdout.")] = None,
 ) -> None:
     """Print (or write) the CustomResourceDefinitions generated from the models."""
-    from earthops import crds as gen
+    from earthops.control import crds as gen
 
     if not out_dirs:
         sys.stdout.write("---\n".join(gen.render(info) for info in KINDS.values()))
@@ -95,7 +96,7 @@ def run(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate and print the order; run nothing.")] = False,
 ) -> None:
     """Run manifests on this machine, in reference order. Exits non-zero if anything fails."""
-    from earthops.local import Executor, Unsupported
+    from earthops.control.local import Executor, Unsupported
 
     try:
         resources = load_manifests(files)
@@ -146,7 +147,7 @@ def trial_table(detail: dict[str, Any] | None) -> Any:
 def _run_with_progress(executor: Any, planned: list[Any]) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from earthops.display import plain_table, table_rows
+    from earthops.control.display import plain_table, table_rows
 
     class RunProgress(Progress):
         """The progress bars, with the running resource's trial table under them (when it has trials)."""
@@ -192,7 +193,7 @@ def _run_with_progress(executor: Any, planned: list[Any]) -> None:
 
 
 def _select(st: Store, kind: str | None, name: str | None, namespace: str | None) -> list[dict[str, Any]]:
-    from earthops.local import stored_resources
+    from earthops.control.local import stored_resources
 
     try:
         kinds = [kind_for(kind).kind] if kind and kind != "all" and kind != "earthops" else list(KINDS)
@@ -219,7 +220,7 @@ def get(
     store: StoreOpt = None,
 ) -> None:
     """List resources run on this machine, like `kubectl get`; `get models [NAME]` lists the model registry."""
-    from earthops.display import plain_table, table_rows
+    from earthops.control.display import plain_table, table_rows
 
     if kind and kind.lower() in MODEL_TARGETS:
         _get_models(_open_store(store), name, namespace, output)
@@ -263,7 +264,7 @@ def describe(
 ) -> None:
     """Show one resource in detail, like `kubectl describe`; `describe model NAME[/VERSION]` shows a
     registered model version (default: the latest)."""
-    from earthops.display import describe as text
+    from earthops.control.display import describe as text
 
     if kind.lower() in MODEL_TARGETS:
         _describe_model(_open_store(store), name, namespace)
@@ -279,8 +280,9 @@ MODEL_TARGETS = ("models", "model")
 
 def _get_models(st: Store, name: str | None, namespace: str | None, output: Output) -> None:
     """The registered model versions, one row each (newest version of a model last)."""
-    from earthops import registry
-    from earthops.display import age, plain_table
+    from earthops.control import display
+    from earthops.control.display import age, plain_table
+    from earthops.core import registry
 
     try:
         rows = registry.list_models(st, namespace, name)
@@ -307,14 +309,15 @@ def _get_models(st: Store, name: str | None, namespace: str | None, output: Outp
     table = []
     for r in rows:
         metrics = r["metrics"] if wide else dict(list(r["metrics"].items())[:2])
-        row = [r["name"], r["version"], r["architecture"] or "", r["task"] or "", registry.metrics_text(metrics),
-               registry.dataset_label(r["dataset"]), registry.experiment_label(r["experiment"]), age(r["created"])]
+        row = [r["name"], r["version"], r["architecture"] or "", r["task"] or "", display.metrics_text(metrics),
+               display.dataset_label(r["dataset"]), display.experiment_label(r["experiment"]), age(r["created"])]
         table.append(([r["namespace"]] if namespace is None else []) + row + ([r["uri"]] if wide else []))
     out.print(plain_table(header, table), highlight=False, markup=False)
 
 
 def _describe_model(st: Store, ref: str, namespace: str) -> None:
-    from earthops import registry
+    from earthops.control import display
+    from earthops.core import registry
 
     name, _, version = ref.partition("/")
     try:
@@ -322,7 +325,7 @@ def _describe_model(st: Store, ref: str, namespace: str) -> None:
     except (registry.RegistryError, StoreError) as exc:
         raise _fail(str(exc), 1) from None
     uri = st.url(registry.version_key(namespace, name, version))
-    out.print(registry.describe(item, namespace=namespace, name=name, version=version, uri=uri),
+    out.print(display.describe_model(item, namespace=namespace, name=name, version=version, uri=uri),
               highlight=False, markup=False)
 
 
@@ -341,13 +344,13 @@ def operator(
     store: StoreOpt = None,
     runtime_image: Annotated[str, typer.Option("--runtime-image", envvar="EARTHOPS_RUNTIME_IMAGE",
                                                help="Ray image with earthops_runtime, for resources that name "
-                                               "none in spec.compute.image.")] = "ghcr.io/earthops/runtime:0.1.0",
+                                               "none in spec.compute.image.")] = DEFAULT_RUNTIME_IMAGE,
     log_level: Annotated[str, typer.Option("--log-level", help="debug, info, warning or error.")] = "info",
     log_format: Annotated[str, typer.Option("--log-format", help="text or json.")] = "text",
 ) -> None:
     """Run the operator (kopf) against the current Kubernetes context or in-cluster config."""
     try:
-        from earthops.handlers.process import OperatorOptions, run_operator
+        from earthops.control.handlers.process import OperatorOptions, run_operator
     except ImportError as exc:
         raise _fail(f"the operator needs the 'operator' extra (pip install 'earthops[operator]'): {exc}", 1) from None
     if all_namespaces and namespace:
@@ -392,7 +395,7 @@ def search(
     if output not in ("table", "json"):
         raise _fail(f"--output {output!r}: accepted: table, json", INVALID)
     try:
-        from earthops_runtime.catalog import search as index_search
+        from earthops_runtime import facade as index_search
     except ImportError as exc:
         raise _fail(f"search needs the 'runtime' extra (pip install 'earthops[runtime]'): {exc}", 1) from None
     st = _open_store(store)
@@ -411,7 +414,7 @@ def search(
     if not items:
         err.print("No items found.", highlight=False)
         return
-    from earthops.display import plain_table
+    from earthops.control.display import plain_table
 
     rows = []
     for item in items:
@@ -430,7 +433,7 @@ def samples(
 ) -> None:
     """Fetch the real sample imagery (BigEarthNet Sentinel-1/2 example patches) and catalogue it in STAC."""
     try:
-        from earthops_runtime import samples as s
+        from earthops_runtime import facade as s
     except ImportError as exc:
         raise _fail(f"samples need the 'runtime' extra (pip install 'earthops[runtime]'): {exc}", 1) from None
     with err.status("fetching bigearthnet-common from the package registry ..."):

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 import yaml
 
 from earthops.api import KINDS
+from earthops.core import registry
 
 
 def jsonpath(doc: dict[str, Any], path: str) -> Any:
@@ -105,3 +107,84 @@ def describe(doc: dict[str, Any]) -> str:
 
 def _indent(text: str, by: int = 2) -> str:
     return "\n".join(" " * by + line for line in text.splitlines())
+
+
+# --- the model registry ------------------------------------------------------------------------------
+
+
+def dataset_label(uri: str | None) -> str:
+    """A short name of a dataset run URI for tables: ``<name>/<run-id>`` of
+    ``.../datasets/<ns>/<name>/<run-id>``, else the URI's last two segments."""
+    if not uri:
+        return ""
+    parts = uri.rstrip("/").split("/")
+    if "datasets" in parts:
+        i = len(parts) - 1 - parts[::-1].index("datasets")
+        if len(parts) - i == 4:
+            return f"{parts[i + 2]}/{parts[i + 3]}"
+    return "/".join(parts[-2:])
+
+
+def experiment_label(experiment: Mapping[str, Any] | None) -> str:
+    """``<name>/<runId>`` of an experiment reference (the namespace is the model's, usually)."""
+    if not experiment:
+        return ""
+    return "/".join(str(experiment[k]) for k in ("name", "runId") if experiment.get(k))
+
+
+def metrics_text(metrics: Mapping[str, Any]) -> str:
+    """``val_accuracy=0.9123 val_loss=0.2`` (4 significant digits)."""
+    return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
+
+
+def describe_model(item: Mapping[str, Any], *, namespace: str, name: str, version: str, uri: str) -> str:
+    """A ``kubectl describe``-like text of a registered version: what it is, what it expects as
+    input (bands, shape, normalisation), what it outputs, how good it is and where it came from."""
+    import yaml
+
+    props = item.get("properties") or {}
+    row = registry.summarize(item, namespace=namespace, name=name, version=version, uri=uri)
+    model_input = (props.get("mlm:input") or [{}])[0]
+    output = (props.get("mlm:output") or [{}])[0]
+    model_asset = (item.get("assets") or {}).get("model") or {}
+    lines = [
+        f"Name:           {name}",
+        f"Namespace:      {namespace}",
+        f"Version:        {version}",
+        f"URI:            {uri}",
+        f"Created:        {row['created'] or ''}",
+        f"Architecture:   {row['architecture'] or ''}",
+        f"Task:           {row['task']}",
+        f"Framework:      {props.get('mlm:framework', '')} {props.get('mlm:framework_version', '')}".rstrip(),
+        f"Parameters:     {props.get('mlm:total_parameters', '')}",
+        f"Artifact:       {model_asset.get('href', '')} ({model_asset.get('mlm:artifact_type', '')})",
+        f"Dataset:        {row['dataset'] or ''}",
+        f"Experiment:     {experiment_label(row['experiment'])}  {row['experiment'].get('uri', '')}".rstrip(),
+        f"Metrics:        {metrics_text(row['metrics'])}",
+        "Input:",
+        f"  Shape:        {(model_input.get('input') or {}).get('shape', '')} "
+        f"{(model_input.get('input') or {}).get('dim_order', '')}",
+    ]
+    scaling = model_input.get("value_scaling") or []
+    bands = model_input.get("bands") or []
+    if bands:
+        scaling = scaling if len(scaling) == len(bands) else [{}] * len(bands)
+        table = [[str(b), _number(s.get("mean")), _number(s.get("stddev"))]
+                 for b, s in zip(bands, scaling, strict=True)]
+        lines.append("  " + plain_table(["BAND", "MEAN", "STD"], table).replace("\n", "\n  "))
+    lines.append("Output:")
+    lines.append(f"  Shape:        {(output.get('result') or {}).get('shape', '')} "
+                 f"{(output.get('result') or {}).get('dim_order', '')}")
+    classes = output.get("classification:classes") or []
+    if classes:
+        named = (f"{c.get('value')}={c.get('title') or c.get('name')}" for c in classes)
+        lines.append("  Classes:      " + ", ".join(named))
+    lines.append("Hyperparameters:")
+    hyper = props.get("mlm:hyperparameters") or {}
+    lines.append("\n".join("  " + line for line in yaml.safe_dump(hyper, sort_keys=True).splitlines()) if hyper
+                 else "  <none>")
+    return "\n".join(lines)
+
+
+def _number(value: Any) -> str:
+    return f"{value:.6g}" if isinstance(value, float) else "" if value is None else str(value)

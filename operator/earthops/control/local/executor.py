@@ -19,13 +19,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from earthops.api import KINDS, Resource, parse_resource
+from earthops.api import KINDS, KindInfo, Resource, parse_resource
 from earthops.api.runtime import STATUS_FILE, RuntimeStatus
-from earthops.reconcile.inputs import Inputs, Lookup, input_args, resolve_inputs
-from earthops.reconcile.runs import run_id as make_run_id
-from earthops.reconcile.runs import spec_hash
-from earthops.status import Execution, derive
-from earthops.store import Store, StoreError, run_prefix
+from earthops.control.reconcile.inputs import Inputs, Lookup, resolve_inputs
+from earthops.control.status import Execution, derive
+from earthops.core.inputs import input_args
+from earthops.core.runs import run_id as make_run_id
+from earthops.core.runs import run_key as make_run_key
+from earthops.core.runs import spec_hash
+from earthops.core.store import Store, StoreError, run_prefix
 
 RESOURCE_FILE = "resource.json"
 
@@ -122,7 +124,7 @@ class Executor:
 
         (Embedded mode has no Secrets: S3 credentials come from this process's environment.)"""
         spec = r.spec
-        storage = getattr(spec, "storage", None) or getattr(getattr(spec, "output", None), "storage", None)
+        storage = KindInfo.storage(spec)
         if storage is not None and storage.uri and storage.uri.rstrip("/") != self.store.uri:
             return Store.from_uri(storage.uri)
         return self.store
@@ -172,7 +174,7 @@ class Executor:
             return Outcome(state)
 
         run_id = make_run_id(generation, r)
-        run_key = f"{run_prefix(info.store_area, r.namespace, r.name)}/{run_id}"
+        run_key = make_run_key(r, run_id)
         started = datetime.now(UTC)
         state["status"] = derive(info, generation=generation, previous=prev_status,
                                  execution=Execution("Running", start_time=started), met=resolved.met)

@@ -18,10 +18,10 @@ import kopf
 
 from earthops.api import GROUP, KINDS, VERSION, KindInfo, Resource, parse_resource
 from earthops.api.runtime import STATUS_FILE, RuntimeStatus
-from earthops.handlers import k8s
-from earthops.handlers.metrics import RECONCILES
-from earthops.reconcile.inputs import Lookup, not_ready_reason, resolve_inputs
-from earthops.reconcile.rayjob import (
+from earthops.control.handlers import k8s
+from earthops.control.handlers.metrics import RECONCILES
+from earthops.control.reconcile.inputs import Lookup, not_ready_reason, resolve_inputs
+from earthops.control.reconcile.rayjob import (
     LABEL_KIND,
     LABEL_NAME,
     OperatorDefaults,
@@ -29,9 +29,9 @@ from earthops.reconcile.rayjob import (
     desired_children,
     execution_from_rayjob,
 )
-from earthops.reconcile.runs import run_id, run_key
-from earthops.status import Execution, derive, get_condition
-from earthops.store import Store, StoreError
+from earthops.control.status import Execution, derive, get_condition
+from earthops.core.runs import run_id, run_key
+from earthops.core.store import Store, StoreError
 
 log = logging.getLogger("earthops.operator")
 DEFAULTS = OperatorDefaults()
@@ -54,7 +54,7 @@ def _resource(body: kopf.Body) -> Resource[Any, Any]:
 
 def _store_for(resource: Resource[Any, Any]) -> Store:
     spec = resource.spec
-    storage = getattr(spec, "storage", None) or getattr(getattr(spec, "output", None), "storage", None)
+    storage = KindInfo.storage(spec)
     uri = (storage.uri if storage and storage.uri else None) or DEFAULTS.store_uri
     env = k8s.secret_env(resource.namespace, storage.secret_ref.name) if storage and storage.secret_ref else None
     return Store.from_uri(uri, env=env)

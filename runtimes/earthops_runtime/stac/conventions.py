@@ -88,7 +88,7 @@ def check_pystac_defaults() -> None:
         lines = ", ".join(f"{k}: wanted {w}, pystac {pystac.__version__} writes {f}"
                           for k, (w, f) in diff.items())
         raise ConventionError(f"STAC conventions differ from the installed pystac ({lines}); "
-                              "update earthops_runtime.catalog.stac deliberately")
+                              "update earthops_runtime.stac.conventions deliberately")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -14,10 +14,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from earthops.api import API_VERSION, KINDS, Resource
+from earthops import __version__
+from earthops.api import API_VERSION, KINDS, KindInfo, Resource
 from earthops.api.common import RayCompute, RayNodeGroup, duration_seconds
-from earthops.reconcile.inputs import input_args
-from earthops.status import Execution
+from earthops.control.status import Execution
+from earthops.core.inputs import input_args
 
 RAY_VERSION = "2.60.0"
 RESOURCE_MOUNT = "/etc/earthops"
@@ -26,13 +27,15 @@ LABEL_KIND = "earthops.dev/kind"
 LABEL_NAME = "earthops.dev/name"
 LABEL_RUN = "earthops.dev/run-id"
 TTL_AFTER_FINISHED = 600
+#: The Ray image with earthops_runtime (runtimes/Dockerfile) of this version, for specs that name none.
+DEFAULT_RUNTIME_IMAGE = f"ghcr.io/earthops/runtime:{__version__}"
 
 
 @dataclass(frozen=True)
 class OperatorDefaults:
     """What the operator adds to every RayJob: images and the default store."""
 
-    runtime_image: str = "ghcr.io/earthops/runtime:0.1.0"  # built from runtimes/Dockerfile
+    runtime_image: str = DEFAULT_RUNTIME_IMAGE
     store_uri: str = ""
 
 
@@ -113,7 +116,7 @@ def desired_children(resource: Resource[Any, Any], *, run: str, run_key: str, ge
                      defaults: OperatorDefaults, inputs: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
     """The ConfigMap and the RayJob that run ``resource``'s generation ``generation`` as ``run``.
 
-    ``inputs``: the published runs it references (:func:`earthops.reconcile.inputs.resolve_inputs`),
+    ``inputs``: the published runs it references (:func:`earthops.control.reconcile.inputs.resolve_inputs`),
     passed to the runtime as ``--input key=URI``; every reference of the kind must be there."""
     info = KINDS[resource.kind]
     if info.runtime is None:
@@ -125,7 +128,7 @@ def desired_children(resource: Resource[Any, Any], *, run: str, run_key: str, ge
     spec = resource.spec
     compute: RayCompute = spec.compute
     _check_trial_fits(spec, compute)
-    storage = getattr(spec, "storage", None) or getattr(getattr(spec, "output", None), "storage", None)
+    storage = KindInfo.storage(spec)
     store_uri = (storage.uri if storage and storage.uri else None) or defaults.store_uri
     if not store_uri:
         raise ValueError("no store: set the resource's storage.uri or start the operator with --store")

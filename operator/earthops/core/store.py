@@ -31,16 +31,14 @@ from urllib.parse import urlparse
 
 import fsspec
 
+from earthops.api.runtime import STATUS_FILE  # the run's progress file, written in place while it runs
+from earthops.core.errors import StoreError
+
 ENV_STORE = "EARTHOPS_STORE"
 ENV_CREDENTIALS_DIR = "EARTHOPS_STORE_CREDENTIALS_DIR"
 MARKER = "_published.json"
-STATUS_NAME = "status.json"  # the run's progress file, written in place while it runs
 STAGING = ".staging"
 _CREDENTIAL_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_REGION")
-
-
-class StoreError(RuntimeError):
-    """A store operation failed; the message names the URI and the cause."""
 
 
 def default_uri() -> str:
@@ -319,7 +317,7 @@ class Store:
                 # no rename on S3: clear what an interrupted attempt left (it was never visible,
                 # having no marker) but the run's status.json, copy the files, write the marker last
                 leftovers = [p for p, info in self.fs.find(target, detail=True).items()
-                             if info.get("type") == "file" and not p.endswith(f"/{STATUS_NAME}")]
+                             if info.get("type") == "file" and not p.endswith(f"/{STATUS_FILE}")]
                 if leftovers:
                     self.fs.rm(leftovers)
                 for rel in files:

@@ -12,8 +12,8 @@ from typing import Any
 import kopf
 
 from earthops.api import GROUP, KINDS, VERSION, KindInfo
-from earthops.handlers.metrics import RECONCILES
-from earthops.status import Execution, derive
+from earthops.control.handlers.metrics import RECONCILES
+from earthops.control.status import Execution, derive
 
 REASON = "RuntimeNotAvailable"
 
