@@ -202,7 +202,7 @@ def test_crashing_trials_beyond_budget_fail_the_experiment_and_keep_the_table(tm
 def test_pbt(tmp_path, ray_local, iceberg_dataset):
     doc = experiment("iceberg-pbt", algorithm={"name": "pbt", "seed": 1}, training={"epochs": 3, "batchSize": 32,
                                                                                     "device": "cpu"},
-                     earlyStopping={"name": "none", "gracePeriod": 1})
+                     earlyStopping={"gracePeriod": 1})
     status, store, run_key, _ = run_in_process(doc, tmp_path.as_uri(), iceberg_dataset.run_uri, ray_local)
     summary = check_outputs(store, run_key, status, 4)
     assert summary["scheduler"] == "pbt (from the algorithm)"
@@ -291,7 +291,7 @@ def test_objective_target_stops_the_experiment(tmp_path, ray_local, iceberg_data
 def test_other_algorithms_run(tmp_path, ray_local, iceberg_dataset, algorithm):
     doc = experiment(f"iceberg-{algorithm}", algorithm={"name": algorithm, "seed": 4}, maxTrials=4,
                      training={"epochs": 3, "batchSize": 32, "device": "cpu"},
-                     earlyStopping={"name": "none", "reductionFactor": 3})
+                     earlyStopping={"reductionFactor": 3})
     status, store, run_key, _ = run_in_process(doc, tmp_path.as_uri(), iceberg_dataset.run_uri, ray_local)
     summary = check_outputs(store, run_key, status, 4)
     assert algorithm in summary["searcher"] + summary["scheduler"]

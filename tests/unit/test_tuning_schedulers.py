@@ -79,11 +79,11 @@ def test_median_scheduler_in_ray_terms():
 # --- searcher and scheduler per algorithm ----------------------------------------------------------------
 
 
-def spec(algorithm: str = "random", early: str = "median", **extra: Any) -> TuningExperimentSpec:
+def spec(algorithm: str = "random", early: str | None = "median", **extra: Any) -> TuningExperimentSpec:
     doc = {"datasetRef": {"name": "d"}, "model": {"name": "iceberg-cnn"}, "training": {"epochs": 4},
            "searchSpace": [{"name": "training.learningRate", "type": "double", "min": 1e-4, "max": 1e-2, "scale": "log"},
                            {"name": "model.kernelSize", "type": "discrete", "values": [3, 5]}],
-           "algorithm": {"name": algorithm, "seed": 3}, "earlyStopping": {"name": early, "gracePeriod": 2},
+           "algorithm": {"name": algorithm, "seed": 3}, "earlyStopping": {"gracePeriod": 2, **({"name": early} if early else {})},
            "maxTrials": 5, "maxConcurrentTrials": 2, **extra}
     return TuningExperimentSpec.model_validate(doc)
 
@@ -94,11 +94,12 @@ def spec(algorithm: str = "random", early: str = "median", **extra: Any) -> Tuni
     ("random", "none", "BasicVariantGenerator", "FIFOScheduler"),
     ("tpe", "asha", "Limiter", "AsyncHyperBandScheduler"),
     ("bayesian", "median", "Limiter", "MedianStoppingScheduler"),
-    ("hyperband", "median", "BasicVariantGenerator", "HyperBandScheduler"),
-    ("bohb", "asha", "Limiter", "HyperBandForBOHB"),
-    ("pbt", "none", "BasicVariantGenerator", "PopulationBasedTraining"),
+    ("random", None, "BasicVariantGenerator", "MedianStoppingScheduler"),
+    ("hyperband", None, "BasicVariantGenerator", "HyperBandScheduler"),
+    ("bohb", None, "Limiter", "HyperBandForBOHB"),
+    ("pbt", None, "BasicVariantGenerator", "PopulationBasedTraining"),
 ])
-def test_plan(algorithm: str, early: str, searcher: str, scheduler: str):
+def test_plan(algorithm: str, early: str | None, searcher: str, scheduler: str):
     p = schedulers.plan(spec(algorithm, early))
     assert type(p.search_alg).__name__ == searcher
     assert type(p.scheduler).__name__ == scheduler
@@ -129,7 +130,7 @@ def test_plan_grid_is_capped_by_max_trials():
 
 
 def test_pbt_needs_a_training_parameter():
-    s = spec("pbt", searchSpace=[{"name": "model.kernelSize", "type": "discrete", "values": [3, 5]}])
+    s = spec("pbt", None, searchSpace=[{"name": "model.kernelSize", "type": "discrete", "values": [3, 5]}])
     with pytest.raises(SpecError, match="pbt mutates training"):
         schedulers.plan(s)
 

@@ -104,11 +104,11 @@ class Algorithm(ApiModel):
 class EarlyStopping(ApiModel):
     """The scheduler: when to stop a hopeless trial."""
 
-    name: Literal["median", "asha", "none"] = "median"
-    """`median`: stop a trial worse than the median of the others at the same step (Maggy's rule);
-    `asha`: asynchronous successive halving; `none`. Not used by the algorithms `hyperband`, `bohb` and
-    `pbt`, which schedule trials themselves (hyperband and bohb halve by `reductionFactor`; pbt
-    exploits and explores every `gracePeriod` epochs)."""
+    name: Literal["median", "asha", "none"] | None = None
+    """`median` (the default): stop a trial worse than the median of the others at the same step
+    (Maggy's rule); `asha`: asynchronous successive halving; `none`. Must be left unset with the
+    algorithms `hyperband`, `bohb` and `pbt`, which schedule trials themselves (hyperband and bohb
+    halve by `reductionFactor`; pbt exploits and explores every `gracePeriod` epochs)."""
     min_trials: Annotated[int, Field(ge=1, le=1000)] = 3
     """median: trials that must have reported a step before one is stopped at that step."""
     grace_period: Annotated[int, Field(ge=1, le=10_000)] = 1
@@ -128,6 +128,10 @@ class TuningExperimentSpec(ApiModel):
         Rule("self.objective == oldSelf.objective", "objective is immutable", ".objective", transition=True),
         Rule("self.algorithm == oldSelf.algorithm", "algorithm is immutable", ".algorithm", transition=True),
         Rule("self.earlyStopping == oldSelf.earlyStopping", "earlyStopping is immutable", ".earlyStopping", transition=True),
+        Rule("!(self.algorithm.name in ['hyperband', 'bohb', 'pbt']) || !has(self.earlyStopping.name)",
+             "earlyStopping.name must be unset when algorithm.name is hyperband, bohb or pbt: those algorithms "
+             "schedule trials themselves (they use earlyStopping.reductionFactor and gracePeriod)",
+             ".earlyStopping.name"),
     )
 
     dataset_ref: LocalRef

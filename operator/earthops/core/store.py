@@ -22,6 +22,7 @@ import contextlib
 import json
 import os
 import posixpath
+import threading
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -87,6 +88,22 @@ def s3_filesystem(creds: dict[str, str]) -> fsspec.AbstractFileSystem:
     )
 
 
+_SHARED_S3: dict[tuple[Any, ...], fsspec.AbstractFileSystem] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def shared_s3_filesystem(creds: dict[str, str]) -> fsspec.AbstractFileSystem:
+    """The S3 filesystem for these settings, built once per process and reused while they stay the same:
+    a new client costs 0.2-0.5 s before its first answer (the operator's timers and a dataset's scene
+    reads would otherwise pay it per call). Not shared across fork: the pid is in the key."""
+    key = (os.getpid(), *sorted(creds.items()))
+    with _SHARED_LOCK:
+        fs = _SHARED_S3.get(key)
+        if fs is None:
+            fs = _SHARED_S3[key] = s3_filesystem(creds)
+        return fs
+
+
 def _explain(exc: BaseException) -> str:
     """A short cause for people: botocore's codes rather than a traceback."""
     text = str(exc) or type(exc).__name__
@@ -119,8 +136,12 @@ class Store:
         self._bucket_ok = False
 
     @classmethod
-    def from_uri(cls, uri: str | None = None, *, env: dict[str, str] | None = None) -> Store:
-        """Open the store at ``uri`` (default: :func:`default_uri`). Local folders are created."""
+    def from_uri(cls, uri: str | None = None, *, env: dict[str, str] | None = None, shared: bool = False) -> Store:
+        """Open the store at ``uri`` (default: :func:`default_uri`). Local folders are created.
+
+        ``shared``: reuse this process's S3 client for the same endpoint and credentials
+        (:func:`shared_s3_filesystem`) — for long-lived callers that open the same stores again and
+        again (the operator's timers); a one-off command gets its own."""
         uri = uri or default_uri()
         parsed = urlparse(uri)
         if parsed.scheme in ("", "file"):
@@ -137,7 +158,8 @@ class Store:
             if not parsed.netloc:
                 raise StoreError(f"store {uri}: no bucket named (expected s3://bucket/prefix)")
             root = f"{parsed.netloc}{parsed.path}".rstrip("/")
-            return cls(f"s3://{root}", s3_filesystem(credentials(env)), root)
+            creds = credentials(env)
+            return cls(f"s3://{root}", shared_s3_filesystem(creds) if shared else s3_filesystem(creds), root)
         raise StoreError(f"store {uri}: unsupported scheme {parsed.scheme!r}; accepted: file://, s3://")
 
     # --- keys -------------------------------------------------------------------------------------

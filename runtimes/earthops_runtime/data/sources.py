@@ -202,20 +202,12 @@ def check_bands(scenes: Sequence[Scene], bands: Sequence[str], available: Iterab
 # Filesystems: fsspec with the store's credentials
 
 
-_S3_FILESYSTEMS: dict[tuple[Any, ...], fsspec.AbstractFileSystem] = {}
-
-
 def _s3_filesystem() -> fsspec.AbstractFileSystem:
-    """An S3 filesystem for the current credentials, reused by this process while they stay the same
-    (a new one costs 0.2-0.5 s before its first answer). Not shared across fork: the pid is in the key."""
-    from earthops.core.store import credentials, s3_filesystem
+    """The S3 filesystem for the current credentials, shared by this process (see
+    :func:`earthops.core.store.shared_s3_filesystem`)."""
+    from earthops.core.store import credentials, shared_s3_filesystem
 
-    creds = credentials()
-    key = (os.getpid(), *sorted(creds.items()))
-    fs = _S3_FILESYSTEMS.get(key)
-    if fs is None:
-        fs = _S3_FILESYSTEMS[key] = s3_filesystem(creds)
-    return fs
+    return shared_s3_filesystem(credentials())
 
 
 class _Filesystems:

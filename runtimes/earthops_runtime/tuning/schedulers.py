@@ -288,7 +288,7 @@ def plan(spec: TuningExperimentSpec) -> Plan:
         scheduler = PopulationBasedTraining(time_attr="epoch", perturbation_interval=max(1, grace),
                                             hyperparam_mutations=mutations)
         sched, needs_checkpoints = "pbt (from the algorithm)", True
-    elif es.name == "median":
+    elif es.name in (None, "median"):
         scheduler = __getattr__("MedianStoppingScheduler")(metric=metric, goal=spec.objective.goal,
                                                            min_trials=es.min_trials, grace_period=grace)
         sched = f"median (Maggy's rule: minTrials {es.min_trials}, gracePeriod {grace})"

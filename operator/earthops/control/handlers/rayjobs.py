@@ -12,6 +12,7 @@ resource, so the garbage collector removes them; published runs stay in the stor
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import kopf
@@ -52,12 +53,26 @@ def _resource(body: kopf.Body) -> Resource[Any, Any]:
     return parse_resource(doc, f"{body['kind']} {body['metadata']['namespace']}/{body['metadata']['name']}")
 
 
+#: Seconds a storage Secret read from the API server is reused: the 3 s timer of every running
+#: resource would otherwise read it on every tick; a rotated Secret is picked up within this time.
+SECRET_TTL_S = 30.0
+_secrets: dict[tuple[str, str], tuple[float, dict[str, str]]] = {}
+
+
+def _secret_env(namespace: str, name: str) -> dict[str, str]:
+    now = time.monotonic()
+    cached = _secrets.get((namespace, name))
+    if cached is None or now - cached[0] > SECRET_TTL_S:
+        cached = _secrets[(namespace, name)] = (now, k8s.secret_env(namespace, name))
+    return cached[1]
+
+
 def _store_for(resource: Resource[Any, Any]) -> Store:
-    spec = resource.spec
-    storage = KindInfo.storage(spec)
+    """The resource's store, with one S3 client per (URI, credentials) reused across ticks."""
+    storage = KindInfo.storage(resource.spec)
     uri = (storage.uri if storage and storage.uri else None) or DEFAULTS.store_uri
-    env = k8s.secret_env(resource.namespace, storage.secret_ref.name) if storage and storage.secret_ref else None
-    return Store.from_uri(uri, env=env)
+    env = _secret_env(resource.namespace, storage.secret_ref.name) if storage and storage.secret_ref else None
+    return Store.from_uri(uri, env=env, shared=True)
 
 
 def _read_runtime(resource: Resource[Any, Any], run: str) -> RuntimeStatus | None:
