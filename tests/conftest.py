@@ -14,6 +14,20 @@ pytest_plugins = [
 ]
 
 
+#: Every test says what it needs: exactly one of these markers (``make unit`` / ``make integration`` /
+#: ``make bench`` select by them; a test with none would silently never run in those targets).
+LEVELS = ("unit", "integration", "e2e", "bench")
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects anything
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    unmarked = [item.nodeid for item in items if not {m.name for m in item.iter_markers()} & set(LEVELS)]
+    if unmarked:
+        shown = "\n  ".join(unmarked[:20])
+        raise pytest.UsageError(f"{len(unmarked)} tests have none of the markers {', '.join(LEVELS)} "
+                                f"(set pytestmark in the module):\n  {shown}")
+
+
 @pytest.fixture
 def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
     """Any network connection in the test fails (offline checks: caches, vendored schemas)."""

@@ -9,7 +9,7 @@ from kubernetes.client import ApiException, CoreV1Api
 
 from tests.infra.kube import KubeApiServer, versions
 from tests.infra.peers import minimal_rayjob
-from tests.infra.proc import wait_for
+from tests.infra.proc import unavailable, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -28,7 +28,7 @@ def test_server_is_reachable_and_reports_the_pinned_version(kube_apiserver: Kube
     try:
         out = kube_apiserver.kubectl("get", "namespace", "default", "-o", "name")
     except FileNotFoundError:
-        pytest.skip("no kubectl beside kube-apiserver (KUBEBUILDER_ASSETS without it)")
+        unavailable("no kubectl beside kube-apiserver (KUBEBUILDER_ASSETS without it)")
     assert out.stdout.strip() == "namespace/default"
 
 

@@ -58,7 +58,7 @@ def test_the_s3_server_is_loopback_only_and_requires_authentication(s3_server, s
     import urllib.error
     import urllib.request
 
-    psutil = pytest.importorskip("psutil")
+    import psutil  # a dependency of ray[default]
     proc = psutil.Process(s3_server.pid)
     connections = getattr(proc, "net_connections", None) or proc.connections  # psutil < 6 has only the latter
     listening = [c.laddr for c in connections(kind="inet") if c.status == "LISTEN"]
@@ -290,7 +290,7 @@ def make_cog(path: Path):
 
 
 def test_cog_in_the_store_is_read_by_gdal_over_vsis3(s3_server, s3_bucket, s3_env, store, tmp_path):
-    rasterio = pytest.importorskip("rasterio")
+    import rasterio
     from rasterio.windows import Window
 
     data, profile = make_cog(tmp_path / "scene.tif")

@@ -8,13 +8,13 @@ from typing import Any
 
 import pytest
 
-pytest.importorskip("ray.tune")
+from earthops.api.tuning import TuningExperimentSpec
+from earthops_runtime.errors import SpecError
+from earthops_runtime.tuning import report as rep
+from earthops_runtime.tuning import schedulers
+from earthops_runtime.tuning.schedulers import MedianHistory, median_decision
 
-from earthops.api.tuning import TuningExperimentSpec  # noqa: E402
-from earthops_runtime.errors import SpecError  # noqa: E402
-from earthops_runtime.tuning import report as rep  # noqa: E402
-from earthops_runtime.tuning import schedulers  # noqa: E402
-from earthops_runtime.tuning.schedulers import MedianHistory, median_decision  # noqa: E402
+pytestmark = pytest.mark.unit
 
 # --- the pure rule --------------------------------------------------------------------------------------
 

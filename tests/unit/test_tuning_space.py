@@ -6,11 +6,11 @@ from typing import Any
 
 import pytest
 
-pytest.importorskip("ray.tune")
+from earthops.api.tuning import TuningExperimentSpec
+from earthops_runtime.errors import SpecError
+from earthops_runtime.tuning import space
 
-from earthops.api.tuning import TuningExperimentSpec  # noqa: E402
-from earthops_runtime.errors import SpecError  # noqa: E402
-from earthops_runtime.tuning import space  # noqa: E402
+pytestmark = pytest.mark.unit
 
 
 def spec(search: list[dict[str, Any]], **extra: Any) -> TuningExperimentSpec:
