@@ -158,7 +158,8 @@ def brute_force(items: list[dict[str, Any]], *, collections=None, bbox=None, dat
             except Exception:  # noqa: BLE001 - unknown (missing property): not a match
                 continue
         hits.append(item)
-    hits.sort(key=lambda it: (-_interval(it)[0].timestamp(), it["collection"], it["id"]))
+    # pgstac's default order: datetime, then collection, then id, all descending
+    hits.sort(key=lambda it: (_interval(it)[0], it["collection"], it["id"]), reverse=True)
     ids = [it["id"] for it in hits]
     return ids[:limit] if limit is not None else ids
 

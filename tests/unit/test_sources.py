@@ -378,7 +378,7 @@ def test_unreadable_catalog_and_bad_filter(tmp_path, generated):
     with pytest.raises(SpecError) as err:
         resolve_scenes(catalog_source(str(root), filter={"op": "<", "args": "nonsense"}), [])
     assert err.value.field == "spec.source.catalog.filter"
-    assert "not a valid CQL2-JSON filter" in str(err.value)
+    assert "not valid CQL2" in str(err.value)
 
 
 def test_empty_catalog_search(generated):

@@ -2,18 +2,22 @@
 
 :func:`resolve_scenes` takes one of the four sources of :class:`earthops.api.dataset.Source`:
 
+The search of ``stacApi`` and ``catalog`` (and ``earthops search`` over the store) has one meaning,
+:mod:`earthops_runtime.stac.query`: collections, bbox (the item **geometry** meets it), datetime
+(RFC 3339 with a time zone; a date is its whole day; the item's ``start_datetime``/``end_datetime``
+range when it has both, else its ``datetime``), CQL2 filter, and pgstac's default order (newest
+first, then collection, then id, descending). A bad value is a :class:`SpecError` on its field
+(``spec.source.<kind>.datetime``, ``.bbox``, ``.filter``) before anything is read or requested.
+
 ``stacApi``
-    A search on a STAC API with pystac-client: POST ``/search`` with ``collections``, ``bbox``,
-    ``datetime``, the CQL2-JSON ``filter`` and ``max_items = maxItems``. Scenes come in the API's order.
+    A search on a STAC API with pystac-client: POST ``/search`` with the query's ``collections``,
+    ``bbox``, ``datetime`` and CQL2-JSON ``filter``, and ``max_items = maxItems``. Scenes come in the
+    API's order.
 ``catalog``
     A static catalog (local path, ``file://``, ``s3://``, ``http(s)://``) walked with pystac through
-    :class:`FsspecStacIO`, with the *same* filters applied in-process so a catalog and an API holding
-    the same items give the same scenes: collections (the item's ``collection``, else the collection
-    that links it), bbox (intersects the item **geometry**, as pgstac does, touching counts), datetime
-    (the item's instant or ``start_datetime``/``end_datetime`` range intersects the closed interval; a
-    date-only end means the end of that day), the CQL2 filter (``cql2.Expr.matches`` on the item JSON;
-    an item lacking a property the filter compares does not match, like SQL's NULL), then the first
-    ``maxItems`` in pgstac's default order (``datetime`` descending, then ``collection``, then ``id``).
+    :class:`FsspecStacIO`, and the *same* query applied in-process (``Query.select``), so a catalog
+    and an API holding the same items give the same scenes: an item's collection is its
+    ``collection``, else the collection that links it; the first ``maxItems`` in pgstac's order.
 ``files``
     GeoTIFF/COG files, local or ``s3://``, given as URIs or globs (fsspec glob). Band naming rule:
 
@@ -72,9 +76,7 @@ import os
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, time
-from datetime import date as date_type
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
@@ -86,6 +88,7 @@ from pystac.utils import make_absolute_href
 from earthops_runtime.data.scene import Scene
 from earthops_runtime.errors import SceneError, SpecError
 from earthops_runtime.stac import conventions as stac
+from earthops_runtime.stac.query import Query, SearchError, item_bbox, item_time, parse_interval
 
 if TYPE_CHECKING:
     from earthops.api.dataset import SearchFilter, Source
@@ -140,7 +143,8 @@ def resolve_scenes(source: Source, bands: Sequence[str], *,
                           lambda: _empty_search_message(spec, "the search"))
     if source.catalog is not None:
         spec = source.catalog
-        items = _filter_items(_walk_catalog(spec.href, "spec.source.catalog.href"), spec, "spec.source.catalog")
+        query = _query(spec, "spec.source.catalog")  # checked before anything is read
+        items = query.select(_walk_catalog(spec.href, "spec.source.catalog.href"))
         return _to_scenes(items, bands, spec.assets, "spec.source.catalog",
                           lambda: _empty_search_message(spec, f"the catalog {spec.href}"))
     if source.files is not None:
@@ -161,7 +165,7 @@ def resolve_scenes(source: Source, bands: Sequence[str], *,
 
         spec = SearchFilter(max_items=sample.count)
         walked = list(_walk_catalog(href, "spec.source.sample"))
-        items = _filter_items(_with_bands(walked, bands) if bands else walked, spec, "spec.source.sample")
+        items = _query(spec, "spec.source.sample").select(_with_bands(walked, bands) if bands else walked)
         return _to_scenes(items, bands, {}, "spec.source.sample",
                           lambda: f"the sample {sample.name!r} (count={sample.count}, seed={sample.seed}) "
                                   f"has no scenes with bands {bands}")
@@ -307,167 +311,25 @@ def _cause(exc: BaseException) -> str:
 
 
 # --------------------------------------------------------------------------------------------------
-# Search filters, shared by the API and the in-process catalog search
+# Search filters: the one query semantics (earthops_runtime.stac.query), for the API and the catalog
+
+#: Spec fields whose name differs from the query parameter they feed.
+_SPEC_FIELDS = {"limit": "maxItems"}
 
 
-def parse_interval(text: str | None) -> tuple[datetime | None, datetime | None]:
-    """``start/end`` (RFC 3339, ``..`` or empty for open; a single instant is ``x/x``) -> aware UTC
-    datetimes. A date-only start is that day's 00:00:00Z, a date-only end that day's last
-    microsecond (23:59:59.999999Z)."""
-    if not text:
-        return None, None
-    parts = text.split("/")
-    if len(parts) == 1:
-        parts = [parts[0], parts[0]]
-    if len(parts) != 2:
-        raise ValueError(f"not an interval: {text!r}")
-    return _parse_bound(parts[0], end=False), _parse_bound(parts[1], end=True)
-
-
-def _parse_bound(value: str, *, end: bool) -> datetime | None:
-    value = value.strip()
-    if value in ("", ".."):
-        return None
-    if re.fullmatch(r"\d{4}-\d{2}-\d{2}", value):
-        day = date_type.fromisoformat(value)
-        moment = datetime.combine(day, time.max if end else time.min, tzinfo=UTC)
-        return moment
-    return _parse_datetime(value)
-
-
-def _parse_datetime(value: Any) -> datetime | None:
-    if value is None or value == "":
-        return None
-    if isinstance(value, datetime):
-        parsed = value
-    else:
-        text = str(value).strip().replace(" ", "T")
-        # Python takes at most 6 fractional digits; STAC allows more
-        text = re.sub(r"(\.\d{6})\d+", r"\1", text)
-        parsed = datetime.fromisoformat(text.replace("z", "Z"))
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC)
-
-
-def _format_bound(moment: datetime | None) -> str:
-    if moment is None:
-        return ".."
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def _item_interval(item: Mapping[str, Any]) -> tuple[datetime | None, datetime | None]:
-    props = item.get("properties") or {}
-    start = _parse_datetime(props.get("datetime")) or _parse_datetime(props.get("start_datetime"))
-    end = _parse_datetime(props.get("end_datetime")) or _parse_datetime(props.get("datetime")) or start
-    return start, end
-
-
-def _bbox4(bbox: Sequence[float] | None) -> tuple[float, float, float, float] | None:
-    if not bbox:
-        return None
-    if len(bbox) == 6:  # 3D: [w, s, zmin, e, n, zmax]
-        return float(bbox[0]), float(bbox[1]), float(bbox[3]), float(bbox[4])
-    if len(bbox) == 4:
-        return float(bbox[0]), float(bbox[1]), float(bbox[2]), float(bbox[3])
-    return None
+def _query(spec: SearchFilter, field_prefix: str) -> Query:
+    """The spec's search as a :class:`Query`; a bad value is a :class:`SpecError` on its field. An
+    empty ``collections`` list means every collection here (the spec's default)."""
+    try:
+        return Query.parse(collections=list(spec.collections) or None, bbox=spec.bbox, datetime=spec.datetime,
+                           filter=spec.filter or None, limit=spec.max_items)
+    except SearchError as exc:
+        raise SpecError(f"{field_prefix}.{_SPEC_FIELDS.get(exc.parameter, exc.parameter)}", exc.message) from exc
 
 
 def _bbox_polygon(b: Sequence[float]) -> dict[str, Any]:
     w, s, e, n = b
     return {"type": "Polygon", "coordinates": [[[w, s], [e, s], [e, n], [w, n], [w, s]]]}
-
-
-@dataclass
-class _Matcher:
-    """The search's filters, evaluated on item JSON."""
-
-    collections: frozenset[str]
-    bbox: tuple[float, float, float, float] | None
-    start: datetime | None
-    end: datetime | None
-    expr: Any  # cql2.Expr
-    bbox_expr: Any  # cql2.Expr: s_intersects(geometry, bbox)
-    errors: list[str] = field(default_factory=list)
-
-    @classmethod
-    def of(cls, spec: SearchFilter, field_prefix: str) -> _Matcher:
-        import cql2
-
-        expr = None
-        if spec.filter:
-            expr = _cql2_expr(spec.filter, f"{field_prefix}.filter")
-        bbox = tuple(float(v) for v in spec.bbox) if spec.bbox else None
-        bbox_expr = None
-        if bbox is not None:
-            bbox_expr = cql2.Expr({"op": "s_intersects", "args": [{"property": "geometry"}, _bbox_polygon(bbox)]})
-        try:
-            start, end = parse_interval(spec.datetime)
-        except ValueError as exc:
-            raise SpecError(f"{field_prefix}.datetime", str(exc)) from exc
-        return cls(frozenset(spec.collections), bbox, start, end, expr, bbox_expr)  # type: ignore[arg-type]
-
-    def matches(self, item: Mapping[str, Any]) -> bool:
-        if self.collections and item.get("collection") not in self.collections:
-            return False
-        if self.start is not None or self.end is not None:
-            lo, hi = _item_interval(item)
-            if lo is None or hi is None:
-                return False
-            if self.end is not None and lo > self.end:
-                return False
-            if self.start is not None and hi < self.start:
-                return False
-        if self.bbox is not None and not self._intersects(item):
-            return False
-        if self.expr is not None:
-            try:
-                return bool(self.expr.matches(dict(item)))
-            except Exception as exc:  # noqa: BLE001 - cql2 cannot reduce: a property is missing (NULL)
-                if len(self.errors) < 5:
-                    self.errors.append(f"{item.get('id')}: {exc}")
-                return False
-        return True
-
-    def _intersects(self, item: Mapping[str, Any]) -> bool:
-        assert self.bbox is not None
-        ib = _bbox4(item.get("bbox"))
-        qw, qs, qe, qn = self.bbox
-        if ib is not None:
-            w, s, e, n = ib
-            if w > qe or e < qw or s > qn or n < qs:  # bbox disjoint: so is the geometry
-                return False
-        if not item.get("geometry"):
-            return False
-        try:
-            return bool(self.bbox_expr.matches({"type": "Feature", "id": item.get("id"),
-                                                 "geometry": item["geometry"], "properties": {}}))
-        except Exception:  # noqa: BLE001 - an invalid geometry intersects nothing
-            return False
-
-
-def _cql2_expr(filter_json: Mapping[str, Any], field_name: str) -> Any:
-    import cql2
-
-    try:
-        expr = cql2.Expr(dict(filter_json))
-        expr.validate()
-    except Exception as exc:
-        raise SpecError(field_name, f"not a valid CQL2-JSON filter: {exc}") from exc
-    return expr
-
-
-def _sort_key(item: Mapping[str, Any]) -> tuple[datetime, str, str]:
-    """pgstac's default order is ``datetime DESC, collection DESC, id DESC``: sort by this, reversed."""
-    start, _ = _item_interval(item)
-    return (start or datetime.min.replace(tzinfo=UTC), str(item.get("collection") or ""), str(item.get("id")))
-
-
-def _filter_items(items: Iterable[dict[str, Any]], spec: SearchFilter, field_prefix: str) -> list[dict[str, Any]]:
-    matcher = _Matcher.of(spec, field_prefix)
-    matched = [it for it in items if matcher.matches(it)]
-    matched.sort(key=_sort_key, reverse=True)
-    return matched[: spec.max_items]
 
 
 def _empty_search_message(spec: SearchFilter, what: str) -> str:
@@ -489,12 +351,7 @@ def _search_api(spec: Any, field_prefix: str) -> list[dict[str, Any]]:
     from urllib3.util.retry import Retry
 
     url_field = f"{field_prefix}.url"
-    if spec.filter:
-        _cql2_expr(spec.filter, f"{field_prefix}.filter")  # the same validation as the catalog source
-    try:
-        start, end = parse_interval(spec.datetime)
-    except ValueError as exc:
-        raise SpecError(f"{field_prefix}.datetime", str(exc)) from exc
+    query = _query(spec, field_prefix)  # the same checks as the catalog source, before any request
     try:
         # a few quick retries (POST searches too) on connection errors and overloaded servers
         retry = Retry(total=3, backoff_factor=0.25, status_forcelist=(502, 503, 504), allowed_methods=None)
@@ -518,15 +375,8 @@ def _search_api(spec: Any, field_prefix: str) -> list[dict[str, Any]]:
         "max_items": spec.max_items,
         "limit": min(spec.max_items, _SEARCH_PAGE),
     }
-    if spec.collections:
-        kwargs["collections"] = list(spec.collections)
-    if spec.bbox:
-        kwargs["bbox"] = [float(v) for v in spec.bbox]
-    if start is not None or end is not None:
-        kwargs["datetime"] = f"{_format_bound(start)}/{_format_bound(end)}"
-    if spec.filter:
-        kwargs["filter"] = dict(spec.filter)
-        kwargs["filter_lang"] = "cql2-json"
+    # pystac-client spells the body's "filter-lang" filter_lang
+    kwargs.update({key.replace("-", "_"): value for key, value in query.search_body().items()})
     try:
         search = client.search(**kwargs)
         return [dict(item) for item in search.items_as_dicts()]
@@ -931,8 +781,9 @@ def _scene_from_item(item: Mapping[str, Any], bands: Sequence[str], explicit: Ma
     props = {k: v for k, v in (item.get("properties") or {}).items() if v is not None}
     props[RASTER_KEY] = raster
     self_href = next((lk.get("href") for lk in item.get("links") or [] if lk.get("rel") == "self"), None)
-    start, _ = _item_interval(item)
-    bbox = _bbox4(item.get("bbox"))
+    # the scene's instant: its datetime, else the start of its range
+    start = item_time(props.get("datetime")) or item_time(props.get("start_datetime"))
+    bbox = item_bbox(item)
     return Scene(id=str(item.get("id")), assets={**mapped, **others}, datetime=start, bbox=bbox,
                  properties=props, collection=item.get("collection"), stac_href=self_href)
 

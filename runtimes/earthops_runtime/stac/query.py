@@ -1,0 +1,512 @@
+"""The one STAC query semantics of earthops: what a search means, whoever runs it.
+
+``earthops search`` (:mod:`earthops_runtime.catalog.search`: DuckDB over the store's GeoParquet
+indexes) and ingestion (:mod:`earthops_runtime.data.sources`: a static catalog filtered in process,
+or the request sent to a STAC API) parse their arguments here and decide here whether an item
+matches and in which order items come, so one query gives the same items on every path. The rules
+are those of the STAC API specification and of pgstac, the backend large STAC APIs run on:
+
+* **bbox**: ``[west, south, east, north]``, or 6 numbers with heights ``[w, s, zmin, e, n, zmax]``
+  (heights ignored), or a ``"W,S,E,N"`` string; WGS84 degrees, finite, longitudes in [-180, 180],
+  latitudes in [-90, 90], south <= north. West > east crosses the antimeridian: the box is split at
+  +/-180 into two (:func:`split_box`).
+* An item matches a bbox when its **geometry** meets the closed box (touching counts), as pgstac's
+  ``st_intersects``; an item without geometry matches no bbox. Planar lon/lat, exact: segment
+  clipping and point-in-polygon (:func:`geometry_intersects_box`), no geometry library.
+* **datetime**: an RFC 3339 instant ``A`` or an interval ``A/B``, ``..`` or empty for an open end. A
+  date-time must carry its time zone (``Z`` or an offset): one without is refused, naming the value,
+  since it would name another instant on every machine. A date (``2020-06-01``) stands for its whole
+  day, 00:00:00Z as a start, 23:59:59.999999Z as an end. A calendar date that does not exist and an
+  interval whose start is after its end are refused.
+* An item's **time** is ``[start_datetime, end_datetime]`` when it has both, else its ``datetime``
+  instant (pgstac's rule, :func:`item_interval`); it matches when that closed interval meets the
+  query's. An item with neither matches no datetime query. Item timestamps are data, not arguments:
+  they are read leniently (one without a time zone as UTC, as the index does).
+* **filter**: CQL2 as a dict, CQL2-JSON text or CQL2 text, parsed and validated with ``cql2``.
+  Unknown operators or functions and property names outside ``[A-Za-z0-9_:.-]`` are refused (the SQL
+  ``cql2`` writes would carry them as function calls or identifiers). A comparison with a property the
+  item lacks is unknown, hence no match (SQL's NULL).
+* **order** (:data:`ORDER`, :func:`sort_key`): the start of the item's time, newest first, undated
+  items last; then collection, then id, both descending: pgstac's default (``datetime DESC`` with its
+  key columns appended in the same direction).
+* ``collections`` / ``ids``: any of these (an empty list matches nothing); ``limit``: a positive integer.
+
+A bad argument raises :class:`SearchError`, whose ``parameter`` names it.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
+
+Box = tuple[float, float, float, float]
+
+#: The result order: (what, descending). ``datetime`` is the start of the item's time
+#: (:func:`item_interval`); missing values come last. SQL builders write their ORDER BY from this.
+ORDER: tuple[tuple[str, bool], ...] = (("datetime", True), ("collection", True), ("id", True))
+
+_KNOWN_OPS = frozenset({
+    "and", "or", "not", "=", "<>", "<", "<=", ">", ">=", "like", "between", "in", "isnull", "casei", "accenti",
+    "s_intersects", "s_equals", "s_disjoint", "s_touches", "s_within", "s_overlaps", "s_crosses", "s_contains",
+    "t_after", "t_before", "t_contains", "t_disjoint", "t_during", "t_equals", "t_finishedby", "t_finishes",
+    "t_intersects", "t_meets", "t_metby", "t_overlappedby", "t_overlaps", "t_startedby", "t_starts",
+    "a_equals", "a_contains", "a_containedby", "a_overlaps",
+    "+", "-", "*", "/", "%", "^", "div",
+})
+_PROPERTY_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_:.\-]*$")
+_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+_DATE_TIME = re.compile(r"^(\d{4}-\d{2}-\d{2})[Tt ](\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?)([Zz]|[+-]\d{2}:?\d{2})?$")
+_OPEN = ("", "..")
+_EXAMPLES = "e.g. 2020-01-01T00:00:00Z, 2020-01-01, or an interval A/B with .. for an open end"
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+class SearchError(ValueError):
+    """A search argument is invalid; ``parameter`` names it (``bbox``, ``datetime``, ``filter``, ...)."""
+
+    def __init__(self, parameter: str, message: str):
+        self.parameter = parameter
+        self.message = message
+        super().__init__(f"{parameter}: {message}")
+
+    def __reduce__(self) -> tuple[Any, ...]:  # survives pickling (Ray) with both arguments
+        return type(self), (self.parameter, self.message)
+
+
+# --------------------------------------------------------------------------------------------------
+# bbox
+
+
+def parse_bbox(bbox: Any) -> Box:
+    """``(west, south, east, north)`` of a bbox argument (see the module docstring)."""
+    if isinstance(bbox, str):
+        parts: list[Any] = [p.strip() for p in bbox.split(",")]
+    else:
+        try:
+            parts = list(bbox)
+        except TypeError:
+            raise SearchError("bbox", f"{bbox!r} is not a list of numbers") from None
+    try:
+        values = [float(p) for p in parts]
+    except (TypeError, ValueError):
+        raise SearchError("bbox", f"{bbox!r}: expected 4 numbers west,south,east,north") from None
+    if len(values) not in (4, 6):
+        raise SearchError("bbox", f"{bbox!r}: expected 4 numbers west,south,east,north (or 6 with heights), "
+                          f"got {len(values)}")
+    if not all(math.isfinite(v) for v in values):
+        raise SearchError("bbox", f"{bbox!r}: numbers must be finite")
+    half = len(values) // 2
+    w, s, e, n = values[0], values[1], values[half], values[half + 1]
+    if not (-180 <= w <= 180 and -180 <= e <= 180):
+        raise SearchError("bbox", f"{bbox!r}: longitudes must lie in [-180, 180]")
+    if not (-90 <= s <= 90 and -90 <= n <= 90):
+        raise SearchError("bbox", f"{bbox!r}: latitudes must lie in [-90, 90]")
+    if s > n:
+        raise SearchError("bbox", f"{bbox!r}: south {s} is north of north {n}")
+    return w, s, e, n
+
+
+def split_box(box: Box) -> list[Box]:
+    """The box as boxes with west <= east: itself, or its two halves when it crosses the antimeridian."""
+    w, s, e, n = box
+    return [box] if w <= e else [(w, s, 180.0, n), (-180.0, s, e, n)]
+
+
+def item_bbox(item: Mapping[str, Any]) -> Box | None:
+    """An item's bbox as ``(w, s, e, n)`` (heights of a 6-number bbox dropped); None without one."""
+    bbox = item.get("bbox")
+    if not bbox or len(bbox) not in (4, 6):
+        return None
+    half = len(bbox) // 2
+    return float(bbox[0]), float(bbox[1]), float(bbox[half]), float(bbox[half + 1])
+
+
+# --------------------------------------------------------------------------------------------------
+# datetime
+
+
+def parse_instant(text: str, *, end: bool = False) -> datetime:
+    """One RFC 3339 date-time (with its time zone) or date as an aware UTC datetime; a date is its
+    first microsecond, or its last when ``end``."""
+    text = text.strip()
+    if _DATE.match(text):
+        try:
+            day = date.fromisoformat(text)
+        except ValueError as exc:
+            raise SearchError("datetime", f"{text!r} is not a calendar date: {exc}") from None
+        return datetime.combine(day, time.max if end else time.min, tzinfo=UTC)
+    m = _DATE_TIME.match(text)
+    if m is None:
+        raise SearchError("datetime", f"{text!r} is not an RFC 3339 date-time ({_EXAMPLES})")
+    day_part, time_part, zone = m.groups()
+    if zone is None:
+        raise SearchError("datetime", f"{text!r} has no time zone (RFC 3339: add Z or an offset such as +02:00)")
+    try:
+        moment = datetime.fromisoformat(f"{day_part}T{time_part}{'+00:00' if zone in 'Zz' else zone}")
+    except ValueError as exc:  # Python keeps at most 6 fractional digits and drops the rest itself
+        raise SearchError("datetime", f"{text!r} is not a valid date-time: {exc}") from None
+    return moment.astimezone(UTC)
+
+
+def parse_interval(value: Any) -> tuple[datetime | None, datetime | None]:
+    """A datetime argument (instant ``A``, interval ``A/B``, ``..`` or empty for an open end) as
+    (start, end) in UTC, None for an open end; None stands for no datetime at all."""
+    if value is None:
+        return None, None
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            raise SearchError("datetime", f"{value.isoformat()!r} has no time zone (give an aware datetime)")
+        moment = value.astimezone(UTC)
+        return moment, moment
+    if not isinstance(value, str) or not value.strip():
+        raise SearchError("datetime", f"{value!r}: expected an RFC 3339 date-time or interval A/B ({_EXAMPLES})")
+    text = value.strip()
+    if "/" not in text:
+        return parse_instant(text), parse_instant(text, end=True)
+    if text.count("/") != 1:
+        raise SearchError("datetime", f"{value!r}: an interval has one '/' (A/B, with .. for an open end)")
+    a, b = (p.strip() for p in text.split("/"))
+    start = None if a in _OPEN else parse_instant(a)
+    end = None if b in _OPEN else parse_instant(b, end=True)
+    if start is not None and end is not None and start > end:
+        raise SearchError("datetime", f"{value!r}: the start is after the end")
+    return start, end
+
+
+def format_interval(start: datetime | None, end: datetime | None) -> str:
+    """``start/end`` as a STAC API takes it (UTC, microseconds, ``..`` for an open end)."""
+    def bound(moment: datetime | None) -> str:
+        return ".." if moment is None else moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+    return f"{bound(start)}/{bound(end)}"
+
+
+def item_time(value: Any) -> datetime | None:
+    """An item's timestamp property as an aware UTC datetime; None when absent or unreadable (such an
+    item has no time: it matches no datetime query and sorts last)."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, datetime):
+        moment = value
+    else:
+        text = str(value).strip()
+        try:
+            moment = datetime.fromisoformat(text[:-1] + "+00:00" if text[-1:] in "Zz" else text)
+        except ValueError:
+            return None
+    if moment.tzinfo is None:  # data written without a zone: UTC, as the index reads it
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC)
+
+
+def item_interval(item: Mapping[str, Any]) -> tuple[datetime | None, datetime | None]:
+    """The item's time: ``(start_datetime, end_datetime)`` when it has both, else ``(datetime,
+    datetime)``; ``(None, None)`` when it has neither."""
+    props = item.get("properties") or {}
+    start, end = item_time(props.get("start_datetime")), item_time(props.get("end_datetime"))
+    if start is not None and end is not None:
+        return start, end
+    moment = item_time(props.get("datetime"))
+    return moment, moment
+
+
+# --------------------------------------------------------------------------------------------------
+# CQL2
+
+
+def parse_filter(value: Any) -> Any:
+    """A CQL2 filter (dict, CQL2-JSON text or CQL2 text) as a validated ``cql2.Expr``."""
+    if isinstance(value, Mapping):
+        try:
+            text = json.dumps(value, sort_keys=True)
+        except (TypeError, ValueError) as exc:
+            raise SearchError("filter", f"not valid CQL2-JSON: {exc}") from None
+        return _parse_filter("json", text)
+    if isinstance(value, str) and value.strip().startswith("{"):
+        try:
+            json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise SearchError("filter", f"not valid CQL2-JSON: {exc}") from None
+        return _parse_filter("json", value.strip())
+    if isinstance(value, str) and value.strip():
+        return _parse_filter("text", value.strip())
+    raise SearchError("filter", f"{value!r}: expected CQL2 text or CQL2-JSON")
+
+
+@functools.lru_cache(maxsize=256)
+def _parse_filter(kind: str, text: str) -> Any:
+    """Parsed and validated once per distinct filter (``Expr.validate`` takes ~50 ms); expressions
+    are only read afterwards, so sharing them is safe."""
+    import cql2
+
+    try:
+        expr = cql2.parse_json(text) if kind == "json" else cql2.parse_text(text)
+        expr.validate()
+    except Exception as exc:  # cql2.ParseError, cql2.ValidationError
+        first = str(exc).strip().splitlines()
+        raise SearchError("filter", f"not valid CQL2: {' '.join(line.strip() for line in first)[:400]}") from None
+    _check_names(expr.to_json())
+    return expr
+
+
+def _check_names(node: Any) -> None:
+    """Refuse unknown functions and odd property names: the SQL that ``cql2`` writes for them would
+    otherwise carry them as function calls or identifiers."""
+    if isinstance(node, list):
+        for v in node:
+            _check_names(v)
+    elif isinstance(node, dict):
+        op = node.get("op")
+        if op is not None and str(op).lower() not in _KNOWN_OPS:
+            raise SearchError("filter", f"unknown CQL2 operator or function {op!r}")
+        prop = node.get("property")
+        if prop is not None and not (isinstance(prop, str) and _PROPERTY_NAME.match(prop)):
+            raise SearchError("filter", f"property name {prop!r} is not accepted "
+                              "(letters, digits, '_', ':', '.', '-')")
+        for key, v in node.items():
+            if key not in ("op", "property"):
+                _check_names(v)
+
+
+def expr_matches(expr: Any, item: Mapping[str, Any]) -> bool:
+    """Whether a ``cql2.Expr`` holds for an item; unknown (a missing property, a type clash) is no."""
+    try:
+        return bool(expr.matches(dict(item)))
+    except Exception:  # noqa: BLE001 - cql2 "could not reduce to boolean": SQL's NULL
+        return False
+
+
+# --------------------------------------------------------------------------------------------------
+# Geometry: does a GeoJSON geometry meet a closed box (w <= e)?
+
+
+def _segment_hits_box(x0: float, y0: float, x1: float, y1: float, box: Box) -> bool:
+    """Liang-Barsky: whether the segment meets the closed box."""
+    w, s, e, n = box
+    t0, t1 = 0.0, 1.0
+    dx, dy = x1 - x0, y1 - y0
+    for p, q in ((-dx, x0 - w), (dx, e - x0), (-dy, y0 - s), (dy, n - y0)):
+        if p == 0:
+            if q < 0:
+                return False
+        else:
+            r = q / p
+            if p < 0:
+                t0 = max(t0, r)
+            else:
+                t1 = min(t1, r)
+            if t0 > t1:
+                return False
+    return True
+
+
+def _in_ring(x: float, y: float, ring: Sequence[Sequence[float]]) -> bool:
+    inside = False
+    for (ax, ay, *_), (bx, by, *_) in zip(ring, ring[1:], strict=False):
+        if (ay > y) != (by > y) and x < ax + (y - ay) * (bx - ax) / (by - ay):
+            inside = not inside
+    return inside
+
+
+def _point_in(p: Sequence[float], box: Box) -> bool:
+    return box[0] <= p[0] <= box[2] and box[1] <= p[1] <= box[3]
+
+
+def _lines_hit(lines: Iterable[Sequence[Sequence[float]]], box: Box) -> bool:
+    for line in lines:
+        if len(line) == 1 and _point_in(line[0], box):
+            return True
+        for a, b in zip(line, line[1:], strict=False):
+            if _segment_hits_box(a[0], a[1], b[0], b[1], box):
+                return True
+    return False
+
+
+def _polygon_hits(rings: Sequence[Sequence[Sequence[float]]], box: Box) -> bool:
+    if not rings:
+        return False
+    if _lines_hit(rings, box):
+        return True
+    # no boundary meets the box: the box lies wholly inside the polygon or wholly outside it
+    x, y = box[0], box[1]
+    return _in_ring(x, y, rings[0]) and not any(_in_ring(x, y, hole) for hole in rings[1:])
+
+
+def geometry_intersects_box(geometry: Mapping[str, Any] | None, box: Box) -> bool:
+    """Whether a GeoJSON geometry meets the closed box ``(w, s, e, n)`` (w <= e), planar lon/lat."""
+    if not geometry:
+        return False
+    kind, coords = geometry.get("type"), geometry.get("coordinates")
+    if kind == "Point":
+        return _point_in(coords, box)
+    if kind == "MultiPoint":
+        return any(_point_in(p, box) for p in coords)
+    if kind == "LineString":
+        return _lines_hit([coords], box)
+    if kind == "MultiLineString":
+        return _lines_hit(coords, box)
+    if kind == "Polygon":
+        return _polygon_hits(coords, box)
+    if kind == "MultiPolygon":
+        return any(_polygon_hits(p, box) for p in coords)
+    if kind == "GeometryCollection":
+        return any(geometry_intersects_box(g, box) for g in geometry.get("geometries", []))
+    return False
+
+
+# --------------------------------------------------------------------------------------------------
+# Order
+
+
+@functools.total_ordering
+class _Descending:
+    """Wraps a value so that an ascending sort puts larger values first."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any):
+        self.value = value
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Descending) and self.value == other.value
+
+    def __lt__(self, other: _Descending) -> bool:
+        return self.value > other.value
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+def sort_key(item: Mapping[str, Any]) -> tuple[Any, ...]:
+    """The key that sorts items (ascending, ``sorted(items, key=sort_key)``) in :data:`ORDER`."""
+    start, _ = item_interval(item)
+    micros = 0 if start is None else (start - _EPOCH) // _MICROSECOND
+    collection = item.get("collection")
+    return (start is None, -micros,
+            _Descending((collection is not None, str(collection or ""), str(item.get("id") or ""))))
+
+
+# --------------------------------------------------------------------------------------------------
+# Query
+
+
+@dataclass(frozen=True)
+class Query:
+    """Checked search arguments and what they select. Build with :meth:`parse`."""
+
+    collections: tuple[str, ...] | None = None
+    ids: tuple[str, ...] | None = None
+    bbox: Box | None = None
+    start: datetime | None = None
+    end: datetime | None = None
+    expr: Any = None  # cql2.Expr
+    filter_json: Mapping[str, Any] | None = None  # the filter as CQL2-JSON, as given when it was a dict
+    limit: int | None = None
+
+    @classmethod
+    def parse(cls, *, collections: Any = None, ids: Any = None, bbox: Any = None, datetime: Any = None,
+              filter: Any = None, limit: Any = None) -> Query:  # noqa: A002 - STAC API names
+        """Raises :class:`SearchError` naming the first bad argument."""
+        box = parse_bbox(bbox) if bbox is not None else None
+        start, end = parse_interval(datetime)
+        expr = parse_filter(filter) if filter is not None else None
+        filter_json = None
+        if expr is not None:
+            filter_json = json.loads(json.dumps(filter)) if isinstance(filter, Mapping) else expr.to_json()
+        names: dict[str, tuple[str, ...] | None] = {}
+        for name, values in (("collections", collections), ("ids", ids)):
+            if values is None:
+                names[name] = None
+                continue
+            listed = [values] if isinstance(values, str) else list(values) if isinstance(values, Iterable) else None
+            if listed is None or not all(isinstance(v, str) and v for v in listed):
+                raise SearchError(name, f"{values!r}: expected a list of non-empty strings")
+            names[name] = tuple(listed)
+        if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
+            raise SearchError("limit", f"{limit!r}: expected a positive integer")
+        return cls(names["collections"], names["ids"], box, start, end, expr, filter_json, limit)
+
+    @property
+    def boxes(self) -> list[Box]:
+        """The bbox as boxes with west <= east (two across the antimeridian); none without a bbox."""
+        return [] if self.bbox is None else split_box(self.bbox)
+
+    @property
+    def has_interval(self) -> bool:
+        return self.start is not None or self.end is not None
+
+    def matches(self, item: Mapping[str, Any]) -> bool:
+        """Whether the item satisfies every criterion."""
+        return (self.matches_names(item) and self.matches_time(item) and self.matches_space(item)
+                and self.matches_filter(item))
+
+    def matches_names(self, item: Mapping[str, Any]) -> bool:
+        if self.collections is not None and item.get("collection") not in self.collections:
+            return False
+        return self.ids is None or item.get("id") in self.ids
+
+    def matches_time(self, item: Mapping[str, Any]) -> bool:
+        if not self.has_interval:
+            return True
+        lo, hi = item_interval(item)
+        if lo is None or hi is None:
+            return False
+        return (self.end is None or lo <= self.end) and (self.start is None or hi >= self.start)
+
+    def matches_space(self, item: Mapping[str, Any]) -> bool:
+        """Whether the item's geometry meets the bbox. The item's own bbox (when it does not cross the
+        antimeridian) settles the easy cases: inside a box, the geometry meets it; disjoint from every
+        box, so is the geometry."""
+        if self.bbox is None:
+            return True
+        geometry = item.get("geometry")
+        if not geometry:
+            return False
+        boxes = self.boxes
+        own = item_bbox(item)
+        if own is not None and own[0] <= own[2]:
+            w, s, e, n = own
+            if any(b[0] <= w and e <= b[2] and b[1] <= s and n <= b[3] for b in boxes):
+                return True
+            if all(w > b[2] or e < b[0] or s > b[3] or n < b[1] for b in boxes):
+                return False
+        try:
+            return any(geometry_intersects_box(geometry, b) for b in boxes)
+        except (TypeError, ValueError, IndexError, KeyError, AttributeError, ZeroDivisionError):
+            return False  # a malformed geometry meets nothing
+
+    def matches_filter(self, item: Mapping[str, Any]) -> bool:
+        return self.expr is None or expr_matches(self.expr, item)
+
+    def select(self, items: Iterable[Mapping[str, Any]]) -> list[Any]:
+        """The matching items in :data:`ORDER`, at most ``limit`` of them."""
+        found = sorted((it for it in items if self.matches(it)), key=sort_key)
+        return found if self.limit is None else found[: self.limit]
+
+    def search_body(self) -> dict[str, Any]:
+        """The criteria as the fields of a STAC API ``POST /search`` body (``limit`` left out: an API
+        takes it as the page size)."""
+        body: dict[str, Any] = {}
+        if self.collections is not None:
+            body["collections"] = list(self.collections)
+        if self.ids is not None:
+            body["ids"] = list(self.ids)
+        if self.bbox is not None:
+            body["bbox"] = list(self.bbox)
+        if self.has_interval:
+            body["datetime"] = format_interval(self.start, self.end)
+        if self.filter_json is not None:
+            body["filter"] = dict(self.filter_json)
+            body["filter-lang"] = "cql2-json"
+        return body
+
+
+__all__ = ["ORDER", "Box", "Query", "SearchError", "expr_matches", "format_interval", "geometry_intersects_box",
+           "item_bbox", "item_interval", "item_time", "parse_bbox", "parse_filter", "parse_instant",
+           "parse_interval", "sort_key", "split_box"]
