@@ -7,7 +7,13 @@ from pathlib import Path
 import pytest
 
 from earthops.api import KINDS, load_manifests
-from earthops.control.reconcile.rayjob import OperatorDefaults, child_name, desired_children, execution_from_rayjob
+from earthops.control.reconcile.rayjob import (
+    OperatorDefaults,
+    child_name,
+    desired_children,
+    execution_from_rayjob,
+    runs_as_rayjob,
+)
 from earthops.core.runs import run_id, run_key
 
 pytestmark = pytest.mark.unit
@@ -147,6 +153,69 @@ def test_child_names_fit_kubernetes_limits():
     name = child_name(long, "g12-0123abcd")
     assert len(name) <= 40 and name.endswith("-g12-0123abcd")
     assert child_name(r, "g1-0123abcd") == "iceberg-chips-g1-0123abcd"
+
+
+# The restricted Pod Security Standard, as Ray's image user (rayproject/ray: uid 1000, group users = 100).
+RESTRICTED_POD = {"runAsNonRoot": True, "runAsUser": 1000, "runAsGroup": 100, "fsGroup": 100,
+                  "seccompProfile": {"type": "RuntimeDefault"}}
+RESTRICTED_CONTAINER = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}, "runAsNonRoot": True,
+                        "seccompProfile": {"type": "RuntimeDefault"}}
+
+
+def _pod_templates(job):
+    """Every pod template of the RayJob by role: head, each worker group, the job submitter."""
+    cluster = job["spec"]["rayClusterSpec"]
+    return {"head": cluster["headGroupSpec"]["template"],
+            **{f"worker {g['groupName']}": g["template"] for g in cluster["workerGroupSpecs"]},
+            "submitter": job["spec"]["submitterPodTemplate"]}
+
+
+@pytest.mark.parametrize("example", ["examples/landcover-s2/02-tuning.yaml", "examples/stac-api/01-dataset.yaml",
+                                     "examples/ship-iceberg/01-dataset.yaml"])
+def test_every_pod_of_the_run_meets_the_restricted_pod_security_standard(runnable, example):
+    r = _resource(example)
+    inputs = {"dataset": DATASET_RUN} if r.kind == "TuningExperiment" else {}
+    _, job = desired_children(r, run="g3-x", run_key="k", generation=3, defaults=DEFAULTS, inputs=inputs)
+    templates = _pod_templates(job)
+    assert len(templates) >= 3
+    for role, template in templates.items():
+        pod = template["spec"]
+        assert pod["securityContext"] == RESTRICTED_POD, role
+        assert not {"hostNetwork", "hostPID", "hostIPC"} & set(pod), role
+        for c in pod["containers"] + pod.get("initContainers", []):
+            assert c["securityContext"] == RESTRICTED_CONTAINER, (role, c["name"])
+            assert "ports" not in c or all("hostPort" not in p for p in c["ports"]), role
+        for volume in pod.get("volumes", []):
+            assert set(volume) & {"configMap", "emptyDir", "secret", "projected"}, (role, volume)
+    # KubeRay runs the submitter's `ray job submit` in the image of the head; its resources are KubeRay's defaults
+    [submitter] = templates["submitter"]["spec"]["containers"]
+    head = templates["head"]["spec"]["containers"][0]
+    assert (submitter["name"], submitter["image"]) == ("ray-job-submitter", head["image"])
+    assert "command" not in submitter  # KubeRay fills in `ray job submit ... -- <entrypoint>`
+    assert templates["submitter"]["spec"]["restartPolicy"] == "Never"
+    assert submitter["resources"]["limits"] == {"cpu": "1", "memory": "1Gi"}
+
+
+def test_the_autoscaler_sidecar_is_restricted_too(runnable):
+    tex = _resource("examples/ship-iceberg/02-tuning.yaml")
+    fixed = tex.spec.compute.model_copy(update={"worker_groups": [
+        g.model_copy(update={"max_replicas": g.replicas}) for g in tex.spec.compute.worker_groups]})
+    grows = tex.spec.compute.model_copy(update={"worker_groups": [
+        g.model_copy(update={"max_replicas": g.replicas + 2}) for g in tex.spec.compute.worker_groups]})
+    for compute, autoscaling in ((fixed, False), (grows, True)):
+        r = tex.model_copy(update={"spec": tex.spec.model_copy(update={"compute": compute})})
+        _, job = desired_children(r, run="g1-x", run_key="k", generation=1, defaults=DEFAULTS,
+                                  inputs={"dataset": DATASET_RUN})
+        cluster = job["spec"]["rayClusterSpec"]
+        assert cluster["enableInTreeAutoscaling"] is autoscaling
+        if autoscaling:  # KubeRay adds the autoscaler container to the head pod with this securityContext
+            assert cluster["autoscalerOptions"] == {"securityContext": RESTRICTED_CONTAINER}
+        else:
+            assert "autoscalerOptions" not in cluster
+
+
+def test_which_kinds_run_as_rayjobs():
+    assert [k for k in KINDS if runs_as_rayjob(k)] == ["EODataset", "TuningExperiment"]
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,9 @@
-"""Kubernetes I/O of the handlers: apply children, read RayJobs and Secrets (kubernetes client)."""
+"""Kubernetes I/O of the handlers: apply children, read RayJobs and Secrets (kubernetes client).
+
+The handlers' only Kubernetes client. Each function's calls are declared in
+:data:`earthops.control.handlers.apicalls.CALLS` (the source of the chart's RBAC); a new call needs its
+entry there, and tests/unit/test_rbac.py fails until it has one.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,8 @@ from typing import Any
 
 from kubernetes import client, config
 from kubernetes.client import ApiException
+
+from earthops.control.handlers.apicalls import CHILDREN
 
 _loaded = False
 
@@ -24,7 +31,9 @@ def login() -> None:
 
 
 def _plural(kind: str) -> tuple[str, str, str]:
-    return {"RayJob": ("ray.io", "v1", "rayjobs"), "InferenceService": ("serving.kserve.io", "v1beta1", "inferenceservices")}[kind]
+    """(group, version, plural) of a child kind; only the declared children are reachable."""
+    child = CHILDREN[kind]
+    return child.group, child.version, child.plural
 
 
 def create_if_absent(obj: dict[str, Any]) -> bool:

@@ -29,6 +29,7 @@ from earthops.control.reconcile.rayjob import (
     child_name,
     desired_children,
     execution_from_rayjob,
+    runs_as_rayjob,
 )
 from earthops.control.status import Execution, derive, get_condition
 from earthops.core.runs import run_id, run_key
@@ -214,7 +215,7 @@ def register(info: KindInfo) -> None:
 
 
 def register_all() -> list[str]:
-    kinds = [info for info in KINDS.values() if info.runtime is not None and info.kind != "ModelDeployment"]
+    kinds = [info for info in KINDS.values() if runs_as_rayjob(info.kind)]
     for info in kinds:
         register(info)
     return [info.kind for info in kinds]

@@ -3,6 +3,10 @@
 The RayJob runs ``python -m earthops_runtime run`` — the very command the embedded executor runs
 locally — on a Ray cluster shaped by ``spec.compute``; KubeRay tears the cluster down when the job
 ends. Both children are owned by the resource, so deleting it deletes them (garbage collection).
+
+Every pod of the run (head, workers, KubeRay's autoscaler sidecar and its job submitter) meets the
+``restricted`` Pod Security Standard: non-root as Ray's image user, no privilege escalation, all
+capabilities dropped, the ``RuntimeDefault`` seccomp profile.
 """
 
 from __future__ import annotations
@@ -29,6 +33,32 @@ LABEL_RUN = "earthops.dev/run-id"
 TTL_AFTER_FINISHED = 600
 #: The Ray image with earthops_runtime (runtimes/Dockerfile) of this version, for specs that name none.
 DEFAULT_RUNTIME_IMAGE = f"ghcr.io/earthops/runtime:{__version__}"
+#: The user of Ray's images (rayproject/ray, and runtimes/Dockerfile built on it): ``ray``, uid 1000, whose
+#: primary group is ``users`` (gid 100); it owns /home/ray and the Python environment in it.
+RAY_UID = 1000
+RAY_GID = 100
+#: KubeRay's own name of the job submitter container (the one it makes when given no template).
+SUBMITTER_CONTAINER = "ray-job-submitter"
+
+
+def pod_security_context() -> dict[str, Any]:
+    """Pod-level half of the ``restricted`` Pod Security Standard, as Ray's image user."""
+    return {"runAsNonRoot": True, "runAsUser": RAY_UID, "runAsGroup": RAY_GID, "fsGroup": RAY_GID,
+            "seccompProfile": {"type": "RuntimeDefault"}}
+
+
+def container_security_context() -> dict[str, Any]:
+    """Container-level half of the ``restricted`` Pod Security Standard. KubeRay copies the Ray container's
+    to the ``wait-gcs-ready`` init container it adds to workers; the autoscaler sidecar gets it through
+    ``autoscalerOptions``."""
+    return {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}, "runAsNonRoot": True,
+            "seccompProfile": {"type": "RuntimeDefault"}}
+
+
+def runs_as_rayjob(kind: str) -> bool:
+    """Whether the operator runs ``kind`` as a RayJob (the kinds with a runtime, but ModelDeployment,
+    which is served, not run)."""
+    return KINDS[kind].runtime is not None and kind != "ModelDeployment"
 
 
 @dataclass(frozen=True)
@@ -88,9 +118,11 @@ def _pod_template(image: str, group: RayNodeGroup, compute: RayCompute, *, conta
                 "env": env,
                 **({"envFrom": env_from} if env_from else {}),
                 "volumeMounts": [{"name": "earthops-resource", "mountPath": RESOURCE_MOUNT, "readOnly": True}],
+                "securityContext": container_security_context(),
             }
         ],
         "volumes": [{"name": "earthops-resource", "configMap": {"name": config_map}}],
+        "securityContext": pod_security_context(),
     }
     if node_selector:
         spec["nodeSelector"] = node_selector
@@ -175,17 +207,34 @@ def desired_children(resource: Resource[Any, Any], *, run: str, run_key: str, ge
         }
         for g in compute.worker_groups
     ]
+    autoscaling = any(g.max_replicas > g.replicas for g in compute.worker_groups)
+    cluster: dict[str, Any] = {
+        "rayVersion": RAY_VERSION,
+        "enableInTreeAutoscaling": autoscaling,
+        "headGroupSpec": head,
+        "workerGroupSpecs": workers,
+    }
+    if autoscaling:
+        cluster["autoscalerOptions"] = {"securityContext": container_security_context()}
+    # KubeRay's default submitter pod has no securityContext: a restricted namespace would refuse it.
+    submitter = {
+        "spec": {
+            "restartPolicy": "Never",
+            "securityContext": pod_security_context(),
+            "containers": [{"name": SUBMITTER_CONTAINER, "image": image,
+                            # what KubeRay gives its default submitter
+                            "resources": {"requests": {"cpu": "500m", "memory": "200Mi"},
+                                          "limits": {"cpu": "1", "memory": "1Gi"}},
+                            "securityContext": container_security_context()}],
+        }
+    }
     job_spec: dict[str, Any] = {
         "entrypoint": entrypoint,
         "shutdownAfterJobFinishes": True,
         "ttlSecondsAfterFinished": TTL_AFTER_FINISHED,
         "submissionMode": "K8sJobMode",
-        "rayClusterSpec": {
-            "rayVersion": RAY_VERSION,
-            "enableInTreeAutoscaling": any(g.max_replicas > g.replicas for g in compute.worker_groups),
-            "headGroupSpec": head,
-            "workerGroupSpecs": workers,
-        },
+        "submitterPodTemplate": submitter,
+        "rayClusterSpec": cluster,
     }
     timeout = getattr(spec, "timeout", None)
     if timeout:
