@@ -52,6 +52,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from earthops_runtime.stac.query import item_time
+
 INDEX_NAME = "index.parquet"
 ROW_GROUP_SIZE = 10_000
 #: A query decodes every column of the row groups it cannot skip; Snappy decodes faster than zstd
@@ -256,20 +258,15 @@ def spatial_order(bbox: pa.StructArray | pa.ChunkedArray) -> np.ndarray:
 
 
 def parse_datetime(value: Any, *, what: str = "datetime") -> datetime | None:
-    """An RFC 3339 string (or datetime) as an aware UTC datetime; None stays None."""
+    """An item's RFC 3339 timestamp (or datetime) as an aware UTC datetime, read as the search reads it
+    (:func:`earthops_runtime.stac.query.item_time`); None stays None, anything unreadable is an error
+    here (an index must not silently drop an item's time)."""
     if value is None:
         return None
-    if isinstance(value, datetime):
-        dt = value
-    else:
-        text = str(value).strip()
-        try:
-            dt = datetime.fromisoformat(text[:-1] + "+00:00" if text[-1:] in "zZ" else text)
-        except ValueError as exc:
-            raise IndexBuildError(f"{what}: {value!r} is not an RFC 3339 date-time") from exc
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=UTC)
-    return dt.astimezone(UTC)
+    dt = item_time(value)
+    if dt is None:
+        raise IndexBuildError(f"{what}: {value!r} is not an RFC 3339 date-time")
+    return dt
 
 
 def format_datetime(dt: datetime | None) -> str | None:
