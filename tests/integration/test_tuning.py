@@ -4,10 +4,6 @@ searchers and schedulers, the failure budget, a bad objective, driver kill + res
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -18,10 +14,12 @@ import pytest
 from earthops.api import parse_resource
 from earthops.core.store import Store
 from earthops_runtime.entrypoint import Reporter, Run
+from tests.infra.drivers import driver, kill_once_finished
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
+ENTRYPOINT = "earthops_runtime.tuning:run"
 SPACE = [
     {"name": "model.kernelSize", "type": "discrete", "values": [3, 5]},
     {"name": "model.dropout", "type": "double", "min": 0.05, "max": 0.5},
@@ -210,34 +208,6 @@ def test_pbt(tmp_path, ray_local, iceberg_dataset):
     assert set(table(store, run_key)["state"]) == {"succeeded"}  # PBT exploits, it does not stop trials
 
 
-def _driver(resource: Path, store_uri: str, run_key: str, dataset: str, address: str, log: Path) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "earthops_runtime", "run", "--entrypoint", "earthops_runtime.tuning:run",
-           "--resource", str(resource), "--store", store_uri, "--run-key", run_key, "--run-id", run_key.rsplit("/")[-1],
-           "--ray-address", address, "--input", f"dataset={dataset}"]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "runtimes"), str(ROOT / "operator"),
-                                                        os.environ.get("PYTHONPATH", "")])}
-    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT,
-                            start_new_session=True)
-
-
-def _finished_trials(tune_dir: Path) -> dict[str, Any]:
-    """Trial id -> last result of the trials Ray Tune has recorded as finished (its experiment state)."""
-    states = sorted(tune_dir.glob("experiment_state-*.json"))
-    if not states:
-        return {}
-    try:
-        doc = json.loads(states[-1].read_text())
-    except (json.JSONDecodeError, OSError):
-        return {}
-    done = {}
-    for entry in doc.get("trial_data", []):
-        text = entry[0] if isinstance(entry, list) else entry
-        trial = json.loads(text) if isinstance(text, str) else text
-        if trial.get("status") == "TERMINATED":
-            done[trial["trial_id"]] = trial
-    return done
-
-
 def test_driver_killed_mid_experiment_resumes_without_rerunning_finished_trials(tmp_path, ray_local, iceberg_dataset):
     doc = experiment("iceberg-resume", maxTrials=6, earlyStopping={"name": "none"},
                      training={"epochs": 2, "batchSize": 32, "device": "cpu"})
@@ -247,19 +217,12 @@ def test_driver_killed_mid_experiment_resumes_without_rerunning_finished_trials(
     run_key = "experiments/default/iceberg-resume/g1-resume"
     address = ray_local.get_runtime_context().gcs_address
     tune_dir = tmp_path / "store" / "experiments/default/iceberg-resume/_tune/g1-resume"
-    first = _driver(resource, store_uri, run_key, iceberg_dataset.run_uri, address, tmp_path / "first.log")
-    deadline = time.monotonic() + 300
-    try:
-        while len(_finished_trials(tune_dir)) < 2:
-            assert first.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "no trial finished in time"
-            time.sleep(0.5)
-    finally:
-        os.killpg(first.pid, signal.SIGKILL)
-        first.wait()
-    before = _finished_trials(tune_dir)
+    first = driver(ENTRYPOINT, resource, store_uri, run_key, {"dataset": iceberg_dataset.run_uri}, address,
+                   tmp_path / "first.log")
+    before = kill_once_finished(first, tune_dir, 2, tmp_path / "first.log")
     assert 2 <= len(before) < 6
-    second = _driver(resource, store_uri, run_key, iceberg_dataset.run_uri, address, tmp_path / "second.log")
+    second = driver(ENTRYPOINT, resource, store_uri, run_key, {"dataset": iceberg_dataset.run_uri}, address,
+                    tmp_path / "second.log")
     assert second.wait(timeout=400) == 0, (tmp_path / "second.log").read_text()[-5000:]
     store = Store.from_uri(store_uri)
     status = store.read_json(f"{run_key}/status.json")

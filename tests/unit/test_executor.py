@@ -34,11 +34,11 @@ def test_order_refuses_dangling_references_and_cycles():
 def test_unbuilt_kinds_are_refused_before_anything_runs(tmp_path):
     executor = Executor(Store.from_uri(tmp_path.as_uri()))
     resources = load_manifests([ROOT / "examples/ship-iceberg"])
-    with pytest.raises(Unsupported, match="cannot run AblationStudy, ModelDeployment yet .* refused before running") as e:
+    with pytest.raises(Unsupported, match="cannot run ModelDeployment yet .* refused before running") as e:
         executor.check_supported(resources)
-    assert "TuningExperiment" not in str(e.value)
+    assert "TuningExperiment" not in str(e.value) and "AblationStudy" not in str(e.value)
     assert stored_resources(executor.store) == []
-    executor.check_supported([r for r in resources if r.kind in ("EODataset", "TuningExperiment")])
+    executor.check_supported([r for r in resources if r.kind in ("EODataset", "TuningExperiment", "AblationStudy")])
 
 
 @pytest.fixture
@@ -195,7 +195,8 @@ def test_cli_run_exit_codes(tmp_path):
     bad = runner.invoke(app, ["run", "-f", str(ROOT / "tests/invalid/05-split-sum.yaml"), "--store", tmp_path.as_uri()])
     assert bad.exit_code == 2 and "spec.split.train" in bad.stderr and "05-split-sum.yaml" in bad.stderr
     refused = runner.invoke(app, ["run", "-f", str(ROOT / "examples/ship-iceberg"), "--store", tmp_path.as_uri()])
-    assert "AblationStudy" in refused.stderr and "TuningExperiment" not in refused.stderr
+    assert "ModelDeployment" in refused.stderr and "TuningExperiment" not in refused.stderr
+    assert "AblationStudy" not in refused.stderr
     assert refused.exit_code == 3 and "refused before running anything" in refused.stderr
     dry = runner.invoke(app, ["run", "--dry-run", "-f", str(ROOT / "examples/landcover-s2"), "--store", tmp_path.as_uri()])
     assert dry.exit_code == 0 and "1. EODataset default/landcover" in dry.stdout

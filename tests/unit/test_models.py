@@ -45,20 +45,34 @@ def test_iceberg_cnn_gives_logits_for_any_chip_kernel_and_pool(shape, kernel, po
 
 def test_iceberg_cnn_has_the_papers_layers_at_width_one():
     model = _build("iceberg-cnn", {"dropout": 0.3})
-    assert [n for n, _ in model.named_children()] == ["block1", "block2", "block3", "block4", "dense1", "dense2", "head"]
-    convs = [getattr(model, f"block{i}")[0] for i in range(1, 5)]
+    assert [n for n, _ in model.named_children()] == [
+        "conv1", "pool1", "dropout1", "conv2", "pool2", "dropout2", "conv3", "pool3", "dropout3", "conv4", "pool4",
+        "dropout4", "dense1", "dropout5", "dense2", "dropout6", "head"]
+    convs = [getattr(model, f"conv{i}")[0] for i in range(1, 5)]
     assert [c.out_channels for c in convs] == [64, 128, 128, 64]
     assert convs[0].in_channels == 3 and convs[0].kernel_size == (3, 3)
-    assert [type(m) for m in model.block1] == [nn.Conv2d, nn.ReLU, nn.MaxPool2d, nn.Dropout]
-    assert model.block1[3].p == 0.3 and model.dense1[2].p == 0.3
+    assert [type(m) for m in model.conv1] == [nn.Conv2d, nn.ReLU]
+    assert isinstance(model.pool1, nn.MaxPool2d) and model.dropout1.p == 0.3 and model.dropout5.p == 0.3
     assert (model.dense1[0].out_features, model.dense2[0].out_features, model.head.out_features) == (512, 256, 2)
     assert _out(model, 3, (75, 75), batch=1) == (1, 2)
 
 
 def test_iceberg_cnn_width_scales_every_layer():
     model = _build("iceberg-cnn", {"width": 0.25})
-    assert [getattr(model, f"block{i}")[0].out_channels for i in range(1, 5)] == [16, 32, 32, 16]
+    assert [getattr(model, f"conv{i}")[0].out_channels for i in range(1, 5)] == [16, 32, 32, 16]
     assert (model.dense1[0].out_features, model.dense2[0].out_features) == (128, 64)
+
+
+def test_iceberg_cnn_rebuilds_itself_without_a_convolution_a_pool_or_a_dropout():
+    model = _build("iceberg-cnn", {"width": 0.25})
+    lean = model.without(["conv2", "pool3", "dropout1", "dense2"])
+    names = [n for n, _ in lean.named_children()]
+    assert "conv2" not in names and "pool3" not in names and "dropout1" not in names and "dense2" not in names
+    assert lean.conv3[0].in_channels == model.conv1[0].out_channels  # the channels pass on
+    assert _out(lean, 3, (75, 75)) == (2, 2)
+    assert _out(lean.without(["pool1", "pool2", "pool4"]), 3, (75, 75)) == (2, 2)
+    with pytest.raises(ValueError, match="no child block2"):
+        model.without(["block2"])
 
 
 def test_iceberg_cnn_serves_multilabel_with_one_logit_per_label():
@@ -126,7 +140,7 @@ def test_manifest_keys_map_to_factory_arguments():
 
 def test_an_integral_float_builds_the_same_model_as_an_int():
     a = _build("iceberg-cnn", {"kernelSize": 3.0, "width": 0.25})
-    assert a.block1[0].kernel_size == (3, 3) and isinstance(a.block1[0].kernel_size[0], int)
+    assert a.conv1[0].kernel_size == (3, 3) and isinstance(a.conv1[0].kernel_size[0], int)
 
 
 @pytest.mark.parametrize(("params", "field", "words"), [

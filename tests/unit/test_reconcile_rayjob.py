@@ -137,7 +137,7 @@ def test_trials_that_no_worker_could_run_and_unresolved_inputs_are_refused(runna
 
 def test_unrunnable_or_unowned_resources_are_refused(runnable):
     with pytest.raises(ValueError, match="no runtime"):
-        desired_children(_resource("examples/ship-iceberg/03-ablation.yaml"), run="g1-x", run_key="k", generation=1,
+        desired_children(_resource("examples/ship-iceberg/04-deployment.yaml"), run="g1-x", run_key="k", generation=1,
                          defaults=DEFAULTS)
     no_uid = load_manifests([ROOT / "examples/ship-iceberg/01-dataset.yaml"])[0]
     with pytest.raises(ValueError, match="has no uid"):
@@ -215,7 +215,7 @@ def test_the_autoscaler_sidecar_is_restricted_too(runnable):
 
 
 def test_which_kinds_run_as_rayjobs():
-    assert [k for k in KINDS if runs_as_rayjob(k)] == ["EODataset", "TuningExperiment"]
+    assert [k for k in KINDS if runs_as_rayjob(k)] == ["EODataset", "TuningExperiment", "AblationStudy"]
 
 
 @pytest.mark.parametrize(

@@ -218,6 +218,7 @@ KINDS: dict[str, KindInfo] = {
                 PrinterColumn("Report", ".status.report", description="The study's report in the store", priority=1),
             ),
             _refs_ablation,
+            runtime="earthops_runtime.ablation:run",
         ),
         KindInfo(
             "ModelDeployment", "modeldeployments", ("mdep",), ModelDeployment, ModelDeploymentSpec,

@@ -21,6 +21,7 @@ and benchmarks on a few CPU cores can run the same architecture smaller.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 import torch
 from torch import nn
@@ -48,37 +49,64 @@ def pool_out(length: int, kernel: int, stride: int = POOL_STRIDE) -> int:
 
 
 class IcebergCNN(nn.Module):
-    """Children: ``block1``..``block4`` (conv, ReLU, pool, dropout), ``dense1``, ``dense2`` (linear,
-    ReLU, dropout) and ``head`` (linear to ``num_classes`` logits)."""
+    """Children, in order (the paper's layers, named as its Keras model groups them): ``conv1``, ``pool1``,
+    ``dropout1``, ... ``conv4``, ``pool4``, ``dropout4`` (convolution + ReLU, max-pool, dropout), ``dense1``,
+    ``dropout5``, ``dense2``, ``dropout6`` (linear + ReLU, dropout) and ``head`` (linear to ``num_classes``
+    logits); the maps are flattened before the first of the dense part.
+
+    ``without``: names of children to build the model without (an ablation), the shapes of the
+    remaining layers following (a convolution left out passes its input channels on, a pool its map
+    size); :meth:`without` builds such a variant of a model. ``conv1`` and ``head`` cannot be left out."""
 
     def __init__(self, in_channels: int, num_classes: int, chip_shape: tuple[int, int], *, kernel_size: int = 3,
-                 pool_size: int = 2, dropout: float = 0.2, width: float = 1.0):
+                 pool_size: int = 2, dropout: float = 0.2, width: float = 1.0, without: Iterable[str] = ()):
         super().__init__()
+        skip = frozenset(without)
+        self.arguments = {"in_channels": in_channels, "num_classes": num_classes, "chip_shape": tuple(chip_shape),
+                          "kernel_size": kernel_size, "pool_size": pool_size, "dropout": dropout, "width": width}
+        self.removed = skip
         h, w = chip_shape
         channels = in_channels
         for i, filters in enumerate(FILTERS, start=1):
-            filters = scaled(filters, width)
-            h, w = conv_out(h, kernel_size), conv_out(w, kernel_size)
-            pool = (min(pool_size, h), min(pool_size, w))
-            self.add_module(f"block{i}", nn.Sequential(
-                nn.Conv2d(channels, filters, kernel_size, padding=kernel_size // 2),
-                nn.ReLU(inplace=True),
-                nn.MaxPool2d(pool, stride=POOL_STRIDE, ceil_mode=True),
-                nn.Dropout(dropout),
-            ))
-            h, w = pool_out(h, pool[0]), pool_out(w, pool[1])
-            channels = filters
+            if f"conv{i}" not in skip:
+                filters = scaled(filters, width)
+                h, w = conv_out(h, kernel_size), conv_out(w, kernel_size)
+                self.add_module(f"conv{i}", nn.Sequential(
+                    nn.Conv2d(channels, filters, kernel_size, padding=kernel_size // 2), nn.ReLU(inplace=True)))
+                channels = filters
+            if f"pool{i}" not in skip:
+                pool = (min(pool_size, h), min(pool_size, w))
+                self.add_module(f"pool{i}", nn.MaxPool2d(pool, stride=POOL_STRIDE, ceil_mode=True))
+                h, w = pool_out(h, pool[0]), pool_out(w, pool[1])
+            if f"dropout{i}" not in skip:
+                self.add_module(f"dropout{i}", nn.Dropout(dropout))
         features = channels * h * w
+        self._flatten_at = ""
         for i, units in enumerate(DENSE, start=1):
-            units = scaled(units, width)
-            self.add_module(f"dense{i}", nn.Sequential(nn.Linear(features, units), nn.ReLU(inplace=True),
-                                                       nn.Dropout(dropout)))
-            features = units
+            if f"dense{i}" not in skip:
+                units = scaled(units, width)
+                self.add_module(f"dense{i}", nn.Sequential(nn.Linear(features, units), nn.ReLU(inplace=True)))
+                self._flatten_at = self._flatten_at or f"dense{i}"
+                features = units
+            if f"dropout{len(FILTERS) + i}" not in skip:
+                self.add_module(f"dropout{len(FILTERS) + i}", nn.Dropout(dropout))
         self.head = nn.Linear(features, num_classes)
+        self._flatten_at = self._flatten_at or "head"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.block4(self.block3(self.block2(self.block1(x))))
-        return self.head(self.dense2(self.dense1(torch.flatten(x, 1))))
+        flat = False
+        for name, module in self.named_children():
+            if not flat and name == self._flatten_at:
+                x, flat = torch.flatten(x, 1), True
+            x = module(x)
+        return x
+
+    def without(self, names: Iterable[str]) -> IcebergCNN:
+        """The same model built without the children ``names`` (and those this one already lacks)."""
+        unknown = sorted(set(names) - {n for n, _ in self.named_children()})
+        if unknown:
+            raise ValueError(f"no child {', '.join(unknown)} in this model")
+        return IcebergCNN(**self.arguments, without=self.removed | frozenset(names))  # type: ignore[arg-type]
 
 
 def iceberg_cnn(*, in_channels: int, num_classes: int, task: str, chip_shape: tuple[int, int], kernel_size: int = 3,

@@ -22,7 +22,8 @@ mutates it) continues with the new one.
 Device. ``auto`` takes CUDA when present, with mixed precision (bfloat16 where the GPU has it,
 else float16 with a gradient scaler); the CPU trains in float32 (autocast on CPU is slower for
 these convolutions, not faster). ``threads`` sets torch's intra-op threads, for several trials
-sharing one machine.
+sharing one machine. ``model_transform`` changes the model right after it is built, under the
+seed's generator states (an ablation trial removing layers), before the output check.
 """
 
 from __future__ import annotations
@@ -168,6 +169,7 @@ class Trainer:
     DataLoader processes (0: read in this process, with the loader's read-ahead threads; right for
     a trial holding one or two cores). ``max_train_batches``/``max_val_batches``: caps per epoch
     and per evaluation (tests, smoke runs). ``threads``: torch intra-op threads (None: leave as is).
+    ``model_transform``: model -> model, applied once after building (ablation trials).
 
     Attributes: ``model``, ``device``, ``amp`` (mixed precision on), ``epoch`` (epochs done),
     ``step`` (optimiser steps done), ``history`` (metrics of every epoch done),
@@ -177,7 +179,7 @@ class Trainer:
     def __init__(self, dataset: DatasetInfo, model_name: str, model_parameters: Mapping[str, Any] | None,
                  training: Training, *, device: str | None = None, loader_workers: int = 0,
                  max_train_batches: int | None = None, max_val_batches: int | None = None,
-                 threads: int | None = None):
+                 threads: int | None = None, model_transform: Callable[[torch.nn.Module], torch.nn.Module] | None = None):
         if threads is not None:
             torch.set_num_threads(max(1, int(threads)))
         self.dataset = dataset
@@ -201,6 +203,8 @@ class Trainer:
             self.model = build_model(model_name, model_parameters or {}, in_channels=dataset.in_channels,
                                      num_classes=dataset.num_classes, task=dataset.task,
                                      chip_shape=dataset.chip_shape)
+            if model_transform is not None:
+                self.model = model_transform(self.model)
             self.model.to(self.device)
             self._rng = rng_state(self._cuda)
         finally:

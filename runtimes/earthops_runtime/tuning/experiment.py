@@ -10,207 +10,72 @@ Trials (Ray actors): build the trainer for the trial's config, restore its check
 one (a retry, PBT's exploit, a resumed experiment), train epoch by epoch and report every epoch with a
 checkpoint.
 
-Callbacks, stoppers and schedulers are pickled by Ray Tune into the experiment state and unpickled
-on restore; so they hold no driver objects, only the run key under which the live driver registers
-its :class:`Live` state (:data:`LIVE`).
+The Ray Tune machinery (state in the store, restore, the failure budget, the target, the unknown-metric
+guard, throttled status reports) is :mod:`earthops_runtime.trials`, shared with the AblationStudy.
 """
 
 from __future__ import annotations
 
-import contextlib
 import io
 import math
-import os
-import posixpath
-import tempfile
-import time
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from ray import tune
 from ray.tune.experiment import Trial
 
 from earthops.api import TuningExperiment
-from earthops.api.common import duration_seconds, quantity_value
+from earthops.api.common import duration_seconds
 from earthops.api.tuning import TuningExperimentSpec
 from earthops.core.store import Store
 from earthops_runtime.entrypoint import SUMMARY_FILE, Outcome, Run, Runtime
-from earthops_runtime.errors import RunFailed, SpecError
+from earthops_runtime.errors import RunFailed
+from earthops_runtime.trials import InPlace as _InPlace
+from earthops_runtime.trials import (
+    Live,
+    metric_rows,
+    run_trials,
+    train_and_report,
+    trial_error,
+    trial_resources,
+)
+from earthops_runtime.trials import scoped_env as scoped_env  # re-exported: benchmarks use it
+from earthops_runtime.trials import trainer_options as trainer_options  # re-exported: benchmarks use it
 from earthops_runtime.tuning import report as rep
 from earthops_runtime.tuning import schedulers, space
 
-#: Key the trainable adds when the objective metric is missing from its metrics (their names, joined).
-UNKNOWN_METRIC_KEY = "earthops_reported_metrics"
-#: Seconds between two status reports while trials run.
-REPORT_INTERVAL_S = 1.0
-#: Ray's own result keys: not metrics of the trial.
-_RAY_KEYS = {
-    "timestamp", "training_iteration", "time_this_iter_s", "time_total_s", "pid", "hostname", "node_ip", "date",
-    "done", "trial_id", "iterations_since_restore", "time_since_restore", "checkpoint_dir_name", "should_checkpoint",
-    "experiment_tag", "config", UNKNOWN_METRIC_KEY,
-}
-
-
 # --- the trial ------------------------------------------------------------------------------------------
-
-
-class TrialOutOfMemory(RuntimeError):
-    """A trial ran out of (GPU) memory: a failed trial like any crash, with a clear message."""
 
 
 def train_trial(config: dict[str, Any], *, setup: dict[str, Any]) -> None:
     """One trial (runs in a Ray actor): train ``setup``'s model with ``config`` applied, report each epoch
     with a checkpoint, continue from Tune's checkpoint when there is one."""
-    import torch
-
     from earthops_runtime.training import DatasetInfo, Trainer
 
     spec = TuningExperimentSpec.model_validate(setup["spec"])
-    metric = spec.objective.metric
-    trainer = None
-    try:
-        params, training = space.apply_config(spec, config)
-        info = DatasetInfo.open(setup["dataset"])
-        trainer = Trainer(info, spec.model.name, params, training, threads=max(1, int(round(setup["cpu"]))),
-                          **setup.get("trainer", {}))
-        checkpoint = tune.get_checkpoint()
-        if checkpoint is not None:
-            # a retry, PBT's exploit or a resumed experiment; the trainer takes the learning rate of
-            # this trial's config (PBT's mutation), not the checkpoint's
-            with checkpoint.as_directory() as d:
-                trainer.load_checkpoint(d)
-        while trainer.epoch < training.epochs:
-            metrics = trainer.train_epoch()
-            out: dict[str, Any] = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
-            out["epoch"] = int(trainer.epoch)
-            if metric not in out:
-                out[UNKNOWN_METRIC_KEY] = ",".join(sorted(k for k in metrics if k != "epoch"))
-            with tempfile.TemporaryDirectory(prefix="earthops-ckpt-") as d:
-                trainer.save_checkpoint(d)
-                tune.report(out, checkpoint=tune.Checkpoint.from_directory(d))
-            if metric not in out:
-                return
-    except torch.OutOfMemoryError as exc:
-        raise TrialOutOfMemory(f"OutOfMemory: the trial ran out of memory on {getattr(trainer, 'device', '?')} "
-                               f"(batchSize {training.batch_size}): {str(exc).splitlines()[0][:200]}") from None
+    params, training = space.apply_config(spec, config)
+
+    def build() -> Trainer:
+        # a restored checkpoint keeps this trial's learning rate (PBT's mutation), not the checkpoint's
+        return Trainer(DatasetInfo.open(setup["dataset"]), spec.model.name, params, training,
+                       threads=max(1, int(round(setup["cpu"]))), **setup.get("trainer", {}))
+
+    train_and_report(build, epochs=training.epochs, metric=spec.objective.metric, batch_size=training.batch_size)
 
 
-# --- the driver's live state, and the Tune hooks that read it -------------------------------------------
+# --- the driver's view of the trials ------------------------------------------------------------------
 
 
-@dataclass
-class Live:
-    """What the driver knows while Tune runs (looked up by run key from the pickled hooks)."""
-
-    spec: TuningExperimentSpec
-    reporter: Any
-    slots: int
-    unknown_metric: str | None = None
-    target: tuple[str, float] | None = None
-    target_pending: tuple[str, float] | None = None
-    failed: int = 0
-    too_many_failed: bool = False
-    last_report: float = 0.0
-    #: seconds each trial trained in this driver's lifetime (``time_since_restore``): utilisation
-    busy: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def stop_all(self) -> bool:
-        return bool(self.unknown_metric or self.too_many_failed or self.target)
-
-
-LIVE: dict[str, Live] = {}
-
-
-class Guard(tune.Stopper):
-    """Stops a trial that does not report the objective (and then everything: UnknownMetric), and the
-    experiment once a trial reaches the objective's target or the failure budget is spent."""
-
-    def __init__(self, key: str):
-        self.key = key
-
-    def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
-        live = LIVE.get(self.key)
-        if live is None:
-            return False
-        spec = live.spec
-        metric = spec.objective.metric
-        if UNKNOWN_METRIC_KEY in result and metric not in result:
-            reported = [m for m in str(result[UNKNOWN_METRIC_KEY]).split(",") if m]
-            live.unknown_metric = (f"spec.objective.metric: the trainer never reports {metric!r}; it reports: "
-                                   f"{', '.join(reported)} (first report of trial {trial_id})")
-            return True
-        target = spec.objective.target
-        value = result.get(metric)
-        if target is not None and value is not None and not math.isnan(float(value)):
-            reached = value <= target if spec.objective.goal == "minimize" else value >= target
-            if reached and live.target is None:
-                # stop this trial now; everything else once it has completed (Watch), so its last
-                # checkpoint is registered before the experiment stops
-                live.target_pending = live.target_pending or (trial_id, float(value))
-                return True
-        return False
-
-    def stop_all(self) -> bool:
-        live = LIVE.get(self.key)
-        return bool(live and live.stop_all)
-
-
-class Watch(tune.Callback):
-    """Counts failed trials (budget) and reports the status about once a second."""
-
-    def __init__(self, key: str):
-        self.key = key
-
-    def _update(self, trials: list[Trial], force: bool = False) -> None:
-        live = LIVE.get(self.key)
-        if live is None:
-            return
-        live.failed = sum(1 for t in trials if t.status == Trial.ERROR)
-        if live.failed > live.spec.max_failed_trials:
-            live.too_many_failed = True
-        now = time.monotonic()
-        if force or now - live.last_report >= REPORT_INTERVAL_S:
-            live.last_report = now
-            _report_running(live, [record_of(t, live=True) for t in trials])
-
-    def on_trial_result(self, iteration: int, trials: list[Trial], trial: Trial, result: dict, **info: Any) -> None:
-        live = LIVE.get(self.key)
-        if live is not None and "time_since_restore" in result:
-            live.busy[trial.trial_id] = float(result["time_since_restore"])
-        self._update(trials)
-
-    def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
-        live = LIVE.get(self.key)
-        if live is not None and live.target_pending and live.target_pending[0] == trial.trial_id:
-            live.target = live.target_pending
-        self._update(trials, force=True)
-
-    def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
-        self._update(trials, force=True)
-
-    def on_step_end(self, iteration: int, trials: list[Trial], **info: Any) -> None:
-        self._update(trials)
+def _on_update(live: Live, trials: list[Trial]) -> None:
+    """The status report while trials run (called by :class:`earthops_runtime.trials.Watch`)."""
+    _report_running(live, [record_of(t, live=True) for t in trials])
 
 
 def record_of(trial: Trial, *, live: bool = False, history: Any = None) -> rep.TrialRecord:
     """A :class:`~.report.TrialRecord` of a Ray trial (``history``: its results dataframe, when read)."""
-    rows: list[dict[str, Any]] = []
-    if history is not None and len(history):
-        for row in history.to_dict("records"):
-            rows.append({k: v for k, v in row.items() if k not in _RAY_KEYS and not k.startswith("config/")})
-    elif trial.last_result and "epoch" in trial.last_result:
-        # while running, only the last result is at hand: enough for counts and the best so far
-        last = {k: v for k, v in trial.last_result.items() if k not in _RAY_KEYS}
-        rows = [last]
-    error = None
-    if trial.status == Trial.ERROR:
-        try:
-            err = trial.get_error()
-            error = str(err) if err is not None else "the trial failed"
-        except Exception:  # noqa: BLE001 - the error file may be gone; say something rather than nothing
-            error = "the trial failed (no error text)"
+    # while running, only the last result is at hand: enough for counts and the best so far
+    rows = metric_rows(history, None if history is not None else trial.last_result)
+    error = trial_error(trial)
     seconds = float((trial.last_result or {}).get("time_total_s") or 0.0)
     return rep.TrialRecord(id=trial.trial_id, config=dict(trial.config), ray_status=str(trial.status),
                            history=rows, error=error, seconds=seconds)
@@ -248,61 +113,6 @@ def _report_running(live: Live, records: list[rep.TrialRecord]) -> None:
                                            if best else ""))
     live.reporter.report("Running", done=done, total=spec.max_trials, unit="trials", message=message,
             results=results, detail=_detail(records, spec))
-
-
-# --- helpers -------------------------------------------------------------------------------------------
-
-
-#: Ray Tune settings for the experiment's fit only (restored after, so the process's other Tune runs
-#: keep Ray's defaults): the Guard names a missing objective itself; JSON and CSV results only (the
-#: history comes from them; Tune's TensorBoard logger costs about half a second per trial on 2 cores);
-#: no warning about checkpoint syncs, which are per epoch on purpose.
-TUNE_ENV = {"TUNE_DISABLE_STRICT_METRIC_CHECKING": "1", "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
-            "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0"}
-
-
-@contextlib.contextmanager
-def scoped_env(values: Mapping[str, str]) -> Iterator[None]:
-    """Set environment variables for the duration of the block, then restore what was there."""
-    saved = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
-def trial_resources(spec: TuningExperimentSpec) -> dict[str, float]:
-    res: dict[str, float] = {"cpu": float(spec.resources.cpu), "gpu": float(spec.resources.gpu)}
-    try:
-        memory = quantity_value(spec.resources.memory)
-    except ValueError as exc:
-        raise SpecError("spec.resources.memory", str(exc)) from None
-    if memory:
-        res["memory"] = memory
-    return res
-
-
-def tune_location(store: Store, run_key: str) -> tuple[str, str, Any]:
-    """(storage path, experiment name, pyarrow filesystem or None) of the run's Ray Tune state:
-    ``<store>/experiments/<ns>/<name>/_tune/<run-id>``."""
-    parts = run_key.strip("/").split("/")
-    if len(parts) < 2:
-        raise ValueError(f"run key {run_key!r}: expected experiments/<ns>/<name>/<run-id>")
-    tune_key = "/".join([*parts[:-1], "_tune"])
-    run_id = parts[-1]
-    if store.is_local:
-        path = store.local_path(tune_key)
-        path.mkdir(parents=True, exist_ok=True)
-        return str(path), run_id, None
-    import pyarrow.fs
-
-    fs = pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(store.fs))
-    return store.url(tune_key).split("://", 1)[1], run_id, fs
 
 
 # --- the entrypoint ------------------------------------------------------------------------------------
@@ -370,57 +180,22 @@ def _tune(resource: TuningExperiment, store: Store, run_key: str, reporter: Any,
     from earthops_runtime import raycluster
 
     spec = resource.spec
-    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
     raycluster.connect(ray_address)
     plan = schedulers.plan(spec)
     setup = {"spec": spec.model_dump(mode="json", by_alias=True, exclude_none=True), "dataset": dataset,
              "cpu": spec.resources.cpu, "trainer": trainer_options()}
-    trainable = tune.with_resources(tune.with_parameters(train_trial, setup=setup), trial_resources(spec))
-    storage_path, name, fs = tune_location(store, run_key)
-    path = posixpath.join(storage_path, name)
-    live = Live(spec=spec, reporter=reporter, slots=spec.max_concurrent_trials)
-    LIVE[run_key] = live
-    started = time.monotonic()
-    with scoped_env(TUNE_ENV):
-        try:
-            if tune.Tuner.can_restore(path, storage_filesystem=fs):
-                tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=False,
-                                           restart_errored=False, param_space=plan.param_space, storage_filesystem=fs)
-                resumed = True
-            else:
-                tuner = tune.Tuner(
-                    trainable,
-                    param_space=plan.param_space,
-                    tune_config=tune.TuneConfig(
-                        metric=spec.objective.metric, mode=schedulers.mode(spec), search_alg=plan.search_alg,
-                        scheduler=plan.scheduler, num_samples=plan.num_samples,
-                        time_budget_s=duration_seconds(spec.timeout), reuse_actors=True),
-                    run_config=tune.RunConfig(
-                        name=name, storage_path=storage_path, storage_filesystem=fs, verbose=0,
-                        stop=Guard(run_key),
-                        callbacks=[Watch(run_key), JsonLoggerCallback(), CSVLoggerCallback()],
-                        failure_config=tune.FailureConfig(max_failures=spec.trial_retries),
-                        # PBT clones other trials' checkpoints: Ray deletes kept-count checkpoints a clone still
-                        # refers to (FileNotFoundError in its checkpoint manager), so PBT keeps them all
-                        checkpoint_config=tune.CheckpointConfig(num_to_keep=None if spec.algorithm.name == "pbt" else 2),
-                        progress_reporter=None, log_to_file=False),
-                )
-                resumed = False
-            grid = tuner.fit()
-        finally:
-            LIVE.pop(run_key, None)
-    wall = time.monotonic() - started
-    analysis = grid._experiment_analysis  # the Trial objects: status, config, error; with histories
-    frames = analysis.trial_dataframes
-    records = [record_of(t, history=frames.get(t.trial_id)) for t in analysis.trials]
-    checkpoints = {}
-    for result in grid:
-        tid = (result.metrics or {}).get("trial_id")
-        if tid and result.checkpoint is not None:
-            checkpoints[tid] = result.checkpoint
-    for t in analysis.trials:  # a trial stopped by stop_all may lack it in the ResultGrid
-        if t.trial_id not in checkpoints and getattr(t, "checkpoint", None) is not None:
-            checkpoints[t.trial_id] = t.checkpoint
+    live = Live(metric=spec.objective.metric, goal=spec.objective.goal, max_failed=spec.max_failed_trials,
+                on_update=_on_update, spec=spec, reporter=reporter, slots=spec.max_concurrent_trials,
+                target=spec.objective.target)
+    # PBT clones other trials' checkpoints: Ray deletes kept-count checkpoints a clone still refers to
+    # (FileNotFoundError in its checkpoint manager), so PBT keeps them all
+    finished = run_trials(tune.with_parameters(train_trial, setup=setup), store=store, run_key=run_key, live=live,
+                          param_space=plan.param_space, search_alg=plan.search_alg, scheduler=plan.scheduler,
+                          num_samples=plan.num_samples, time_budget_s=duration_seconds(spec.timeout),
+                          max_failures=spec.trial_retries, resources=trial_resources(spec.resources),
+                          keep_checkpoints=None if spec.algorithm.name == "pbt" else 2)
+    wall, resumed, checkpoints = finished.wall_seconds, finished.resumed, finished.checkpoints
+    records = [record_of(t, history=finished.histories.get(t.trial_id)) for t in finished.trials]
     metric, goal, epochs = spec.objective.metric, spec.objective.goal, spec.training.epochs
     results = _status_results(records, spec)
     busy = sum(r.seconds for r in records)
@@ -436,8 +211,9 @@ def _tune(resource: TuningExperiment, store: Store, run_key: str, reporter: Any,
         "trialSeconds": round(busy, 3),
         "workerUtilisation": rep.utilisation(session_busy, wall, spec.max_concurrent_trials),
         "resumed": resumed,
-        "targetReached": None if live.target is None else {"trial": live.target[0], "value": live.target[1]},
-        "tuneState": (store.url(run_key.rsplit("/", 1)[0] + "/_tune/" + name)),
+        "targetReached": None if live.target_reached is None else {"trial": live.target_reached[0],
+                                                                     "value": live.target_reached[1]},
+        "tuneState": finished.tune_path,
     }
     outcome_partial = dict(records=records, checkpoints=checkpoints, results=results, summary=summary,
                            plan_names=(plan.searcher_name, plan.scheduler_name))
@@ -468,15 +244,6 @@ def _tune(resource: TuningExperiment, store: Store, run_key: str, reporter: Any,
     return Tuned(best=best, **outcome_partial)  # type: ignore[arg-type]
 
 
-def trainer_options() -> dict[str, Any]:
-    """Extra Trainer arguments: ``EARTHOPS_TRIAL_MAX_BATCHES`` caps the training and validation batches per
-    epoch (benchmarks and tests on small budgets)."""
-    cap = os.environ.get("EARTHOPS_TRIAL_MAX_BATCHES")
-    if not cap:
-        return {}
-    return {"max_train_batches": int(cap), "max_val_batches": int(cap)}
-
-
 def _final_metrics(record: rep.TrialRecord, metric: str) -> dict[str, float]:
     last = record.history[-1] if record.history else {}
     out = {metric: float(last[metric])} if metric in last else {}
@@ -485,19 +252,6 @@ def _final_metrics(record: rep.TrialRecord, metric: str) -> dict[str, float]:
                 and not (isinstance(v, float) and math.isnan(v)):
             out[k] = float(v)
     return out
-
-
-class _InPlace:
-    """The run folder written in place (a failed run: nothing is published)."""
-
-    def __init__(self, store: Store, run_key: str):
-        self.store, self.key = store, run_key.strip("/")
-
-    def write_bytes(self, key: str, data: bytes) -> None:
-        self.store.write_bytes(f"{self.key}/{key}", data)
-
-    def write_json(self, key: str, obj: Any) -> None:
-        self.store.write_json(f"{self.key}/{key}", obj)
 
 
 def _write_outputs(target: Any, outcome: Tuned, resource: TuningExperiment, summary: dict[str, Any]) -> None:
