@@ -11,10 +11,13 @@ PYTEST_ARGS ?=
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 14
 
+# pip's and setuptools' output (the editable-install notice included) goes to $(VENV)/install.log; a
+# failure shows its end (scripts/quietly.sh)
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade "pip>=24"
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[all]"
+	@bash scripts/quietly.sh $(VENV)/install.log "installing earthops with every extra into $(VENV) from constraints.txt" \
+	  "a few minutes the first time, seconds after" -- \
+	  bash -c '$(BIN)/python -m pip install --upgrade "pip>=24" && $(BIN)/python -m pip install -c constraints.txt -e ".[all]"'
 	@touch $@
 
 setup: $(STAMP) ## create .venv and install earthops with every extra from the lock

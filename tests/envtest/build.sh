@@ -41,6 +41,11 @@ stamp="kubernetes=$KUBERNETES_VERSION etcd=$ETCD_VERSION"
 
 log() { echo "build.sh: $*" >&2; }
 die() { log "error: $*"; exit 1; }
+# go's own output (~190 "go: downloading" lines on a first build) goes to this log, not the terminal
+build_log="$cache/build-$KUBERNETES_VERSION.log"
+# shellcheck source=../../scripts/quietly.sh
+source "$here/../../scripts/quietly.sh"
+QUIETLY_PREFIX="build.sh: "
 
 command -v go >/dev/null || die "Go is not installed (needed to build kube-apiserver and etcd)"
 command -v python3 >/dev/null || die "python3 is not installed (needed to read 'go mod download -json')"
@@ -99,13 +104,18 @@ else
 
   export CGO_ENABLED=0
   start=$SECONDS
-  log "building kube-apiserver, kube-controller-manager, kubectl $KUBERNETES_VERSION into $tmp (slow the first time)"
-  (cd "$here/kube" && go build -mod=readonly -trimpath -ldflags "-s -w ${kv[*]}" -o "$tmp/" \
+  : > "$build_log"
+  log "the integration tests run against a real Kubernetes control plane, built once from source and cached in $bin_dir"
+  build_kube() (cd "$here/kube" && go build -mod=readonly -trimpath -ldflags "-s -w ${kv[*]}" -o "$tmp/" \
       k8s.io/kubernetes/cmd/kube-apiserver \
       k8s.io/kubernetes/cmd/kube-controller-manager \
       k8s.io/kubernetes/cmd/kubectl)
-  log "building etcd $ETCD_VERSION"
-  (cd "$here/etcd" && go build -mod=readonly -trimpath -ldflags "-s -w" -o "$tmp/etcd" go.etcd.io/etcd/server/v3)
+  build_etcd() (cd "$here/etcd" && go build -mod=readonly -trimpath -ldflags "-s -w" -o "$tmp/etcd" go.etcd.io/etcd/server/v3)
+  quietly "$build_log" "building kube-apiserver, kube-controller-manager and kubectl $KUBERNETES_VERSION" \
+    "11-15 min on 2 cores the first time: ~170 MiB of Go modules to download, then compiling" -- build_kube ||
+    die "the Kubernetes build failed (its output: $build_log)"
+  quietly "$build_log" "building etcd $ETCD_VERSION" "1-2 min" -- build_etcd ||
+    die "the etcd build failed (its output: $build_log)"
   echo "$stamp" > "$tmp/.stamp"
   publish "$tmp" "$bin_dir"
   log "binaries built in $((SECONDS - start)) s: $bin_dir"
@@ -115,7 +125,7 @@ fi
 # The CRD YAMLs are read straight from the projects' Go modules at the pinned release.
 module_dir() {
   local json dir
-  json="$(go mod download -json "$1@$2")" || die "go mod download $1@$2 failed: $json"
+  json="$(go mod download -json "$1@$2" 2>>"$build_log")" || die "go mod download $1@$2 failed: $json (log: $build_log)"
   dir="$(python3 -c 'import json, sys; print(json.load(sys.stdin).get("Dir", ""))' <<<"$json")"
   [[ -d "$dir" ]] || die "go mod download $1@$2 gave no module directory: $json"
   echo "$dir"

@@ -39,6 +39,11 @@ pg_os_user=postgres
 
 log() { echo "stacapi/setup.sh: $*" >&2; }
 die() { log "error: $*"; exit 1; }
+# apt-get's and pip's output go to this log, not the terminal (its end is shown when a step fails)
+setup_log="$cache/stacapi-setup.log"
+# shellcheck source=../../scripts/quietly.sh
+source "$here/../../scripts/quietly.sh"
+QUIETLY_PREFIX="stacapi/setup.sh: "
 
 mode="${1:-install}"
 case "$mode" in
@@ -84,10 +89,10 @@ elif [[ -n "${EARTHOPS_STACAPI_PG_BIN:-}" ]]; then
 else
   [[ $EUID -eq 0 ]] || die "PostgreSQL $pg_major with PostGIS 3 is not installed; as root run: apt-get install ${apt_packages[*]} (or run this script as root)"
   command -v apt-get >/dev/null || die "PostgreSQL $pg_major with PostGIS 3 is not installed and there is no apt-get; install them and set EARTHOPS_STACAPI_PG_BIN"
-  log "installing ${apt_packages[*]} with apt-get"
   export DEBIAN_FRONTEND=noninteractive
-  apt-get update -q >&2
-  apt-get install -y -q --no-install-recommends "${apt_packages[@]}" >&2
+  apt_install() { apt-get update -q && apt-get install -y -q --no-install-recommends "${apt_packages[@]}"; }
+  quietly "$setup_log" "installing ${apt_packages[*]} with apt-get, for the STAC API test server" \
+    "1-3 min" -- apt_install || die "apt-get could not install ${apt_packages[*]} (its output: $setup_log)"
   pg_complete || die "apt-get installed ${apt_packages[*]} but $pg_bin still lacks PostgreSQL or PostGIS"
   log "PostgreSQL and PostGIS installed in $((SECONDS - start)) s"
 fi
@@ -127,10 +132,10 @@ trap 'rm -rf "$tmp"' EXIT
 chmod 0755 "$tmp"
 
 t0=$SECONDS
-log "building the server venv from $(basename "$requirements") with $("$python" -V 2>&1) (about 50 s)"
 "$python" -m venv "$tmp/venv"
-"$tmp/venv/bin/python" -m pip install --quiet --no-input --disable-pip-version-check \
-  --progress-bar off -r "$requirements" >&2
+quietly "$setup_log" "building the STAC API server's venv from $(basename "$requirements") with $("$python" -V 2>&1)" \
+  "about 50 s" -- "$tmp/venv/bin/python" -m pip install --no-input --disable-pip-version-check --progress-bar off \
+  -r "$requirements" || die "pip could not install the server's requirements (its output: $setup_log)"
 "$tmp/venv/bin/python" -m pip check >&2 || die "the pinned server requirements are inconsistent (pip check)"
 "$tmp/venv/bin/python" -c 'import stac_fastapi.pgstac.app, pypgstac.load, uvicorn' >/dev/null 2>&1 ||
   die "the server venv cannot import stac_fastapi.pgstac / pypgstac / uvicorn"
