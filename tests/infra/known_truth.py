@@ -2,7 +2,7 @@
 
 Features: ``signal`` (class 1 chips are brighter: every pixel ~ N(±SEPARATION, 1)), which carries all
 of the label, ``noise`` (N(0, 1), independent of the label) and, optionally, more noise features.
-Chips of 8x8 px, balanced classes, a train and a validation split; ``stats.json`` holds the train
+Chips of 8x8 px (or ``shape``), balanced classes, a train and a validation split; ``stats.json`` holds the train
 split's per-feature mean and std (what the trainer normalises with). Small enough for 2 CPU cores.
 
 The model (:func:`tiny`, ``tests.infra.known_truth:tiny``): ``stem`` (conv), ``extra`` (a
@@ -23,8 +23,8 @@ CLASSES = ("low", "high")
 
 def write_dataset(store_uri: str, key: str = "datasets/default/known-truth/g1-test", *,
                   features: Sequence[str] = ("signal", "noise"), n_train: int = 96, n_val: int = 48,
-                  seed: int = 7) -> str:
-    """Publish the dataset run at ``key`` of the store; returns its URI."""
+                  seed: int = 7, shape: tuple[int, int] = SHAPE) -> str:
+    """Publish the dataset run at ``key`` of the store (chips of ``shape``); returns its URI."""
     from earthops.core.store import Store
     from earthops_runtime.data.shards import ShardWriter, write_index
 
@@ -32,10 +32,10 @@ def write_dataset(store_uri: str, key: str = "datasets/default/known-truth/g1-te
     rng = np.random.default_rng(seed)
     stats = {}
     with store.publish(key) as run:
-        with ShardWriter(run, list(features), SHAPE, "classification", CLASSES, 256, task_id="known") as writer:
+        with ShardWriter(run, list(features), shape, "classification", CLASSES, 256, task_id="known") as writer:
             for split, n in (("train", n_train), ("validation", n_val)):
                 y = np.arange(n) % 2
-                x = rng.normal(0.0, 1.0, size=(n, len(features), *SHAPE)).astype(np.float32)
+                x = rng.normal(0.0, 1.0, size=(n, len(features), *shape)).astype(np.float32)
                 x[:, 0] += np.where(y == 1, SEPARATION, -SEPARATION)[:, None, None].astype(np.float32)
                 writer.write(split, x, y.astype(np.int32), [f"{split}-{i}" for i in range(n)])
                 if split == "train":

@@ -128,3 +128,24 @@ def test_driver_killed_mid_study_reruns_only_unfinished_trials(tmp_path, ray_loc
             reports.setdefault(row["trial_id"], []).append(int(row["epoch"]))
     for tid in before:
         assert reports[tid] == [1, 2, 3, 4], (tid, reports[tid])
+
+
+def test_crashed_trials_within_the_budget_are_reported_and_beyond_it_fail_the_study(tmp_path, ray_local, known_truth):
+    crash = {"modelVariants": [{"name": "crashing", "model": {"name": "tests.integration.crashing_models:factory",
+                                                              "parameters": {"crash": 2}}}]}
+    within = study("crash-within", repeats=2, permutationRepeats=0, components=crash, maxFailedTrials=2)
+    status, store, run_key = run_in_process(within, tmp_path.as_uri(), known_truth, ray_local)
+    assert status.phase == "Succeeded", status
+    assert (status.results["trialsDone"], status.results["trialsFailed"]) == (4, 2)
+    row = pd.read_parquet(store.local_path(f"{run_key}/results.parquet")).set_index("component").loc["crashing"]
+    assert row["n"] == 0 and pd.isna(row["delta"]) and "no pair" in row["note"]
+    trials = pd.read_parquet(store.local_path(f"{run_key}/trials.parquet"))
+    assert trials.loc[trials["state"] == "failed", "error"].str.contains("deliberate crash while training").all()
+
+    beyond = study("crash-beyond", repeats=2, permutationRepeats=0, components=crash, maxFailedTrials=1,
+                   maxConcurrentTrials=1)
+    status, store, run_key = run_in_process(beyond, tmp_path.as_uri(), known_truth, ray_local)
+    assert status.phase == "Failed" and status.reason == "TooManyFailedTrials", status
+    assert "crashing@" in status.message and not store.is_published(run_key)
+    kept = pd.read_parquet(store.local_path(f"{run_key}/trials.parquet"))  # finished trials are never lost
+    assert (kept["state"] == "succeeded").any() and (kept["state"] == "failed").sum() == 2

@@ -189,7 +189,10 @@ def _run_with_progress(executor: Any, planned: list[Any]) -> None:
     for r, status in failed:
         err.print(f"[red]failed:[/red] {r.kind} {r.namespace}/{r.name}: {status.get('message', '')}", highlight=False)
     if failed:
-        raise typer.Exit(1)
+        from earthops.control.status import invalid_input
+
+        # every failure was the input's (a spec the data or the model refuses, a reference that failed): 2
+        raise typer.Exit(INVALID if all(invalid_input(status) for _, status in failed) else 1)
 
 
 def _select(st: Store, kind: str | None, name: str | None, namespace: str | None) -> list[dict[str, Any]]:
@@ -271,6 +274,23 @@ def describe(
         return
     docs = _select(_open_store(store), kind, name, namespace)
     out.print(text(docs[0]), highlight=False)
+    if docs[0].get("kind") == "AblationStudy":
+        _print_ablation_ranking(docs[0])
+
+
+def _print_ablation_ranking(doc: dict[str, Any]) -> None:
+    """A finished AblationStudy's ranked components, read from its published run's summary.json."""
+    from earthops.control.display import ablation_ranking
+
+    results = (doc.get("status") or {}).get("results")
+    if not results or (doc.get("status") or {}).get("phase") != "Succeeded":
+        return
+    try:
+        summary = Store.from_uri(str(results)).read_json("summary.json")
+    except (StoreError, OSError, ValueError) as exc:
+        err.print(f"the ranked components could not be read from {results}: {exc}", highlight=False, markup=False)
+        return
+    out.print("\n" + ablation_ranking(summary), highlight=False, markup=False)
 
 
 # --- the model registry (`get models`, `describe model`) ------------------------------------------

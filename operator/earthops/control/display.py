@@ -188,3 +188,31 @@ def describe_model(item: Mapping[str, Any], *, namespace: str, name: str, versio
 
 def _number(value: Any) -> str:
     return f"{value:.6g}" if isinstance(value, float) else "" if value is None else str(value)
+
+
+def ablation_ranking(summary: Mapping[str, Any]) -> str:
+    """An AblationStudy's ranked components (its published ``summary.json``): rank, component, kind,
+    pairs, delta to the base with its 95% interval, Holm-corrected p-value, whether the interval
+    excludes zero, permutation importance; with the base's objective above and a note under."""
+    objective = summary.get("objective") or {}
+    base = summary.get("base") or {}
+    header = ["RANK", "COMPONENT", "KIND", "PAIRS", "DELTA", "95% INTERVAL", "P (HOLM)", "EXCLUDES 0", "PERMUTATION"]
+    rows = []
+    for r in summary.get("ranking") or []:
+        interval = f"[{_g(r.get('ciLow'))}, {_g(r.get('ciHigh'))}]" if r.get("ciLow") is not None else "n/a"
+        excludes = "" if r.get("significant") is None else ("yes" if r["significant"] else "no")
+        rows.append([_g(r.get("rank")), str(r.get("component", "")), str(r.get("kind", "")), _g(r.get("n")),
+                     _g(r.get("delta")), interval, _g(r.get("pHolm")), excludes, _g(r.get("permutation"))])
+    head = (f"Ranked components ({objective.get('metric', '?')}, {objective.get('goal', '?')}; base "
+            f"{_g(base.get('mean'))} over {_g(base.get('n'))} seeds):")
+    note = ("delta = component - base, paired by seed; rank 1: the removal hurts most"
+            + ("; one repeat: no interval or p-value" if summary.get("repeats") == 1 else ""))
+    return "\n".join([head, _indent(plain_table(header, rows)), _indent(note)])
+
+
+def _g(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)

@@ -121,6 +121,19 @@ def progress_text(runtime: RuntimeStatus | None) -> str:
     return f"{p.done}/{p.total}{unit}" if p.total is not None else (f"{p.done}{unit}" if p.done else "")
 
 
+#: Ready reasons of a resource that failed on its input (a spec the data or the model refuses, a
+#: referenced resource that failed) rather than while working: ``earthops run`` exits 2 for them.
+INPUT_REASONS = ("InvalidSpec",)
+INPUT_REASON_SUFFIXES = ("NotReady", "Failed", "Unusable")
+
+
+def invalid_input(status: dict[str, Any]) -> bool:
+    """Whether a Failed resource status failed on its input (see :data:`INPUT_REASONS`)."""
+    ready = get_condition(status.get("conditions") or [], "Ready") or {}
+    reason = str(ready.get("reason") or "")
+    return status.get("phase") == "Failed" and (reason in INPUT_REASONS or reason.endswith(INPUT_REASON_SUFFIXES))
+
+
 def derive(
     info: KindInfo,
     *,

@@ -177,7 +177,7 @@ def trial_row(trial: Trial, epochs: int, metric: str, history: Any = None) -> di
     return {"trial_id": trial.trial_id, "trial": trial.config["trial"], "component": name, "seed": seed,
             "state": state, "objective": value if state == "succeeded" else None, "last": value, "epochs": epoch,
             "duration_s": round(float((trial.last_result or {}).get("time_total_s") or 0.0), 3),
-            "error": trial_error(trial), "extras": extras}
+            "error": _short(trial_error(trial)), "extras": extras}
 
 
 def _counts(rows: list[dict[str, Any]], total: int) -> dict[str, int]:
@@ -205,11 +205,12 @@ def trials_detail(rows: list[dict[str, Any]], spec: AblationStudySpec, epochs: i
         "trials": [{"id": r["trial_id"], "state": r["state"],
                     "parameters": {"component": r["component"], "seed": str(r["seed"])},
                     "objective": r["last"], "best": r["last"], "epochs": r["epochs"], "seconds": r["duration_s"],
-                    "error": _short(r["error"])} for r in rows if r["state"] != "pending"],
+                    "error": r["error"]} for r in rows if r["state"] != "pending"],
     }
 
 
 def _short(text: str | None) -> str | None:
+    """The exception line of a Ray error text (``RuntimeError: boom``), not the whole traceback."""
     if not text:
         return None
     lines = [ln.strip() for ln in str(text).splitlines() if ln.strip()]
@@ -365,7 +366,7 @@ def _run(run: Run) -> Outcome:
     if live.unknown_metric:
         failure = RunFailed("UnknownMetric", live.unknown_metric)
     elif counts["trialsFailed"] > spec.max_failed_trials:
-        shown = "; ".join(f"{r['trial']}: {_short(r['error'])}" for r in rows if r["state"] == "failed")[:1500]
+        shown = "; ".join(f"{r['trial']}: {r['error']}" for r in rows if r["state"] == "failed")[:1500]
         failure = RunFailed("TooManyFailedTrials", f"{counts['trialsFailed']} trials failed, more than "
                                                    f"maxFailedTrials {spec.max_failed_trials}: {shown}")
     elif not analysis["base"]["n"]:

@@ -34,6 +34,17 @@ def not_ready_reason(kind: str) -> str:
     return f"{kind.removeprefix('EO')}NotReady"
 
 
+#: Referenced kinds whose failure fails the referencing resource instead of holding it Pending: a
+#: study takes a TuningExperiment's best trial, which a failed experiment does not have (a resource
+#: waits for a failed EODataset, whose owner may run it again).
+FAIL_WITH = frozenset({"TuningExperiment"})
+
+
+def failed_reason(kind: str) -> str:
+    """``TuningExperimentFailed`` for a referenced TuningExperiment that failed."""
+    return f"{kind.removeprefix('EO')}Failed"
+
+
 @dataclass(frozen=True)
 class Inputs:
     """The resolved inputs of a resource, or what it still waits for."""
@@ -62,6 +73,11 @@ def resolve_inputs(resource: Resource[Any, Any], lookup: Lookup, *, wait: bool) 
         status = lookup(kind, name)
         if status is None:
             problem = f"{what} not found in namespace {resource.namespace}"
+        elif status.get("phase") == "Failed" and kind in FAIL_WITH:
+            blockers.append(Blocker(condition_type(kind), failed_reason(kind),
+                                    f"{what} failed ({status.get('message') or 'no message'}): it has no result to "
+                                    f"use; fix it, or reference one that succeeded", failed=True))
+            continue
         elif status.get("phase") != ready:
             problem = f"{what} is {status.get('phase') or 'not started'}, not {ready}"
         elif not status.get("results"):

@@ -1,0 +1,118 @@
+"""AblationStudy benchmark: k components x r repeats with 2 workers against 1 worker on the same
+trials (scaling efficiency), and earthops' overhead against the same trials as a plain loop over the
+trainer. Figures are printed side by side, measured in one run; nothing is asserted about time.
+
+Data: the known-truth dataset of :mod:`tests.infra.known_truth` (``signal`` carries the label, the
+other features are noise), ``EARTHOPS_BENCH_ABLATION_CHIPS`` (default 512) training chips of 32x32 px;
+model ``tests.infra.known_truth:tiny`` (width 16); ``EARTHOPS_BENCH_ABLATION_EPOCHS`` (default 4)
+epochs, batch 32. Components: the features ``signal``, ``noise``, ``noise2`` and the layer ``extra``
+(k = 4), ``EARTHOPS_BENCH_ABLATION_REPEATS`` (default 2) seeds: (k + 1) x r trials, permutation
+importance with 2 shuffles on the base trials.
+
+* **(a) earthops, 1 worker** and **(b) earthops, 2 workers**: the real entrypoint
+  :func:`earthops_runtime.ablation.run` in process (Tune state, a checkpoint every epoch, status reports,
+  statistics, report, chart, STAC item, publication) at ``maxConcurrentTrials`` 1 and 2 on a 2-CPU local
+  Ray, 1 CPU per trial: scaling efficiency = T(a) / (2 x T(b)) (goal >= 0.9).
+* **(c) a plain loop**: the same trials one after another in this process with the same Trainer,
+  the same model surgery and the same last-epoch extras, no Ray, no checkpoints, no report:
+  overhead = T(a) / T(c) - 1 (goal <= 5 %).
+
+Run with ``make bench`` (or ``pytest -m bench -s tests/bench/test_bench_ablation.py``).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import pytest
+
+from earthops.api import parse_resource
+from earthops.core.store import Store
+from earthops_runtime.entrypoint import Reporter, Run
+from tests.infra.known_truth import write_dataset
+
+pytestmark = [pytest.mark.bench, pytest.mark.timeout(3600)]
+
+CHIPS = int(os.environ.get("EARTHOPS_BENCH_ABLATION_CHIPS", "512"))
+EPOCHS = int(os.environ.get("EARTHOPS_BENCH_ABLATION_EPOCHS", "4"))
+REPEATS = int(os.environ.get("EARTHOPS_BENCH_ABLATION_REPEATS", "2"))
+FEATURES = ("signal", "noise", "noise2")
+TRAINING = {"epochs": EPOCHS, "batchSize": 32, "learningRate": 0.01, "device": "cpu"}
+MODEL = {"name": "tests.infra.known_truth:tiny", "parameters": {"width": 16}}
+
+
+def study(name: str, workers: int) -> dict[str, Any]:
+    return {"apiVersion": "earthops.dev/v1alpha1", "kind": "AblationStudy",
+            "metadata": {"name": name, "namespace": "default", "generation": 1},
+            "spec": {"datasetRef": {"name": "known-truth"}, "model": MODEL, "training": TRAINING,
+                     "components": {"features": list(FEATURES), "layers": ["extra"]},
+                     "objective": {"metric": "val_accuracy", "goal": "maximize"}, "repeats": REPEATS,
+                     "permutationRepeats": 2, "maxConcurrentTrials": workers, "resources": {"cpu": 1}}}
+
+
+def earthops(store_uri: str, dataset: str, address: str, name: str, workers: int) -> tuple[float, Any]:
+    from earthops_runtime.ablation import run
+
+    store = Store.from_uri(store_uri)
+    key = f"ablations/default/{name}/g1-bench"
+    reporter = Reporter(store, key, "g1-bench", 1)
+    started = time.perf_counter()
+    run(Run(resource=parse_resource(study(name, workers), "bench"), store=store, key=key, reporter=reporter,
+            ray_address=address, inputs={"dataset": dataset}))
+    wall = time.perf_counter() - started
+    assert reporter.status.phase == "Succeeded", reporter.status
+    return wall, store.read_json(f"{key}/summary.json")
+
+
+def plain_loop(dataset: str) -> tuple[float, int]:
+    """The same trials as a loop over the trainer (what a notebook would do)."""
+    import torch
+
+    from earthops.api.tuning import Training
+    from earthops_runtime.ablation import plan as pl
+    from earthops_runtime.ablation import surgery
+    from earthops_runtime.ablation.study import final_metrics
+    from earthops_runtime.training import DatasetInfo, Trainer
+
+    torch.set_num_threads(1)
+    components = [pl.BASE, *FEATURES, "extra"]
+    started = time.perf_counter()
+    n = 0
+    for seed in range(REPEATS):
+        for comp in components:
+            features = [f for f in ("signal", "noise", "noise2") if f != comp]
+            info = DatasetInfo.open(dataset, features=features)
+            example = torch.zeros((2, info.in_channels, *info.chip_shape))
+            transform = (lambda m, example=example: surgery.remove(m, ["extra"], example=example, field="f")) \
+                if comp == "extra" else None
+            training = Training.model_validate({**TRAINING, "seed": seed})
+            trainer = Trainer(info, MODEL["name"], MODEL["parameters"], training, threads=1, model_transform=transform)
+            trainer.fit()
+            final_metrics(trainer, metric="val_accuracy", goal="maximize", seed=seed,
+                          permutation_repeats=2 if comp == pl.BASE else 0)
+            n += 1
+    return time.perf_counter() - started, n
+
+
+def test_ablation_scaling_and_overhead(tmp_path, ray_local):
+    store_uri = tmp_path.as_uri()
+    dataset = write_dataset(store_uri, features=FEATURES, n_train=CHIPS, n_val=CHIPS // 4, shape=(32, 32))
+    address = ray_local.get_runtime_context().gcs_address
+    earthops(store_uri, dataset, address, "warmup", 2)  # actors, imports and the dataset cache warm for both
+    t1, s1 = earthops(store_uri, dataset, address, "one-worker", 1)
+    t2, s2 = earthops(store_uri, dataset, address, "two-workers", 2)
+    tl, n = plain_loop(dataset)
+    trials = (len(FEATURES) + 2) * REPEATS
+    assert s1["trials"]["trialsDone"] == s2["trials"]["trialsDone"] == n == trials
+    assert [r["component"] for r in s1["ranking"]][0] == [r["component"] for r in s2["ranking"]][0] == "signal"
+    efficiency = t1 / (2 * t2)
+    overhead = t1 / tl - 1
+    print(f"\nAblationStudy benchmark: k={len(FEATURES) + 1} components x r={REPEATS} repeats = {trials} trials "
+          f"({EPOCHS} epochs, {CHIPS} chips of 32x32)")
+    print(f"  (a) earthops, 1 worker      {t1:8.1f} s   trial time {s1['trialSeconds']:.1f} s")
+    print(f"  (b) earthops, 2 workers     {t2:8.1f} s   trial time {s2['trialSeconds']:.1f} s")
+    print(f"  (c) plain loop, 1 core      {tl:8.1f} s")
+    print(f"  scaling efficiency T(a)/(2 T(b)) = {efficiency:.3f}   (goal >= 0.9)")
+    print(f"  overhead T(a)/T(c) - 1          = {overhead * 100:+.1f} %   (goal <= 5 %)")
