@@ -214,6 +214,55 @@ def rest(
     return json.loads(text) if text else {}
 
 
+# -- RBAC takes effect a moment after it is stored -----------------------------------------------------
+#
+# The API server's RBAC authorizer reads Roles, ClusterRoles and their bindings from informer caches: a
+# binding that was just created (or a Role just changed) is seen a moment later — milliseconds on a quiet
+# machine, seconds under a loaded test suite. A test that needs a grant waits for it, never assumes it.
+
+AUTHZ = "/apis/authorization.k8s.io/v1"
+
+#: (verb, API group, resource[/subresource], namespace; "" = every namespace or cluster-scoped)
+Grant = tuple[str, str, str, str]
+
+
+def can(client: Any, verb: str, group: str, resource: str, namespace: str = "") -> bool:
+    """SelfSubjectAccessReview; ``namespace=""``: in every namespace (or a cluster-scoped resource)."""
+    resource, _, subresource = resource.partition("/")
+    attributes = {"verb": verb, "group": group, "resource": resource, "subresource": subresource,
+                  "namespace": namespace}
+    reply = rest(client, "POST", f"{AUTHZ}/selfsubjectaccessreviews",
+                 body={"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
+                       "spec": {"resourceAttributes": attributes}})
+    return bool(reply["status"]["allowed"])
+
+
+def wait_until_allowed(client: Any, grants: Sequence[Grant], *, what: str, timeout: float = 60.0) -> None:
+    """Wait until the server's authorizer allows every grant to ``client``'s user (see above)."""
+    def allowed() -> bool:
+        missing = [g for g in grants if not can(client, *g)]
+        if missing:
+            raise PermissionError(f"not yet allowed: {missing}")
+        return True
+
+    wait_for(allowed, timeout=timeout, what=what)
+
+
+def permitted(call: Any) -> bool:
+    """Run ``call()``: True when it succeeds, False when the server refuses it (403 Forbidden); any
+    other error is raised (to poll a real call with :func:`~tests.infra.proc.wait_for` until a new
+    binding lets it through)."""
+    from kubernetes.client import ApiException
+
+    try:
+        call()
+    except ApiException as e:
+        if e.status == 403:
+            return False
+        raise
+    return True
+
+
 def group_version_path(api_version: str) -> str:
     """``v1`` -> ``/api/v1``; ``ray.io/v1`` -> ``/apis/ray.io/v1``."""
     return f"/api/{api_version}" if "/" not in api_version else f"/apis/{api_version}"

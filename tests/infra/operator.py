@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from tests.infra.kube import Grant, wait_until_allowed
 from tests.infra.proc import free_port, spawn, stop, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -35,8 +36,21 @@ class OperatorProcess:
             return r.status, r.read().decode()
 
 
+def declared_grants(namespace: str, *, all_namespaces: bool, peering: bool) -> list[Grant]:
+    """Every (verb, group, resource, namespace) the operator's declared API calls need
+    (earthops.control.handlers.apicalls), for an operator watching ``namespace`` or all namespaces."""
+    from earthops.control.handlers import apicalls
+
+    grants = []
+    for call in apicalls.calls(all_namespaces=all_namespaces, peering=peering):
+        where = "" if call.scope == "cluster" or all_namespaces else namespace
+        grants += [(verb, call.group, resource, where) for resource in call.resources for verb in call.verbs]
+    return grants
+
+
 def install_chart_rbac(kube: Any, namespace: str) -> str:
-    """Render the chart for ``namespace`` and apply its RBAC objects; the ServiceAccount's name."""
+    """Render the chart for ``namespace`` and apply its RBAC objects; the ServiceAccount's name, once the
+    server allows it every call the operator makes (bindings take effect a moment after they are stored)."""
     from tests.infra.tools import helm
 
     rendered = subprocess.run(
@@ -45,7 +59,11 @@ def install_chart_rbac(kube: Any, namespace: str) -> str:
         capture_output=True, text=True, check=True).stdout
     rbac = [d for d in yaml.safe_load_all(rendered) if d and d["kind"] in RBAC_KINDS]
     kube.apply(rbac, namespace=namespace)
-    return next(d["metadata"]["name"] for d in rbac if d["kind"] == "ServiceAccount")
+    account = next(d["metadata"]["name"] for d in rbac if d["kind"] == "ServiceAccount")
+    client = kube.api_client(token=kube.service_account_token(namespace, account, create=False))
+    wait_until_allowed(client, declared_grants(namespace, all_namespaces=False, peering=False),
+                       what=f"the chart's RBAC for {namespace}/{account}")
+    return account
 
 
 @contextlib.contextmanager

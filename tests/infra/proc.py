@@ -92,18 +92,24 @@ def wait_for(
     log_path: Path | None = None,
     interval: float = 0.1,
 ) -> None:
-    """Poll ``ready()`` until it is true; fail with the server's log tail if it exits or times out."""
+    """Poll ``ready()`` until it is true; fail with the server's log tail if it exits or times out.
+
+    An exception from ``ready()`` counts as not ready yet; the last one is named if time runs out."""
     deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
     while True:
         if proc is not None and proc.poll() is not None:
             tail = log_tail(log_path) if log_path else ""
             raise RuntimeError(f"{what} exited with code {proc.returncode} before it was ready:\n{tail}")
-        with contextlib.suppress(Exception):
+        try:
             if ready():
                 return
+        except Exception as exc:  # noqa: BLE001 - not ready yet, whatever the reason; kept for the message
+            last_error = exc
         if time.monotonic() > deadline:
             tail = log_tail(log_path) if log_path else ""
-            raise TimeoutError(f"{what} was not ready after {timeout:.0f} s:\n{tail}")
+            cause = f" (last error: {type(last_error).__name__}: {str(last_error)[:500]})" if last_error else ""
+            raise TimeoutError(f"{what} was not ready after {timeout:.0f} s{cause}:\n{tail}")
         time.sleep(interval)
 
 

@@ -7,7 +7,7 @@ import json
 import pytest
 from kubernetes.client import ApiException, CoreV1Api
 
-from tests.infra.kube import KubeApiServer, versions
+from tests.infra.kube import KubeApiServer, permitted, versions
 from tests.infra.peers import minimal_rayjob
 from tests.infra.proc import unavailable, wait_for
 
@@ -103,6 +103,9 @@ def test_a_token_without_permissions_is_refused_until_bound(kube_apiserver: Kube
             namespace=namespace,
         )
         for who, client in users.items():
+            # the authorizer sees a new binding a moment after it is stored (longer on a loaded machine)
+            wait_for(lambda client=client: permitted(lambda: CoreV1Api(client).list_namespaced_config_map(namespace)),
+                     timeout=60, what=f"the RoleBinding in effect for {who}")
             names = [c.metadata.name for c in CoreV1Api(client).list_namespaced_config_map(namespace).items]
             assert "settings" in names, who
             with pytest.raises(ApiException) as still_refused:  # the Role grants reading only
