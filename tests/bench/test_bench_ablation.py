@@ -17,6 +17,10 @@ importance with 2 shuffles on the base trials.
   the same model surgery and the same last-epoch extras, no Ray, no checkpoints, no report:
   overhead = T(a) / T(c) - 1 (goal <= 5 %).
 
+Each mode also prints the machine's busy cores during it (from ``/proc/stat``): about 1 for (a) and (c)
+and 2 for (b) on an otherwise idle 2-core machine; more than that is other users' load, and then the
+figures compare nothing.
+
 Run with ``make bench`` (or ``pytest -m bench -s tests/bench/test_bench_ablation.py``).
 """
 
@@ -41,6 +45,22 @@ REPEATS = int(os.environ.get("EARTHOPS_BENCH_ABLATION_REPEATS", "2"))
 FEATURES = ("signal", "noise", "noise2")
 TRAINING = {"epochs": EPOCHS, "batchSize": 32, "learningRate": 0.01, "device": "cpu"}
 MODEL = {"name": "tests.infra.known_truth:tiny", "parameters": {"width": 16}}
+
+
+def busy_seconds() -> float:
+    """CPU seconds the whole machine has been busy (every core), from /proc/stat."""
+    with open("/proc/stat") as f:
+        fields = [int(v) for v in f.readline().split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def measured(fn: Any, *args: Any) -> tuple[float, float, Any]:
+    """(wall seconds, busy cores of the machine meanwhile, fn's result)."""
+    busy, started = busy_seconds(), time.perf_counter()
+    result = fn(*args)
+    wall = time.perf_counter() - started
+    return wall, (busy_seconds() - busy) / wall, result
 
 
 def study(name: str, workers: int) -> dict[str, Any]:
@@ -101,9 +121,9 @@ def test_ablation_scaling_and_overhead(tmp_path, ray_local):
     dataset = write_dataset(store_uri, features=FEATURES, n_train=CHIPS, n_val=CHIPS // 4, shape=(32, 32))
     address = ray_local.get_runtime_context().gcs_address
     earthops(store_uri, dataset, address, "warmup", 2)  # actors, imports and the dataset cache warm for both
-    t1, s1 = earthops(store_uri, dataset, address, "one-worker", 1)
-    t2, s2 = earthops(store_uri, dataset, address, "two-workers", 2)
-    tl, n = plain_loop(dataset)
+    t1, c1, (_, s1) = measured(earthops, store_uri, dataset, address, "one-worker", 1)
+    t2, c2, (_, s2) = measured(earthops, store_uri, dataset, address, "two-workers", 2)
+    tl, cl, (_, n) = measured(plain_loop, dataset)
     trials = (len(FEATURES) + 2) * REPEATS
     assert s1["trials"]["trialsDone"] == s2["trials"]["trialsDone"] == n == trials
     assert [r["component"] for r in s1["ranking"]][0] == [r["component"] for r in s2["ranking"]][0] == "signal"
@@ -111,8 +131,8 @@ def test_ablation_scaling_and_overhead(tmp_path, ray_local):
     overhead = t1 / tl - 1
     print(f"\nAblationStudy benchmark: k={len(FEATURES) + 1} components x r={REPEATS} repeats = {trials} trials "
           f"({EPOCHS} epochs, {CHIPS} chips of 32x32)")
-    print(f"  (a) earthops, 1 worker      {t1:8.1f} s   trial time {s1['trialSeconds']:.1f} s")
-    print(f"  (b) earthops, 2 workers     {t2:8.1f} s   trial time {s2['trialSeconds']:.1f} s")
-    print(f"  (c) plain loop, 1 core      {tl:8.1f} s")
+    print(f"  (a) earthops, 1 worker      {t1:8.1f} s   trial time {s1['trialSeconds']:.1f} s   busy cores {c1:.2f}")
+    print(f"  (b) earthops, 2 workers     {t2:8.1f} s   trial time {s2['trialSeconds']:.1f} s   busy cores {c2:.2f}")
+    print(f"  (c) plain loop, 1 core      {tl:8.1f} s                      busy cores {cl:.2f}")
     print(f"  scaling efficiency T(a)/(2 T(b)) = {efficiency:.3f}   (goal >= 0.9)")
     print(f"  overhead T(a)/T(c) - 1          = {overhead * 100:+.1f} %   (goal <= 5 %)")
