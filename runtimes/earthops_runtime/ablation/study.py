@@ -200,7 +200,7 @@ def trials_detail(rows: list[dict[str, Any]], spec: AblationStudySpec, epochs: i
     """The runtime status's ``detail``: the live trial table (component and seed as its parameters)."""
     metric = spec.objective.metric
     return {
-        "objective": {"metric": metric, "goal": spec.objective.goal, "value": "last", "column": f"{metric}_last"},
+        "objective": {"metric": metric, "goal": spec.objective.goal, "value": "last"},
         "epochs": epochs,
         "trials": [{"id": r["trial_id"], "state": r["state"],
                     "parameters": {"component": r["component"], "seed": str(r["seed"])},
