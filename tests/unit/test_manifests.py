@@ -6,6 +6,7 @@ import pytest
 import yaml
 
 from earthops.api import KINDS, ManifestError, load_manifests, parse_resource
+from earthops.api.manifests import read_documents
 
 pytestmark = pytest.mark.unit
 ROOT = Path(__file__).resolve().parents[2]
@@ -14,7 +15,7 @@ INVALID = sorted((ROOT / "tests" / "invalid").glob("*.yaml"))
 
 
 def expectation(path: Path, key: str) -> str:
-    for line in path.read_text().splitlines():
+    for line in path.read_bytes().decode("utf-8", errors="replace").splitlines():
         if line.startswith(f"# {key}:"):
             return line.split(":", 1)[1].strip()
     raise AssertionError(f"{path} has no '# {key}:' line")
@@ -41,9 +42,15 @@ def test_invalid_manifest_is_rejected_naming_the_field(path):
         load_manifests([path])
     message = str(exc.value)
     assert str(path) in message, "the file is named"
-    doc = yaml.safe_load(path.read_text())
-    assert f'{doc["kind"]} "{doc["metadata"]["name"]}"' in message, "the resource is named"
+    try:
+        [(_, doc)] = read_documents(path)
+    except ManifestError:
+        doc = None  # not UTF-8 or not YAML (a key twice): the message names the file, line and column
+    if doc is not None:
+        kind = doc["kind"] if isinstance(doc["kind"], str) else "resource"
+        assert f'{kind} "{doc["metadata"]["name"]}"' in message, "the resource is named"
     assert expectation(path, "expect") in message
+    assert len(exc.value.problems) == 1 or all(str(path) in p for p in exc.value.problems)
 
 
 def test_all_problems_of_a_run_are_reported_at_once(tmp_path):

@@ -130,7 +130,14 @@ def test_plan_grid_is_capped_by_max_trials():
 
 
 def test_pbt_needs_a_training_parameter():
-    s = spec("pbt", None, searchSpace=[{"name": "model.kernelSize", "type": "discrete", "values": [3, 5]}])
+    model_only = [{"name": "model.kernelSize", "type": "discrete", "values": [3, 5]}]
+    with pytest.raises(ValueError, match="pbt mutates training"):  # the contract refuses it before any run
+        spec("pbt", None, searchSpace=model_only)
+    # and so does the runtime, for a spec that reaches it unchecked
+    from earthops.api.tuning import SearchParameter
+
+    s = spec("pbt", None)
+    s = s.model_copy(update={"search_space": [SearchParameter.model_validate(model_only[0])]})
     with pytest.raises(SpecError, match="pbt mutates training"):
         schedulers.plan(s)
 

@@ -19,6 +19,17 @@ def spec(search: list[dict[str, Any]], **extra: Any) -> TuningExperimentSpec:
     return TuningExperimentSpec.model_validate(doc)
 
 
+def unchecked(search: list[dict[str, Any]], algorithm: str = "random") -> TuningExperimentSpec:
+    """A spec with a search space that the contract refuses (it checks these rules before anything
+    runs): the runtime's own checks still hold for a spec that reaches it unchecked."""
+    from earthops.api.tuning import Algorithm, SearchParameter
+
+    empty = {"min": None, "max": None, "scale": "linear", "step": None, "values": None, "choices": None}
+    parameters = [SearchParameter.model_construct(**{**empty, **p}) for p in search]
+    return spec([{"name": "model.x", "type": "discrete", "values": [1]}]).model_copy(
+        update={"search_space": parameters, "algorithm": Algorithm.model_construct(name=algorithm, seed=0)})
+
+
 def sample(domain: Any, n: int = 400) -> list[Any]:
     return [domain.sample() for _ in range(n)]
 
@@ -59,9 +70,11 @@ def test_int_includes_max_and_log_and_step():
 
 
 def test_int_step_must_be_integral():
-    s = spec([{"name": "model.kernelSize", "type": "int", "min": 2, "max": 4, "step": 0.5}])
+    search = [{"name": "model.kernelSize", "type": "int", "min": 2, "max": 4, "step": 0.5}]
+    with pytest.raises(ValueError, match="int parameters need a whole-number step >= 1"):
+        spec(search)
     with pytest.raises(SpecError, match=r"spec.searchSpace\[0\].*integer step"):
-        space.param_space(s)
+        space.param_space(unchecked(search))
 
 
 def test_discrete_integral_values_are_ints_and_categorical_strings():
@@ -96,10 +109,12 @@ def test_grid_int_with_step():
 
 @pytest.mark.parametrize("ptype", ["double", "int"])
 def test_grid_without_step_is_refused(ptype: str):
-    s = spec([{"name": "model.kernelSize", "type": "discrete", "values": [3]},
-              {"name": "model.dropout", "type": ptype, "min": 0, "max": 1}], algorithm={"name": "grid"})
+    search = [{"name": "model.kernelSize", "type": "discrete", "values": [3]},
+              {"name": "model.dropout", "type": ptype, "min": 0, "max": 1}]
+    with pytest.raises(ValueError, match="grid search needs a step on every double and int parameter"):
+        spec(search, algorithm={"name": "grid"})
     with pytest.raises(SpecError, match=r"spec.searchSpace\[1\]: model.dropout: grid search needs a step"):
-        space.validate_space(s)
+        space.validate_space(unchecked(search, "grid"))
 
 
 def test_apply_config_sets_training_and_model():
@@ -112,7 +127,10 @@ def test_apply_config_sets_training_and_model():
 
 
 def test_apply_config_unknown_training_field():
-    s = spec([{"name": "training.learnRate", "type": "double", "min": 1e-4, "max": 1e-2}])
+    search = [{"name": "training.learnRate", "type": "double", "min": 1e-4, "max": 1e-2}]
+    with pytest.raises(ValueError, match=r"searchSpace.0.name\n.*String should match pattern.*learningRate"):
+        spec(search)
+    s = unchecked(search)
     with pytest.raises(SpecError) as exc:
         space.apply_config(s, {"training.learnRate": 0.01})
     text = str(exc.value)

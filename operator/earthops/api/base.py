@@ -3,13 +3,23 @@
 A cross-field rule is written once, as a CEL expression on the model class (`cel_rules`). The CRD
 generator puts it into `x-kubernetes-validations` so the API server enforces it, and the model's own
 validator evaluates the very same expression, so the embedded mode (no API server) rejects the same
-manifests with the same message. Transition rules (`oldSelf`) only exist on the server.
+manifests with the same message. Transition rules (`oldSelf`) only exist on the server. The rules may
+use the functions of Kubernetes' CEL libraries that the in-process CEL lacks only where this module
+provides them with Kubernetes' meaning (``_KUBERNETES_FUNCTIONS``); a rule that cannot be evaluated
+fails, as on the server. A rule on a model holds for its subclasses too, on both sides.
+
+Like the server, the models read a null field as a field left out (the server prunes nulls of fields
+that are not nullable) and ``2.0`` as an integer where one is due (``ApiModel._as_the_server_reads``).
+Strict types (no text where a number is due) are applied where manifests
+come in: :func:`earthops.api.manifests.parse_resource`.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
-from typing import Annotated, Any, ClassVar, TypeVar
+from types import UnionType
+from typing import Annotated, Any, ClassVar, TypeVar, Union, get_args, get_origin
 
 from pydantic import (
     AfterValidator,
@@ -17,6 +27,7 @@ from pydantic import (
     ConfigDict,
     Field,
     GetJsonSchemaHandler,
+    StringConstraints,
     model_validator,
 )
 from pydantic.alias_generators import to_camel
@@ -42,10 +53,36 @@ class Rule:
         return out
 
 
-def _cel_evaluate(rule: str, value: Any) -> bool:
+def _split(text: str, separator: str) -> list[str]:
+    return text.split(separator)
+
+
+#: Functions of the Kubernetes CEL libraries that the rules use and the in-process CEL lacks, with
+#: Kubernetes' meaning (``'a/b'.split('/')`` of the strings extension).
+_KUBERNETES_FUNCTIONS: dict[str, Any] = {"split": _split}
+
+
+@functools.lru_cache(maxsize=None)
+def _cel_program(rule: str) -> Any:
     import cel  # small compiled CEL implementation; imported lazily, only when a model has rules
 
-    result = cel.evaluate(rule, {"self": value})
+    return cel.compile(rule)
+
+
+def _cel_evaluate(rule: str, value: Any) -> bool:
+    """Evaluate one rule with ``self`` bound to ``value`` (the object as on the wire). A rule that
+    cannot be evaluated (an overflow, a type the rule does not expect) fails, as it does on the
+    API server."""
+    import cel
+
+    context = cel.Context()
+    for name, function in _KUBERNETES_FUNCTIONS.items():
+        context.add_function(name, function)
+    context.add_variable("self", value)
+    try:
+        result = _cel_program(rule).execute(context)
+    except Exception:  # noqa: BLE001 - the CEL library raises RuntimeError, TypeError, OverflowError...
+        return False
     if not isinstance(result, bool):
         raise TypeError(f"CEL rule {rule!r} returned {result!r}, not a bool")
     return result
@@ -64,6 +101,29 @@ class ApiModel(BaseModel):
 
     #: Cross-field rules of this object, enforced by the API server and by this model.
     cel_rules: ClassVar[tuple[Rule, ...]] = ()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _as_the_server_reads(cls, data: Any) -> Any:
+        """The object as the API server reads it, before the schema checks it: a field given as null
+        is a field left out (the server prunes nulls of fields that are not nullable, before
+        defaulting), and so is a null value in a map of strings; a whole number written as a float
+        (``2.0``) is an integer where the schema wants one, as long as a float holds it exactly
+        (below 2**53), and an integer beyond 64 bits is not one (the server reads it as a float)."""
+        if not isinstance(data, dict):
+            return data
+        shapes = _field_shapes(cls)
+        out = {}
+        for key, value in data.items():
+            shape = shapes.get(key)
+            if value is None and shape is not None:
+                continue
+            if shape == "int":
+                value = _server_integer(value)
+            elif shape == "str-map" and isinstance(value, dict):
+                value = {k: v for k, v in value.items() if v is not None}
+            out[key] = value
+        return out
 
     @model_validator(mode="after")
     def _check_cel_rules(self) -> ApiModel:
@@ -84,7 +144,7 @@ class ApiModel(BaseModel):
     ) -> JsonSchemaValue:
         json_schema = handler(schema)
         target = handler.resolve_ref_schema(json_schema)
-        rules = [r.to_schema() for r in cls.__dict__.get("cel_rules", ())]
+        rules = [r.to_schema() for r in cls.cel_rules]  # inherited rules hold for a subclass too
         if rules:
             target["x-kubernetes-validations"] = rules
         return json_schema
@@ -94,10 +154,47 @@ class ApiModel(BaseModel):
         return self.model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
+def _core_types(annotation: Any) -> list[Any]:
+    """The types a field annotation admits (Annotated and unions unwrapped; None left out)."""
+    if get_origin(annotation) is Annotated:
+        return _core_types(get_args(annotation)[0])
+    if get_origin(annotation) in (Union, UnionType):
+        return [t for arg in get_args(annotation) for t in _core_types(arg)]
+    return [] if annotation is type(None) else [annotation]
+
+
+@functools.cache
+def _field_shapes(model: type[BaseModel]) -> dict[str, str]:
+    """Wire name (and attribute name) -> ``int`` (an integer field, or integer-or-text), ``str-map`` (a
+    map of strings) or ``other``, for every field of ``model``."""
+    shapes = {}
+    for name, field in model.model_fields.items():
+        types = _core_types(field.annotation)
+        if int in types and float not in types:
+            shape = "int"
+        elif len(types) == 1 and get_origin(types[0]) is dict and get_args(types[0]) == (str, str):
+            shape = "str-map"
+        else:
+            shape = "other"
+        for wire in (name, field.alias):
+            if wire:
+                shapes[wire] = shape
+    return shapes
+
+
+def _server_integer(value: Any) -> Any:
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2.0**53:
+        return int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**63:
+        return float(value)
+    return value
+
+
 T = TypeVar("T")
 
 
-def _unique(items: list[T]) -> list[T]:
+def unique(items: list[T]) -> list[T]:
+    """Refuses a list with a value twice (a list of type `set` on the server)."""
     seen: set[Any] = set()
     for item in items:
         if item in seen:
@@ -106,10 +203,10 @@ def _unique(items: list[T]) -> list[T]:
     return items
 
 
-#: A list of unique strings (`x-kubernetes-list-type: set` on the server).
+#: A list of unique, non-empty strings (`x-kubernetes-list-type: set` on the server).
 StringSet = Annotated[
-    list[str],
-    AfterValidator(_unique),
+    list[Annotated[str, StringConstraints(min_length=1)]],
+    AfterValidator(unique),
     Field(json_schema_extra={"x-kubernetes-list-type": "set"}),
 ]
 
@@ -118,7 +215,7 @@ def keyed_list(key: str) -> Any:
     """Annotation for a list of objects keyed by `key` (`x-kubernetes-list-type: map`)."""
 
     def check(items: list[Any]) -> list[Any]:
-        _unique([getattr(i, key) for i in items])
+        unique([getattr(i, key) for i in items])
         return items
 
     return Field(json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": [key]}), AfterValidator(check)

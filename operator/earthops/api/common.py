@@ -6,7 +6,7 @@ import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, StringConstraints, WithJsonSchema, model_validator
+from pydantic import AfterValidator, Field, StringConstraints, WithJsonSchema, model_validator
 from pydantic_core import PydanticCustomError
 
 from earthops.api.base import ApiModel, Rule, keyed_list
@@ -21,12 +21,64 @@ Name = Annotated[
 #: A DNS-1123 label (what Kubernetes accepts for a namespace, a label value-like name).
 Label = Annotated[str, StringConstraints(min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")]
 
-_QUANTITY = r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
-#: A Kubernetes resource quantity (`2Gi`, `500m`, `4`), as Kubernetes writes it in CRDs.
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_QUALIFIED_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
+
+
+def check_qualified_name(key: str, what: str, *, case_sensitive: bool = True) -> str:
+    """A label or annotation key as Kubernetes accepts it: ``[prefix/]name``, the prefix a DNS
+    subdomain of at most 253 characters, the name at most 63 alphanumerics, '-', '_' or '.' that
+    begin and end alphanumeric. Kubernetes checks an annotation key in lowercase
+    (``case_sensitive=False``): its prefix may have capitals."""
+    prefix, slash, name = (key if case_sensitive else key.lower()).rpartition("/")
+    problem = None
+    if slash and not (prefix and len(prefix) <= 253 and _DNS_SUBDOMAIN.match(prefix)):
+        problem = "its prefix (before '/') must be a DNS subdomain (lowercase, e.g. example.com)"
+    elif not name or len(name) > 63 or not _QUALIFIED_NAME.match(name):
+        problem = ("its name must be 1-63 letters, digits, '-', '_' or '.', beginning and ending with a letter "
+                   "or digit, with an optional DNS subdomain prefix and '/'")
+    if problem:
+        raise PydanticCustomError("qualified_name", "{what} '{key}' is invalid: {problem}",
+                                  {"what": what, "key": key, "problem": problem})
+    return key
+
+
+def check_label_value(key: str, value: str) -> str:
+    """A label value as Kubernetes accepts it: empty, or at most 63 letters, digits, '-', '_' or '.'
+    beginning and ending with a letter or digit."""
+    if value and (len(value) > 63 or not _QUALIFIED_NAME.match(value)):
+        raise PydanticCustomError(
+            "label_value", "label '{key}': value '{value}' is invalid: at most 63 letters, digits, '-', '_' or '.', "
+            "beginning and ending with a letter or digit (or empty)", {"key": key, "value": value})
+    return value
+
+
+# A Kubernetes quantity, as Kubernetes writes its pattern in CRDs, but positive: no sign but '+', and
+# a nonzero digit in the number (a pod shape or a reservation of 0 or less is nonsense).
+_QUANTITY = (r"^\+?(([0-9]*[1-9][0-9]*(\.[0-9]*)?)|([0-9]*\.[0-9]*[1-9][0-9]*))"
+             r"(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$")
+_QUANTITY_RE = re.compile(_QUANTITY)
+_QUANTITY_ACCEPTED = "a positive Kubernetes quantity: a positive integer, or text such as 500m, 2, 1.5, 4Gi or 512Mi"
+
+
+def _positive_int(value: int) -> int:
+    if value < 1:
+        raise PydanticCustomError("quantity", "{value} is not " + _QUANTITY_ACCEPTED, {"value": value})
+    return value
+
+
+def _quantity_text(value: str) -> str:
+    if not _QUANTITY_RE.match(value):
+        raise PydanticCustomError("quantity", "'{value}' is not " + _QUANTITY_ACCEPTED, {"value": value})
+    return value
+
+
+#: A positive Kubernetes resource quantity (`2Gi`, `500m`, `4`): a positive integer or a quantity text.
 Quantity = Annotated[
-    int | Annotated[str, StringConstraints(pattern=_QUANTITY)],
+    Annotated[int, AfterValidator(_positive_int)] | Annotated[str, AfterValidator(_quantity_text)],
     WithJsonSchema(
-        {"anyOf": [{"type": "integer"}, {"type": "string"}], "pattern": _QUANTITY, "x-kubernetes-int-or-string": True}
+        {"anyOf": [{"type": "integer"}, {"type": "string"}], "pattern": _QUANTITY, "minimum": 1,
+         "x-kubernetes-int-or-string": True}
     ),
 ]
 #: A duration such as `90s`, `30m`, `2h` or `1h30m`.

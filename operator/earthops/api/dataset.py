@@ -2,42 +2,61 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, StringConstraints
+from pydantic import AfterValidator, Field, StringConstraints
+from pydantic_core import PydanticCustomError
 
-from earthops.api.base import ApiModel, Rule, StringSet, keyed_list
+from earthops.api.base import ApiModel, Rule, StringSet, keyed_list, unique
 from earthops.api.common import CommonStatus, RayCompute, Storage
-
-Bbox = Annotated[list[float], Field(min_length=4, max_length=4)]
-#: An RFC 3339 interval `start/end`; either end may be open (`..`).
-DatetimeRange = Annotated[
-    str,
-    StringConstraints(
-        pattern=r"^(\.\.|[0-9]{4}-[0-9]{2}-[0-9]{2}(T[0-9:.]+(Z|[+-][0-9]{2}:[0-9]{2}))?)/(\.\.|[0-9]{4}-[0-9]{2}-[0-9]{2}(T[0-9:.]+(Z|[+-][0-9]{2}:[0-9]{2}))?)$"
-    ),
-]
-BandName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z][A-Za-z0-9_]*$", max_length=32)]
-
-_BBOX_RULE = Rule(
-    "!has(self.bbox) || (self.bbox[0] <= self.bbox[2] && self.bbox[1] <= self.bbox[3] && "
-    "self.bbox[0] >= -180.0 && self.bbox[2] <= 180.0 && self.bbox[1] >= -90.0 && self.bbox[3] <= 90.0)",
-    "bbox must be [west, south, east, north] in degrees with west <= east and south <= north",
-    ".bbox",
+from earthops.api.stac import (
+    BBOX_RULES,
+    DATETIME_RULES,
+    SPEC_DATETIME_MAX_LENGTH,
+    SearchError,
+    check_spec_bbox,
+    check_spec_datetime,
 )
+
+
+def _stac(check: Callable[[Any], Any]) -> AfterValidator:
+    """A check of :mod:`earthops.api.stac` (the data plane's own semantics) as a field validator."""
+
+    def run(value: Any) -> Any:
+        try:
+            return check(value)
+        except SearchError as exc:
+            raise PydanticCustomError("stac_query", "{message}", {"message": exc.message}) from None
+
+    return AfterValidator(run)
+
+
+#: `[west, south, east, north]` (or 6 numbers with heights), as :func:`earthops.api.stac.parse_bbox` reads it.
+Bbox = Annotated[list[float], Field(min_length=4, max_length=6), _stac(check_spec_bbox)]
+#: An RFC 3339 instant or interval `start/end` (`..` for an open end), as
+#: :func:`earthops.api.stac.check_spec_datetime` reads it.
+DatetimeRange = Annotated[str, StringConstraints(max_length=SPEC_DATETIME_MAX_LENGTH), _stac(check_spec_datetime)]
+BandName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z][A-Za-z0-9_]*$", max_length=32)]
 
 
 class SearchFilter(ApiModel):
     """What to take from a STAC API or catalog."""
 
-    cel_rules = (_BBOX_RULE,)
+    cel_rules = (
+        *(Rule(rule, message, ".bbox") for rule, message in BBOX_RULES),
+        *(Rule(rule, message, ".datetime") for rule, message in DATETIME_RULES),
+    )
 
     collections: StringSet = Field(default_factory=list)
     """Collection ids to search (empty: all)."""
     bbox: Bbox | None = None
-    """Area of interest `[west, south, east, north]` in WGS84 degrees."""
+    """Area of interest `[west, south, east, north]` in WGS84 degrees (or 6 numbers with heights
+    `[west, south, zmin, east, north, zmax]`); west > east crosses the antimeridian."""
     datetime: DatetimeRange | None = None
-    """Acquisition interval, RFC 3339 `start/end` (`..` for open)."""
+    """Acquisition time: an RFC 3339 instant or interval `start/end` (`..` for an open end); a date
+    (`2020-06-01`) is its whole day; date-times need a time zone (`Z` or `+02:00`); the start may not
+    be after the end. The same semantics as `earthops search --datetime`."""
     filter: dict[str, Any] | None = None
     """A CQL2-JSON filter on item properties (e.g. `eo:cloud_cover` below a value)."""
     max_items: Annotated[int, Field(ge=1, le=1_000_000)] = 100
@@ -262,7 +281,8 @@ class EODatasetSpec(ApiModel):
 
     source: Source
     """Where scenes come from."""
-    bands: Annotated[StringSet, Field(min_length=1, max_length=64)]
+    bands: Annotated[list[BandName], AfterValidator(unique), Field(min_length=1, max_length=64,
+                                                                   json_schema_extra={"x-kubernetes-list-type": "set"})]
     """Bands to read, by name (`B02`, `B8A`, `VV`, `HH`); their order is the channel order."""
     grid: Grid = Field(default_factory=Grid)
     """The common grid."""
@@ -294,7 +314,7 @@ class SceneCounts(ApiModel):
 
 
 class ChipCounts(ApiModel):
-    """Chips per split."""
+    """Chips per split, and in all."""
 
     train: Annotated[int, Field(ge=0)] = 0
     """Training chips."""
@@ -302,6 +322,8 @@ class ChipCounts(ApiModel):
     """Validation chips."""
     test: Annotated[int, Field(ge=0)] = 0
     """Test chips."""
+    total: Annotated[int, Field(ge=0)] | None = None
+    """Chips in all splits (train + validation + test)."""
 
 
 class ValidationSummary(ApiModel):

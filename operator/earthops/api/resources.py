@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Generic, Literal, TypeVar
+from typing import Annotated, Any, Generic, Literal, NamedTuple, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 from pydantic.alias_generators import to_camel
+from pydantic_core import PydanticCustomError
 
 from earthops.api.ablation import AblationStudySpec, AblationStudyStatus
 from earthops.api.base import ApiModel
-from earthops.api.common import CommonStatus, Label, Name
+from earthops.api.common import CommonStatus, Label, Name, check_label_value, check_qualified_name
 from earthops.api.dataset import EODatasetSpec, EODatasetStatus
 from earthops.api.deployment import ModelDeploymentSpec, ModelDeploymentStatus
 from earthops.api.tuning import TuningExperimentSpec, TuningExperimentStatus
@@ -23,9 +24,11 @@ CATEGORY = "earthops"
 
 
 class ObjectMeta(BaseModel):
-    """The parts of Kubernetes object metadata that earthops reads; the rest is kept as it is."""
+    """Kubernetes object metadata: the fields earthops reads, and the others of ObjectMeta typed as
+    the API server types them. Any other field is refused, as ``kubectl apply --validate=strict``
+    refuses it (a misspelt ``namespace`` would otherwise put the resource somewhere else)."""
 
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="allow")
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
 
     name: Name
     namespace: Label = "default"
@@ -33,6 +36,49 @@ class ObjectMeta(BaseModel):
     annotations: dict[str, str] = Field(default_factory=dict)
     generation: int | None = None
     uid: str | None = None
+    resource_version: str | None = None
+    generate_name: str | None = None
+    creation_timestamp: str | None = None
+    deletion_timestamp: str | None = None
+    deletion_grace_period_seconds: int | None = None
+    owner_references: list[dict[str, Any]] | None = None
+    finalizers: list[str] | None = None
+    managed_fields: list[dict[str, Any]] | None = None
+    self_link: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_absent(cls, data: Any) -> Any:
+        """A null field is a field left out, and a null label or annotation value is empty text: the
+        server reads metadata into Go strings, where JSON null leaves the empty string."""
+        if isinstance(data, dict):
+            data = {k: v for k, v in data.items() if v is not None or k not in _META_FIELDS}
+            for key in ("labels", "annotations"):
+                if isinstance(data.get(key), dict):
+                    data[key] = {k: "" if v is None else v for k, v in data[key].items()}
+        return data
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, labels: dict[str, str]) -> dict[str, str]:
+        for key, value in labels.items():
+            check_qualified_name(key, "label key")
+            check_label_value(key, value)
+        return labels
+
+    @field_validator("annotations")
+    @classmethod
+    def _annotations(cls, annotations: dict[str, str]) -> dict[str, str]:
+        for key in annotations:
+            check_qualified_name(key, "annotation key", case_sensitive=False)
+        size = sum(len(k.encode()) + len(v.encode()) for k, v in annotations.items())
+        if size > 256 * 1024:
+            raise PydanticCustomError("annotations_size", "annotations take {size} bytes; at most 262144 (256 KiB)",
+                                      {"size": size})
+        return annotations
+
+
+_META_FIELDS = frozenset(n for name, f in ObjectMeta.model_fields.items() for n in (name, to_camel(name)))
 
 
 SpecT = TypeVar("SpecT", bound=ApiModel)
@@ -49,6 +95,13 @@ class Resource(BaseModel, Generic[SpecT, StatusT]):
     metadata: ObjectMeta
     spec: SpecT
     status: StatusT | None = None
+
+    _source: str = PrivateAttr(default="")
+
+    @property
+    def source(self) -> str:
+        """Where the resource was written (``file`` or ``file (document N)``), when read from a file."""
+        return self._source
 
     @property
     def name(self) -> str:
@@ -103,28 +156,40 @@ class PrinterColumn:
         return out
 
 
-def _refs_dataset(spec: EODatasetSpec) -> dict[str, tuple[str, str]]:
+class Ref(NamedTuple):
+    """A reference to another resource in the same namespace: its kind, its name and the spec field
+    that holds the name (``spec.datasetRef.name``)."""
+
+    kind: str
+    name: str
+    field: str
+
+
+def _refs_dataset(spec: EODatasetSpec) -> dict[str, Ref]:
     return {}
 
 
-def _refs_tuning(spec: TuningExperimentSpec) -> dict[str, tuple[str, str]]:
-    return {"dataset": ("EODataset", spec.dataset_ref.name)}
+def _refs_tuning(spec: TuningExperimentSpec) -> dict[str, Ref]:
+    return {"dataset": Ref("EODataset", spec.dataset_ref.name, "spec.datasetRef.name")}
 
 
-def _refs_ablation(spec: AblationStudySpec) -> dict[str, tuple[str, str]]:
-    refs = {"dataset": ("EODataset", spec.dataset_ref.name)}
+def _refs_ablation(spec: AblationStudySpec) -> dict[str, Ref]:
+    refs = {"dataset": Ref("EODataset", spec.dataset_ref.name, "spec.datasetRef.name")}
     if spec.from_tuning:
-        refs["tuning"] = ("TuningExperiment", spec.from_tuning.name)
+        refs["tuning"] = Ref("TuningExperiment", spec.from_tuning.name, "spec.fromTuning.name")
     return refs
 
 
-def _refs_deployment(spec: ModelDeploymentSpec) -> dict[str, tuple[str, str]]:
+def _refs_deployment(spec: ModelDeploymentSpec) -> dict[str, Ref]:
     refs = {}
-    for key, ref in (("model", spec.model_ref), ("canaryModel", spec.canary.model_ref if spec.canary else None)):
+    for key, ref, holder in (("model", spec.model_ref, "spec.modelRef.tuningExperiment"),
+                             ("canaryModel", spec.canary.model_ref if spec.canary else None,
+                              "spec.canary.modelRef.tuningExperiment")):
         if ref is not None and ref.tuning_experiment:
-            refs[key] = ("TuningExperiment", ref.tuning_experiment)
+            refs[key] = Ref("TuningExperiment", ref.tuning_experiment, holder)
     if spec.monitoring.reference_dataset_ref:
-        refs["referenceDataset"] = ("EODataset", spec.monitoring.reference_dataset_ref.name)
+        refs["referenceDataset"] = Ref("EODataset", spec.monitoring.reference_dataset_ref.name,
+                                       "spec.monitoring.referenceDatasetRef.name")
     return refs
 
 
@@ -147,10 +212,10 @@ class KindInfo:
     store_area: str
     #: Printer columns after NAME (`Age` is appended).
     columns: tuple[PrinterColumn, ...]
-    #: References to other resources in the same namespace, by input name: {key: (kind, name)}. The
-    #: runtime receives each referenced resource's published run as ``--input key=<URI>``
+    #: References to other resources in the same namespace, by input name: {key: Ref(kind, name,
+    #: field)}. The runtime receives each referenced resource's published run as ``--input key=<URI>``
     #: (``inputs={key: uri}``), once the referenced resource is in its ``ready_phase``.
-    references: Callable[[Any], dict[str, tuple[str, str]]] = field(repr=False)
+    references: Callable[[Any], dict[str, Ref]] = field(repr=False)
     #: The phase that counts as done for resources that reference this one.
     ready_phase: str = "Succeeded"
     #: The data-plane entrypoint that runs this kind (``module:function`` in earthops_runtime), named
@@ -184,7 +249,8 @@ KINDS: dict[str, KindInfo] = {
             "EODataset", "eodatasets", ("eods",), EODataset, EODatasetSpec, EODatasetStatus, "datasets",
             (
                 _PHASE, _PROGRESS,
-                PrinterColumn("Chips", ".status.chips.train", "integer", "Training chips"),
+                PrinterColumn("Chips", ".status.chips.total", "integer",
+                              "Chips in all splits (describe shows them per split)"),
                 PrinterColumn("Valid", ".status.validation.passed", "boolean", "Whether validation passed", 1),
                 PrinterColumn("Collection", ".status.collection", description="STAC collection", priority=1),
             ),

@@ -46,6 +46,11 @@ class Training(ApiModel):
     """`auto` uses CUDA with mixed precision when a GPU is present."""
 
 
+#: `training.<a field of Training>` or `model.<a factory argument>`.
+_PARAMETER_NAME = (r"^(training\.(" + "|".join(sorted(f.alias or n for n, f in Training.model_fields.items()))
+                   + r")|model\.[A-Za-z_][A-Za-z0-9_]*)$")
+
+
 class SearchParameter(ApiModel):
     """One dimension of the search space."""
 
@@ -60,11 +65,16 @@ class SearchParameter(ApiModel):
              "log scale needs min > 0", ".scale"),
         Rule("!has(self.values) || self.type == 'discrete'", "values are for discrete parameters", ".values"),
         Rule("!has(self.choices) || self.type == 'categorical'", "choices are for categorical parameters", ".choices"),
+        Rule("self.type != 'int' || ((!has(self.min) || self.min == double(int(self.min))) && "
+             "(!has(self.max) || self.max == double(int(self.max))))",
+             "int parameters need whole-number min and max", ".min"),
+        Rule("self.type != 'int' || !has(self.step) || (self.step >= 1.0 && self.step == double(int(self.step)))",
+             "int parameters need a whole-number step >= 1", ".step"),
     )
 
-    name: Annotated[str, StringConstraints(pattern=r"^(training|model)\.[A-Za-z_][A-Za-z0-9_]*$", max_length=128)]
-    """What the parameter sets: `training.<field>` (e.g. `training.learningRate`) or
-    `model.<parameter>` (a model factory argument, e.g. `model.dropout`)."""
+    name: Annotated[str, StringConstraints(pattern=_PARAMETER_NAME, max_length=128)]
+    """What the parameter sets: `training.<field>` (a field of `training`, e.g. `training.learningRate`)
+    or `model.<parameter>` (a model factory argument, e.g. `model.dropout`)."""
     type: Literal["double", "int", "discrete", "categorical"]
     """Kind of values."""
     min: float | None = None
@@ -128,6 +138,11 @@ class TuningExperimentSpec(ApiModel):
         Rule("self.objective == oldSelf.objective", "objective is immutable", ".objective", transition=True),
         Rule("self.algorithm == oldSelf.algorithm", "algorithm is immutable", ".algorithm", transition=True),
         Rule("self.earlyStopping == oldSelf.earlyStopping", "earlyStopping is immutable", ".earlyStopping", transition=True),
+        Rule("self.algorithm.name != 'grid' || self.searchSpace.all(p, !(p.type in ['double', 'int']) || has(p.step))",
+             "grid search needs a step on every double and int parameter (or use discrete values)", ".searchSpace"),
+        Rule("self.algorithm.name != 'pbt' || self.searchSpace.exists(p, p.name.startsWith('training.'))",
+             "pbt mutates training.* parameters during training: add at least one (e.g. training.learningRate); "
+             "model parameters are fixed per trial", ".searchSpace"),
         Rule("!(self.algorithm.name in ['hyperband', 'bohb', 'pbt']) || !has(self.earlyStopping.name)",
              "earlyStopping.name must be unset when algorithm.name is hyperband, bohb or pbt: those algorithms "
              "schedule trials themselves (they use earlyStopping.reductionFactor and gracePeriod)",

@@ -12,6 +12,7 @@ from typing import Annotated, Any
 import typer
 import yaml
 from rich.console import Console
+from rich.text import Text
 
 from earthops import __version__
 from earthops.api import KINDS, ManifestError, kind_for, load_manifests
@@ -50,16 +51,22 @@ class Output(str, Enum):
     name = "name"
 
 
+def _error(label: str, message: str) -> None:
+    """One error line on stderr: the label in red on a terminal, the message as plain text (never read
+    as rich markup: user values and messages may hold square brackets, as in `[-180, 180]`)."""
+    err.print(Text.assemble((label, "red"), " ", message), highlight=False)
+
+
 def _fail(message: str, code: int) -> typer.Exit:
-    err.print(f"[red]error:[/red] {message}", highlight=False, markup=True)
+    _error("error:", message)
     return typer.Exit(code)
 
 
-def _open_store(uri: str | None) -> Store:
+def _open_store(uri: str | None, code: int = 1) -> Store:
     try:
         return Store.from_uri(uri)
     except StoreError as exc:
-        raise _fail(str(exc), 1) from None
+        raise _fail(f"--store: {exc}", code) from None
 
 
 @app.callback(invoke_without_command=True)
@@ -102,16 +109,21 @@ def run(
         resources = load_manifests(files)
     except ManifestError as exc:
         for problem in exc.problems:
-            err.print(f"[red]invalid:[/red] {problem}", highlight=False)
+            _error("invalid:", problem)
         raise typer.Exit(INVALID) from None
     if not resources:
         raise _fail(f"no resources found in {', '.join(map(str, files))}", INVALID)
-    st = _open_store(store)
+    # the store is input too: one that cannot be opened or read refuses the run before anything runs
+    st = _open_store(store, INVALID)
     executor = Executor(st, ray_address=ray_address)
     try:
         planned = executor.plan(resources)
     except ValueError as exc:
-        raise _fail(str(exc), INVALID) from None
+        for problem in str(exc).splitlines():
+            _error("invalid:", problem)
+        raise typer.Exit(INVALID) from None
+    except StoreError as exc:
+        raise _fail(f"--store {st.uri}: cannot read the resources already run there: {exc}", INVALID) from None
     if dry_run:
         out.print(f"valid: {len(planned)} resource(s); would run in this order against {st.uri}:")
         for i, r in enumerate(planned, 1):

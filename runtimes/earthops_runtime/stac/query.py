@@ -4,7 +4,10 @@
 indexes) and ingestion (:mod:`earthops_runtime.data.sources`: a static catalog filtered in process,
 or the request sent to a STAC API) parse their arguments here and decide here whether an item
 matches and in which order items come, so one query gives the same items on every path. The rules
-are those of the STAC API specification and of pgstac, the backend large STAC APIs run on:
+are those of the STAC API specification and of pgstac, the backend large STAC APIs run on. bbox and
+datetime are parsed by the contract's :mod:`earthops.api.stac` (:func:`parse_bbox`,
+:func:`parse_interval`, :class:`SearchError`): the EODataset contract checks a spec's search with the
+same functions, so there is one implementation of them.
 
 * **bbox**: ``[west, south, east, north]``, or 6 numbers with heights ``[w, s, zmin, e, n, zmax]``
   (heights ignored), or a ``"W,S,E,N"`` string; WGS84 degrees, finite, longitudes in [-180, 180],
@@ -16,8 +19,8 @@ are those of the STAC API specification and of pgstac, the backend large STAC AP
 * **datetime**: an RFC 3339 instant ``A`` or an interval ``A/B``, ``..`` or empty for an open end. A
   date-time must carry its time zone (``Z`` or an offset): one without is refused, naming the value,
   since it would name another instant on every machine. A date (``2020-06-01``) stands for its whole
-  day, 00:00:00Z as a start, 23:59:59.999999Z as an end. A calendar date that does not exist and an
-  interval whose start is after its end are refused.
+  day, 00:00:00Z as a start, 23:59:59.999999Z as an end. A calendar date that does not exist, an
+  instant outside the years 1-9999 in UTC and an interval whose start is after its end are refused.
 * An item's **time** is ``[start_datetime, end_datetime]`` when it has both, else its ``datetime``
   instant (pgstac's rule, :func:`item_interval`); it matches when that closed interval meets the
   query's. An item with neither matches no datetime query. Item timestamps are data, not arguments:
@@ -38,14 +41,13 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-Box = tuple[float, float, float, float]
+from earthops.api.stac import Box, SearchError, parse_bbox, parse_instant, parse_interval
 
 #: The result order: (what, descending). ``datetime`` is the start of the item's time
 #: (:func:`item_interval`); missing values come last. SQL builders write their ORDER BY from this.
@@ -60,57 +62,8 @@ _KNOWN_OPS = frozenset({
     "+", "-", "*", "/", "%", "^", "div",
 })
 _PROPERTY_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_:.\-]*$")
-_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
-_DATE_TIME = re.compile(r"^(\d{4}-\d{2}-\d{2})[Tt ](\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?)([Zz]|[+-]\d{2}:?\d{2})?$")
-_OPEN = ("", "..")
-_EXAMPLES = "e.g. 2020-01-01T00:00:00Z, 2020-01-01, or an interval A/B with .. for an open end"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
-
-
-class SearchError(ValueError):
-    """A search argument is invalid; ``parameter`` names it (``bbox``, ``datetime``, ``filter``, ...)."""
-
-    def __init__(self, parameter: str, message: str):
-        self.parameter = parameter
-        self.message = message
-        super().__init__(f"{parameter}: {message}")
-
-    def __reduce__(self) -> tuple[Any, ...]:  # survives pickling (Ray) with both arguments
-        return type(self), (self.parameter, self.message)
-
-
-# --------------------------------------------------------------------------------------------------
-# bbox
-
-
-def parse_bbox(bbox: Any) -> Box:
-    """``(west, south, east, north)`` of a bbox argument (see the module docstring)."""
-    if isinstance(bbox, str):
-        parts: list[Any] = [p.strip() for p in bbox.split(",")]
-    else:
-        try:
-            parts = list(bbox)
-        except TypeError:
-            raise SearchError("bbox", f"{bbox!r} is not a list of numbers") from None
-    try:
-        values = [float(p) for p in parts]
-    except (TypeError, ValueError):
-        raise SearchError("bbox", f"{bbox!r}: expected 4 numbers west,south,east,north") from None
-    if len(values) not in (4, 6):
-        raise SearchError("bbox", f"{bbox!r}: expected 4 numbers west,south,east,north (or 6 with heights), "
-                          f"got {len(values)}")
-    if not all(math.isfinite(v) for v in values):
-        raise SearchError("bbox", f"{bbox!r}: numbers must be finite")
-    half = len(values) // 2
-    w, s, e, n = values[0], values[1], values[half], values[half + 1]
-    if not (-180 <= w <= 180 and -180 <= e <= 180):
-        raise SearchError("bbox", f"{bbox!r}: longitudes must lie in [-180, 180]")
-    if not (-90 <= s <= 90 and -90 <= n <= 90):
-        raise SearchError("bbox", f"{bbox!r}: latitudes must lie in [-90, 90]")
-    if s > n:
-        raise SearchError("bbox", f"{bbox!r}: south {s} is north of north {n}")
-    return w, s, e, n
 
 
 def split_box(box: Box) -> list[Box]:
@@ -130,54 +83,6 @@ def item_bbox(item: Mapping[str, Any]) -> Box | None:
 
 # --------------------------------------------------------------------------------------------------
 # datetime
-
-
-def parse_instant(text: str, *, end: bool = False) -> datetime:
-    """One RFC 3339 date-time (with its time zone) or date as an aware UTC datetime; a date is its
-    first microsecond, or its last when ``end``."""
-    text = text.strip()
-    if _DATE.match(text):
-        try:
-            day = date.fromisoformat(text)
-        except ValueError as exc:
-            raise SearchError("datetime", f"{text!r} is not a calendar date: {exc}") from None
-        return datetime.combine(day, time.max if end else time.min, tzinfo=UTC)
-    m = _DATE_TIME.match(text)
-    if m is None:
-        raise SearchError("datetime", f"{text!r} is not an RFC 3339 date-time ({_EXAMPLES})")
-    day_part, time_part, zone = m.groups()
-    if zone is None:
-        raise SearchError("datetime", f"{text!r} has no time zone (RFC 3339: add Z or an offset such as +02:00)")
-    try:
-        moment = datetime.fromisoformat(f"{day_part}T{time_part}{'+00:00' if zone in 'Zz' else zone}")
-    except ValueError as exc:  # Python keeps at most 6 fractional digits and drops the rest itself
-        raise SearchError("datetime", f"{text!r} is not a valid date-time: {exc}") from None
-    return moment.astimezone(UTC)
-
-
-def parse_interval(value: Any) -> tuple[datetime | None, datetime | None]:
-    """A datetime argument (instant ``A``, interval ``A/B``, ``..`` or empty for an open end) as
-    (start, end) in UTC, None for an open end; None stands for no datetime at all."""
-    if value is None:
-        return None, None
-    if isinstance(value, datetime):
-        if value.tzinfo is None:
-            raise SearchError("datetime", f"{value.isoformat()!r} has no time zone (give an aware datetime)")
-        moment = value.astimezone(UTC)
-        return moment, moment
-    if not isinstance(value, str) or not value.strip():
-        raise SearchError("datetime", f"{value!r}: expected an RFC 3339 date-time or interval A/B ({_EXAMPLES})")
-    text = value.strip()
-    if "/" not in text:
-        return parse_instant(text), parse_instant(text, end=True)
-    if text.count("/") != 1:
-        raise SearchError("datetime", f"{value!r}: an interval has one '/' (A/B, with .. for an open end)")
-    a, b = (p.strip() for p in text.split("/"))
-    start = None if a in _OPEN else parse_instant(a)
-    end = None if b in _OPEN else parse_instant(b, end=True)
-    if start is not None and end is not None and start > end:
-        raise SearchError("datetime", f"{value!r}: the start is after the end")
-    return start, end
 
 
 def format_interval(start: datetime | None, end: datetime | None) -> str:

@@ -40,16 +40,17 @@ def order(resources: list[Resource[Any, Any]], known: set[tuple[str, str, str]] 
     """Resources sorted so that every resource comes after the ones it references (stable otherwise).
 
     A reference must point at a resource in ``resources`` or in ``known`` (already in the store);
-    otherwise, or on a cycle, :class:`ValueError` names the resource and the reference."""
+    otherwise, or on a cycle, :class:`ValueError` names the resource (and its file), the field that
+    holds the reference, the kind it must point at and what was found under that name instead."""
     by_key = {r.key: r for r in resources}
     problems, deps = [], {}
     for r in resources:
-        refs = [(kind, r.namespace, name) for kind, name in KINDS[r.kind].references(r.spec).values()]
+        refs = list(KINDS[r.kind].references(r.spec).values())
         for ref in refs:
-            if ref not in by_key and ref not in known:
-                problems.append(f"{r.kind} {r.namespace}/{r.name} references {ref[0]} {ref[2]!r}, which is neither "
-                                "in the given manifests nor in the store")
-        deps[r.key] = [ref for ref in refs if ref in by_key]
+            key = (ref.kind, r.namespace, ref.name)
+            if key not in by_key and key not in known:
+                problems.append(_dangling(r, ref, by_key, known))
+        deps[r.key] = [(ref.kind, r.namespace, ref.name) for ref in refs if (ref.kind, r.namespace, ref.name) in by_key]
     if problems:
         raise ValueError("\n".join(problems))
     out: list[Resource[Any, Any]] = []
@@ -70,6 +71,22 @@ def order(resources: list[Resource[Any, Any]], known: set[tuple[str, str, str]] 
     for r in resources:
         visit(r.key, [])
     return out
+
+
+def _dangling(r: Resource[Any, Any], ref: Any, by_key: dict[tuple[str, str, str], Resource[Any, Any]],
+              known: set[tuple[str, str, str]]) -> str:
+    """What is wrong with a reference to nothing of its kind: where, which field, what was found."""
+    others = sorted({k for k in (*by_key, *known) if k[1:] == (r.namespace, ref.name) and k[0] != ref.kind})
+    if others:
+        found = ", ".join(f'{k[0]} "{k[2]}" ({by_key[k].source or "in the manifests"})' if k in by_key else
+                          f'{k[0]} "{k[2]}" (in the store)' for k in others)
+        article = "an" if ref.kind[0] in "AEIOU" else "a"
+        instead = f"; found {found} instead, but {ref.field} must name {article} {ref.kind}"
+    else:
+        instead = f"; nothing named {ref.name!r} is in namespace {r.namespace}"
+    where = f"{r.source}: " if r.source else ""
+    return (f'{where}{r.kind} "{r.name}": {ref.field}: references {ref.kind} {ref.name!r}, which is neither in the '
+            f"given manifests nor in the store{instead}")
 
 
 def stored_resources(store: Store, kinds: Iterable[str] | None = None, namespace: str | None = None) -> list[dict[str, Any]]:

@@ -1,8 +1,8 @@
 """Inputs of a run: where the resources it references published their runs (pure).
 
-A kind names its references by input key (``KINDS[kind].references(spec)``: ``{key: (kind, name)}``,
-e.g. ``{"dataset": ("EODataset", "iceberg-chips")}`` for a TuningExperiment). A referenced resource
-is usable once it is in its kind's ``ready_phase``: its ``status.results`` is then the URI of its
+A kind names its references by input key (``KINDS[kind].references(spec)``: ``{key: (kind, name,
+field)}``, e.g. ``{"dataset": ("EODataset", "iceberg-chips", "spec.datasetRef.name")}`` for a
+TuningExperiment). A referenced resource is usable once it is in its kind's ``ready_phase``: its ``status.results`` is then the URI of its
 published run. The runtime receives them as ``python -m earthops_runtime run ... --input key=<URI>``
 and its entrypoint as ``inputs={key: uri}``.
 
@@ -67,7 +67,7 @@ def resolve_inputs(resource: Resource[Any, Any], lookup: Lookup, *, wait: bool) 
     inputs: dict[str, str] = {}
     blockers: list[Blocker] = []
     met: list[Met] = []
-    for key, (kind, name) in sorted(KINDS[resource.kind].references(resource.spec).items()):
+    for key, (kind, name, _field) in sorted(KINDS[resource.kind].references(resource.spec).items()):
         ready = KINDS[kind].ready_phase
         what = f"{kind} {name!r}"
         status = lookup(kind, name)
