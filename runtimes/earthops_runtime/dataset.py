@@ -230,12 +230,12 @@ def _run(run: Run) -> Outcome:
     spec = resource.spec
     plan = plan_features(spec.bands, spec.features.indices, spec.features.sar)
     check_spec(spec.validation, plan.names)
-    reporter.report(message="resolving scenes")
+    reporter.report(message="resolving scenes", stage="resolving scenes")
     scenes = resolve_scenes(spec.source, spec.bands, sample_scenes=_sample_scenes)
     if spec.source.sample is not None:
         scenes = scenes[: spec.source.sample.count]
     labels = plan_labels(spec, scenes)
-    reporter.report(done=0, total=len(scenes), message=f"{len(scenes)} scenes")
+    reporter.report(done=0, total=len(scenes), message=f"{len(scenes)} scenes", stage="processing scenes")
     result = _process(resource, run.store, run.key, reporter, run.ray_address, scenes, labels, plan.names)
     update_root_catalog(run.store, f"{run.key}/stac/collection.json",
                         title=f"EODataset {resource.namespace}/{resource.name}")
@@ -243,8 +243,16 @@ def _run(run: Run) -> Outcome:
 
 
 def _replay(resource: EODataset, summary: dict[str, Any]) -> Outcome:
-    scenes = summary["results"]["scenes"]["total"]
-    return Outcome(summary["results"], "already published", done=scenes, total=scenes)
+    results = summary["results"]
+    scenes = results["scenes"]["total"]
+    return Outcome({**results, "chips": chip_counts(results["chips"])}, "already published", done=scenes, total=scenes)
+
+
+def chip_counts(by_split: dict[str, int]) -> dict[str, int]:
+    """The status's chip counts: per split, and ``total`` (what ``earthops get`` shows; the split
+    breakdown is in ``describe``)."""
+    splits = {s: int(by_split.get(s, 0)) for s in ("train", "validation", "test")}
+    return {**splits, "total": sum(splits.values())}
 
 
 #: The entrypoint (``earthops_runtime.dataset:run`` in ``earthops.api.KINDS``).
@@ -276,6 +284,7 @@ def _process(resource: EODataset, store: Store, run_key: str, reporter: Any, ray
             failed = sum(len(r.failures) for r in results)
             reporter.report(done=done, message=f"{done}/{len(scenes)} scenes, {failed} failed")
         failures = [f for r in results for f in r.failures]
+        reporter.report(stage="validating, writing statistics and the catalog")
         if len(failures) > spec.validation.max_failed_scene_fraction * len(scenes) or len(failures) == len(scenes):
             shown = "; ".join(f"{f['scene']}: {f['reason']}" for f in failures[:3])
             raise RunFailed("TooManyFailedScenes", f"{len(failures)} of {len(scenes)} scenes failed (budget "
@@ -306,7 +315,7 @@ def _process(resource: EODataset, store: Store, run_key: str, reporter: Any, ray
         )
         results_status = {
             "scenes": {"total": len(scenes), "processed": len(scenes) - len(failures), "failed": len(failures)},
-            "chips": chips,
+            "chips": chip_counts(chips),
             "validation": report.summary(),
             "collection": store.url(f"{run_key}/{catalog['collection']}"),
         }
@@ -324,7 +333,9 @@ def _process(resource: EODataset, store: Store, run_key: str, reporter: Any, ray
         }
         run.write_json(SUMMARY_FILE, summary)
     total_chips = sum(chips.values())
+    # the time of this step only: the run's own duration (Ray's start included) is the resource's
+    # startTime..completionTime, which `earthops run` and `describe` show
     return {"results": results_status,
-            "message": f"{total_chips} chips from {len(scenes) - len(failures)} scenes in {elapsed:.1f} s"
-                       + (f"; {len(failures)} scenes skipped" if failures else "")}
+            "message": f"{total_chips} chips from {len(scenes) - len(failures)} scenes (scene processing "
+                       f"{elapsed:.1f} s)" + (f"; {len(failures)} scenes skipped" if failures else "")}
 

@@ -51,12 +51,14 @@ class Reporter:
         total: int | None = None,
         unit: str | None = None,
         message: str | None = None,
+        stage: str | None = None,
         reason: str | None = None,
         results: dict[str, Any] | None = None,
         detail: dict[str, Any] | None = None,
     ) -> RuntimeStatus:
         """Merge what is given into the status and write it. ``results`` are merged key by key;
-        ``detail`` (live detail for people, e.g. ``{"trials": [...]}``) replaces the previous one."""
+        ``detail`` (live detail for people, e.g. ``{"trials": [...]}``) replaces the previous one;
+        ``stage`` names what the run does from now on (a line on the command line each time it changes)."""
         s = self.status
         progress = Progress(
             done=s.progress.done if done is None else done,
@@ -68,6 +70,8 @@ class Reporter:
                 "phase": phase or s.phase,
                 "progress": progress,
                 "message": s.message if message is None else message,
+                "stage": s.stage if stage is None else stage,
+                "stages": [*s.stages, stage] if stage and stage != s.stage else s.stages,
                 "reason": s.reason if reason is None else reason,
                 "results": {**s.results, **(results or {})},
                 "detail": s.detail if detail is None else detail,
@@ -110,12 +114,14 @@ class Run:
 
 @dataclass(frozen=True)
 class Outcome:
-    """How a run ended well: the kind's status fields, a sentence, and the final progress."""
+    """How a run ended well: the kind's status fields, a sentence, the final progress, and the final
+    detail for people (replacing the live one, e.g. the trial table as the trials file has it)."""
 
     results: dict[str, Any]
     message: str
     done: int | None = None
     total: int | None = None
+    detail: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -145,10 +151,10 @@ def execute(runtime: Runtime, run: Run) -> None:
     try:
         outcome = runtime.body(run)
     except RunFailed as exc:
-        reporter.report("Failed", reason=exc.reason, message=str(exc))
+        reporter.report("Failed", reason=exc.reason, message=str(exc), stage="")
         return
     reporter.report("Succeeded", done=outcome.done, total=outcome.total, unit=runtime.unit,
-                    message=outcome.message, results=outcome.results)
+                    message=outcome.message, results=outcome.results, detail=outcome.detail, stage="")
 
 
 __all__ = ["SUMMARY_FILE", "Outcome", "Reporter", "Run", "Runtime", "execute"]

@@ -53,7 +53,7 @@ def test_dataset_lifecycle_created_running_succeeded_changed_deleted(env):
     assert status["phase"] == "Running" and status["startTime"]
 
     _runtime(store, ns, "iceberg-chips", run, "Succeeded", progress={"done": 10, "total": 10, "unit": "scenes"},
-             results={"chips": {"train": 70, "validation": 15, "test": 15},
+             results={"chips": {"train": 70, "validation": 15, "test": 15, "total": 100},
                       "scenes": {"total": 10, "processed": 10, "failed": 0}})
     ray.job_succeeded(ns, job_name)
     status = _wait(kube, ns, "iceberg-chips", op, "Succeeded", lambda s: s.get("phase") == "Succeeded")
@@ -61,8 +61,9 @@ def test_dataset_lifecycle_created_running_succeeded_changed_deleted(env):
     assert status["results"] == store.url(f"datasets/{ns}/iceberg-chips/{run}")
     ready = next(c for c in status["conditions"] if c["type"] == "Ready")
     assert ready["status"] == "True" and ready["observedGeneration"] == 1
-    printed = kube.kubectl("get", "eods", "-n", ns).stdout
-    assert "Succeeded" in printed and "70" in printed
+    printed = kube.kubectl("get", "eods", "-n", ns).stdout.splitlines()
+    assert printed[0].split() == ["NAME", "PHASE", "PROGRESS", "CHIPS", "AGE"]
+    assert printed[1].split()[:5] == ["iceberg-chips", "Succeeded", "10/10", "scenes", "100"]  # chips in all splits
 
     # a spec change is a new generation: a new RayJob, and the old one is gone
     kube.kubectl("patch", "-n", ns, "eodataset/iceberg-chips", "--type=merge", "-p", '{"spec": {"bands": ["HH"], '

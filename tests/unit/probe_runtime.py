@@ -45,20 +45,28 @@ def _exit_hard(run):
 
 
 def _tune(run):
-    """A TuningExperiment's shape: reads its dataset input, reports trials live and the best trial."""
+    """A TuningExperiment's shape: reads its dataset input, reports trials live (detail as
+    earthops_runtime.tuning.report.trials_detail makes it), and ends with the final trial table."""
     dataset = run.input("dataset", "spec.datasetRef", "?")
-    trials = [{"id": "t-0001", "state": "RUNNING", "parameters": {"model.dropout": 0.25}, "metric": 0.81, "epoch": 2},
-              {"id": "t-0002", "state": "STOPPED", "parameters": {"model.dropout": 0.4}, "metric": 0.62, "epoch": 1}]
-    run.reporter.report(done=1, total=2, results={"trials": {"running": 1, "stopped": 1}}, detail={"trials": trials})
+
+    def detail(first_state, first_epochs, first_value):
+        return {"objective": {"metric": "val_accuracy", "goal": "maximize", "value": "last"}, "epochs": 3,
+                "trials": [{"id": "t-0001", "state": first_state, "parameters": {"model.dropout": "0.25"},
+                            "objective": first_value, "best": first_value, "epochs": first_epochs, "seconds": 2.5,
+                            "error": None},
+                           {"id": "t-0002", "state": "stopped", "parameters": {"model.dropout": "0.4"},
+                            "objective": 0.62, "best": 0.7, "epochs": 1, "seconds": 1.25, "error": None}]}
+
+    run.reporter.report(done=1, total=2, results={"trials": {"running": 1, "stopped": 1}}, stage="running trials",
+                        detail=detail("running", 2, 0.81))
     with run.store.publish(run.key) as out:
         out.write_json("inputs.json", dict(run.inputs))
-    trials[0].update(state="TERMINATED", metric=0.9, epoch=3)
-    run.reporter.report(detail={"trials": trials})
     return Outcome({"trials": {"succeeded": 1, "stopped": 1}, "bestMetric": 0.9,
                     "bestTrial": {"id": "t-0001", "metric": 0.9, "parameters": {"model.dropout": "0.25"}},
                     "registeredModel": {"name": run.resource.name, "version": "v1",
                                         "uri": run.store.url("models/x/v1")},
-                    "report": run.store.url(run.key)}, f"trained on {dataset}", done=2, total=2)
+                    "report": run.store.url(run.key)}, f"trained on {dataset}", done=2, total=2,
+                   detail=detail("succeeded", 3, 0.9))
 
 
 succeed = Runtime(unit="scenes", body=_succeed, replay=_replay)

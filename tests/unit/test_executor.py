@@ -181,11 +181,20 @@ def test_an_experiment_gets_its_datasets_run_as_input_and_its_trials_shown(tmp_p
     assert status["bestMetric"] == 0.9 and status["registeredModel"]["version"] == "v1"
     assert status["report"] == store.url(run_key) and "detail" not in status
     assert status["progress"] == "2/2 trials"
-    # the live trial table, left on screen when the experiment ends
+    # the trial table the run ends with is the runtime's final one (not the last live one), and it
+    # says which objective value it shows
     out = result.stderr
-    assert "TRIAL" in out and "PARAMETERS" in out and "EPOCH" in out
-    assert "t-0001" in out and "TERMINATED" in out and "model.dropout=0.25" in out and "0.9" in out
-    assert "t-0002" in out and "STOPPED" in out
+    table = out[out.index("TRIAL "):].splitlines()
+    assert table[0].split() == ["TRIAL", "STATE", "PARAMETERS", "VAL_ACCURACY", "(LAST", "EPOCH)", "EPOCHS",
+                                "DURATION"]
+    assert table[1].split() == ["t-0001", "succeeded", "model.dropout=0.25", "0.9", "3/3", "2.5", "s"]
+    assert table[2].split() == ["t-0002", "stopped", "model.dropout=0.4", "0.62", "1/3", "1.2", "s"]
+    assert table[3].startswith("val_accuracy (maximize): each trial's value at its last epoch")
+    # the output is not a terminal: plain lines, one per finished trial (whenever the CLI sees it)
+    assert ("trial t-0002 stopped after 1/3 epochs in 1.2 s: model.dropout=0.4; val_accuracy (last epoch) 0.62"
+            in out)
+    assert "trial t-0001 succeeded after 3/3 epochs in 2.5 s: model.dropout=0.25; val_accuracy (last epoch) 0.9" in out
+    assert "running" not in out.split("TuningExperiment default/iceberg-tuning: Succeeded")[1]
     table = CliRunner().invoke(app, ["get", "tex", "--store", store.uri]).stdout
     assert "TRIALS" in table and "BEST" in table and "MODEL" in table and "v1" in table
 

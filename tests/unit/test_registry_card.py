@@ -253,7 +253,7 @@ def test_rows_and_labels_for_the_cli():
     assert row == {"namespace": "default", "name": "iceberg", "version": "v3", "uri": "s3://b/m/v3",
                    "created": "2025-03-01T12:00:00Z", "architecture": "iceberg-cnn", "task": "classification",
                    "metrics": {"val_accuracy": 0.91, "val_loss": 0.25}, "dataset": card().dataset_uri,
-                   "experiment": card().experiment}
+                   "experiment": card().experiment, "objective": {}}
     assert display.dataset_label(row["dataset"]) == "iceberg-chips/g1-ab12cd34"
     assert display.dataset_label("file:///data/other/place") == "other/place"
     assert display.dataset_label(None) == ""
@@ -268,7 +268,35 @@ def test_describe_shows_input_normalisation_classes_and_lineage():
     assert "Artifact:       ./model.pt2 (torch.export.save)" in lines
     assert any(line.split() == ["band_avg", "-23.25", "3"] for line in lines)
     assert "  Classes:      0=ship, 1=iceberg" in lines
-    assert "  lr: 0.001" in lines and "Metrics:        val_accuracy=0.91 val_loss=0.25" in lines
+    assert "    lr: 0.001" in lines and "Metrics:        val_accuracy=0.91 val_loss=0.25" in lines
+
+
+def test_tables_show_the_objective_and_validation_metrics_first():
+    # the store writes JSON with sorted keys: the card's own order is gone by the time a reader sees it
+    stored = json.loads(json.dumps(item(card(metrics={"val_f1": 0.97, "val_accuracy": 0.99, "lr": 0.0012,
+                                                      "epoch_seconds": 16.4, "train_loss": 0.05, "val_loss": 0.04},
+                                             objective={"metric": "val_accuracy", "goal": "maximize",
+                                                        "value": "last"})), sort_keys=True))
+    row = registry.summarize(stored, namespace="default", name="iceberg", version="v3", uri="s3://b/m/v3")
+    assert list(row["metrics"]) == ["val_accuracy", "val_f1", "val_loss", "epoch_seconds", "lr", "train_loss"]
+    assert display.metrics_text(registry.headline_metrics(row)) == "val_accuracy=0.99 val_f1=0.97 val_loss=0.04"
+    # a model registered before the objective was recorded: validation metrics still come first
+    del stored["properties"]["earthops:objective"]
+    row = registry.summarize(stored, namespace="default", name="iceberg", version="v3", uri="s3://b/m/v3")
+    assert list(registry.headline_metrics(row)) == ["val_accuracy", "val_f1", "val_loss"]
+
+
+def test_describe_shows_the_tuned_model_arguments_and_the_weight_count():
+    doc = item(card(parameters={"width": 0.5, "kernelSize": 5, "poolSize": 2, "dropout": 0.12},
+                    objective={"metric": "val_accuracy", "goal": "maximize", "value": "last"},
+                    experiment={**card().experiment, "trial": "a1_00003"}), output_shape=(2, 2))
+    doc["properties"]["mlm:total_parameters"] = 271554
+    lines = display.describe_model(doc, namespace="default", name="iceberg", version="v3", uri="s3://b/m/v3").splitlines()
+    assert "Weights:        271,554 parameters" in lines and not any(x.startswith("Parameters:") for x in lines)
+    assert "Objective:      val_accuracy 0.91 (maximize, last epoch of trial a1_00003)" in lines
+    hyper = lines[lines.index("Hyperparameters:"):]
+    assert hyper[1] == "  Model:" and {"    kernelSize: 5", "    poolSize: 2", "    dropout: 0.12"} <= set(hyper)
+    assert "  Training:" in hyper and "    optimizer: adam" in hyper
 
 
 def test_the_control_plane_registry_imports_no_heavy_library():

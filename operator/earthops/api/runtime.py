@@ -34,10 +34,17 @@ class RuntimeStatus(ApiModel):
     """A CamelCase reason when the run failed (e.g. ``InvalidSource``)."""
     message: str = ""
     """A sentence for people."""
+    stage: str = ""
+    """What the run is doing, in a few words (``processing scenes``, ``running trials``, ``registering
+    the best trial's model``)."""
+    stages: list[str] = Field(default_factory=list)
+    """Every stage of the run so far, in order (the command line prints a line for each, also for one
+    that began and ended between two of its reads)."""
     results: dict[str, Any] = Field(default_factory=dict)
     """Kind-specific status fields (camelCase), merged into the resource status."""
     detail: dict[str, Any] | None = None
-    """Live detail for people watching the run (e.g. ``trials``: a list of ``{id, state, parameters,
-    metric, epoch}`` for the embedded CLI's trial table). Never merged into the resource status."""
+    """Detail for people watching the run, replaced on each report (e.g. the trial table: ``objective``
+    ``{metric, goal, value}``, ``epochs`` and ``trials``, a list of ``{id, state, parameters, objective,
+    best, epochs, seconds, error}``). Never merged into the resource status."""
     updated_at: datetime
     """When the file was written."""

@@ -137,67 +137,41 @@ def run(
     _run_with_progress(executor, planned)
 
 
-def trial_table(detail: dict[str, Any] | None) -> Any:
-    """The live trial table (trial id, state, parameters, metric, epoch) from a runtime status's
-    ``detail.trials``; None when there are no trials to show."""
-    from rich.table import Table
-
-    trials = (detail or {}).get("trials") or []
-    if not trials:
-        return None
-    table = Table("TRIAL", "STATE", "PARAMETERS", "METRIC", "EPOCH", box=None, pad_edge=False)
-    for t in trials:
-        params = t.get("parameters") or {}
-        metric = t.get("metric")
-        table.add_row(str(t.get("id", "")), str(t.get("state", "")),
-                      " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items()),
-                      f"{metric:.4g}" if isinstance(metric, (int, float)) else "",
-                      "" if t.get("epoch") is None else str(t["epoch"]))
-    return table
-
-
 def _run_with_progress(executor: Any, planned: list[Any]) -> None:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    """Run the resources, showing how it goes: live bars and trial table on a terminal, plain lines
+    otherwise (display.RunLog); each resource ends with its run line, its final trial table and its row."""
+    import contextlib
 
-    from earthops.control.display import plain_table, table_rows
-
-    class RunProgress(Progress):
-        """The progress bars, with the running resource's trial table under them (when it has trials)."""
-
-        trials: Any = None
-
-        def get_renderables(self) -> Any:
-            yield self.make_tasks_table(self.tasks)
-            if self.trials is not None:
-                yield self.trials
+    from earthops.control import display
 
     failed = []
-    with RunProgress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[unit]}"),
-                     TimeElapsedColumn(), console=err, transient=False) as bars:
+    live = _LiveView() if err.is_terminal else None
+    view: Any = live or display.RunLog(lambda line: err.print(line, highlight=False, markup=False))
+    console = live.console if live else err
+    with live or contextlib.nullcontext():
         for r in planned:
-            task = bars.add_task(f"{r.kind} {r.namespace}/{r.name}", total=None, unit="")
+            label = f"{r.kind} {r.namespace}/{r.name}"
+            view.start(label)
+            last: list[Any] = [None]
 
-            def update(state: dict[str, Any], runtime: Any, task: Any = task) -> None:
-                if runtime is not None:
-                    p = runtime.progress
-                    table = trial_table(runtime.detail)
-                    if table is not None:
-                        bars.trials = table
-                    bars.update(task, completed=p.done, total=p.total, unit=p.unit)
+            def update(state: dict[str, Any], runtime: Any, last: list[Any] = last) -> None:
+                last[0] = runtime if runtime is not None else last[0]
+                view.update(runtime)
 
             executor.on_progress = update
             outcome = executor.apply(r)
             status = outcome.resource.get("status") or {}
-            bars.update(task, total=1 if bars.tasks[task].total is None else bars.tasks[task].total,
-                        completed=bars.tasks[task].total or 1, unit="(unchanged)" if outcome.skipped else
-                        bars.tasks[task].fields.get("unit", ""))
+            if live:
+                live.finish(outcome.skipped)
             if status.get("phase") == "Failed" or (status.get("phase") == "Pending" and not outcome.skipped):
                 failed.append((r, status))
-            if bars.trials is not None:  # the finished resource's trials stay on screen; the live table goes
-                bars.console.print(bars.trials)
-                bars.trials = None
-            header, rows = table_rows([outcome.resource])
-            bars.console.print(plain_table(header, rows), highlight=False)
+            console.print(display.run_line(label, status, skipped=outcome.skipped), highlight=False, markup=False)
+            trials = display.trial_table(last[0].detail if last[0] is not None else None)
+            if trials is not None:  # the finished resource's trials, as its report has them
+                header, rows, note = trials
+                console.print(display.plain_table(header, rows) + "\n" + note, highlight=False, markup=False)
+            header, rows = display.table_rows([outcome.resource])
+            console.print(display.plain_table(header, rows), highlight=False, markup=False)
     for r, status in failed:
         err.print(f"[red]failed:[/red] {r.kind} {r.namespace}/{r.name}: {status.get('message', '')}", highlight=False)
     if failed:
@@ -205,6 +179,59 @@ def _run_with_progress(executor: Any, planned: list[Any]) -> None:
 
         # every failure was the input's (a spec the data or the model refuses, a reference that failed): 2
         raise typer.Exit(INVALID if all(invalid_input(status) for _, status in failed) else 1)
+
+
+class _LiveView:
+    """On a terminal: a progress bar per resource (with its runtime's stage) and the running resource's
+    trial table under the bars."""
+
+    def __init__(self) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        view = self
+
+        class RunProgress(Progress):
+            def get_renderables(self) -> Any:
+                yield self.make_tasks_table(self.tasks)
+                if view.trials is not None:
+                    yield view.trials
+
+        self.trials: Any = None
+        self.bars = RunProgress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                TextColumn("{task.fields[unit]}"), TimeElapsedColumn(), TextColumn("{task.fields[stage]}"),
+                                console=err, transient=False)
+        self.console = self.bars.console
+        self.task: Any = None
+
+    def __enter__(self) -> _LiveView:
+        self.bars.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bars.__exit__(*exc)
+
+    def start(self, label: str) -> None:
+        self.task = self.bars.add_task(label, total=None, unit="", stage="")
+
+    def update(self, runtime: Any) -> None:
+        from rich.text import Text
+
+        from earthops.control import display
+
+        if runtime is None:
+            return
+        p = runtime.progress
+        trials = display.trial_table(runtime.detail)
+        if trials is not None:
+            self.trials = Text(display.plain_table(trials[0], trials[1]))
+        self.bars.update(self.task, completed=p.done, total=p.total, unit=p.unit, stage=runtime.stage)
+
+    def finish(self, skipped: bool) -> None:
+        task = self.bars.tasks[self.task]
+        total = task.total or 1
+        self.bars.update(self.task, total=total, completed=total, stage="",
+                         unit="(unchanged)" if skipped else task.fields.get("unit", ""))
+        self.trials = None  # the live table goes; the final one is printed with the run line
 
 
 def _select(st: Store, kind: str | None, name: str | None, namespace: str | None) -> list[dict[str, Any]]:
@@ -340,7 +367,7 @@ def _get_models(st: Store, name: str | None, namespace: str | None, output: Outp
     header = (["NAMESPACE"] if namespace is None else []) + header + (["URI"] if wide else [])
     table = []
     for r in rows:
-        metrics = r["metrics"] if wide else dict(list(r["metrics"].items())[:2])
+        metrics = r["metrics"] if wide else registry.headline_metrics(r)
         row = [r["name"], r["version"], r["architecture"] or "", r["task"] or "", display.metrics_text(metrics),
                display.dataset_label(r["dataset"]), display.experiment_label(r["experiment"]), age(r["created"])]
         table.append(([r["namespace"]] if namespace is None else []) + row + ([r["uri"]] if wide else []))
@@ -468,7 +495,10 @@ def samples(
         from earthops_runtime import facade as s
     except ImportError as exc:
         raise _fail(f"samples need the 'runtime' extra (pip install 'earthops[runtime]'): {exc}", 1) from None
-    with err.status("fetching bigearthnet-common from the package registry ..."):
+    fetching = "fetching bigearthnet-common from the package registry ..."
+    if not err.is_terminal:  # no spinner in a log: say it in a line
+        err.print(fetching, highlight=False, markup=False)
+    with err.status(fetching):
         try:
             data = s.fetch_bigearthnet(cache)
             catalog = s.bigearthnet_catalog(cache)

@@ -88,9 +88,28 @@ def version_key(namespace: str, name: str, version: str) -> str:
     return f"{run_prefix(AREA, namespace, name)}/{version}"
 
 
+def ordered_metrics(metrics: Mapping[str, Any], objective: str | None) -> dict[str, Any]:
+    """The metrics people read first, first: the objective the model was selected by, then the
+    validation metrics of its task (``val_*``), then the rest (training loss, learning rate, timings)."""
+    def rank(name: str) -> tuple[int, str]:
+        return (0 if name == objective else 1 if name.startswith("val_") else 2, name)
+
+    return {k: metrics[k] for k in sorted(metrics, key=rank)}
+
+
+def headline_metrics(row: Mapping[str, Any]) -> dict[str, Any]:
+    """The metrics of a :func:`summarize` row that tables show: the objective and validation metrics
+    (every metric when there are neither)."""
+    objective = (row.get("objective") or {}).get("metric")
+    shown = {k: v for k, v in row["metrics"].items() if k == objective or k.startswith("val_")}
+    return shown or dict(row["metrics"])
+
+
 def summarize(item: Mapping[str, Any], *, namespace: str, name: str, version: str, uri: str) -> dict[str, Any]:
-    """One row of :func:`list_models` from a version's STAC item."""
+    """One row of :func:`list_models` from a version's STAC item (metrics in :func:`ordered_metrics`
+    order; ``objective``: ``{metric, goal}`` that selected the model, empty when none did)."""
     props = item.get("properties") or {}
+    objective = dict(props.get("earthops:objective") or {})
     return {
         "namespace": namespace,
         "name": name,
@@ -99,7 +118,8 @@ def summarize(item: Mapping[str, Any], *, namespace: str, name: str, version: st
         "created": props.get("datetime"),
         "architecture": props.get("mlm:architecture"),
         "task": props.get("earthops:task") or ", ".join(props.get("mlm:tasks") or []),
-        "metrics": dict(props.get("earthops:metrics") or {}),
+        "metrics": ordered_metrics(props.get("earthops:metrics") or {}, objective.get("metric")),
+        "objective": objective,
         "dataset": props.get("earthops:dataset"),
         "experiment": dict(props.get("earthops:experiment") or {}),
     }
@@ -150,5 +170,5 @@ def list_models(store: Store, namespace: str | None = None, name: str | None = N
 
 
 __all__ = ["AREA", "COLLECTION_NAME", "ITEM_NAME", "LATEST", "RegistryError", "check_names", "list_models",
-           "model_names", "next_version", "pick_version", "read_item", "resolve_version", "sort_versions", "summarize",
+           "headline_metrics", "model_names", "next_version", "ordered_metrics", "pick_version", "read_item", "resolve_version", "sort_versions", "summarize",
            "version_key", "version_number", "versions"]

@@ -27,7 +27,8 @@ The item follows the ML-Model extension v1.4.0:
 * Assets: ``model`` (the exported program ``model.pt2``, ``mlm:artifact_type`` ``torch.export.save``;
   or TorchScript ``model.ts``, ``torch.jit.save``, when the model cannot be exported), ``weights``
   (``weights.pt``, the state_dict; ``mlm:weights``), ``stats`` (the training statistics, for drift).
-* Properties beyond mlm: ``earthops:metrics``, ``earthops:parameters`` (the architecture's
+* Properties beyond mlm: ``earthops:metrics``, ``earthops:objective`` (the metric and goal that
+  selected the model, when an experiment did), ``earthops:parameters`` (the architecture's
   parameters, with which the model is rebuilt for the weights), ``earthops:task``,
   ``earthops:dataset`` (run URI), ``earthops:experiment``, ``earthops:model`` (namespace, name,
   version).
@@ -77,6 +78,8 @@ class ModelCard:
     ``hyperparameters``: the training settings (optimiser, learning rate, batch size, epochs, seed, the
     tuned values). ``dataset_uri``: the dataset run; ``dataset_collection``: its STAC collection URL.
     ``experiment``: ``{kind, namespace, name, runId, uri}`` of the run that produced the model.
+    ``objective``: ``{metric, goal}`` the model was selected by (its value is in ``metrics``), when
+    an experiment selected it.
     """
 
     architecture: str
@@ -93,6 +96,7 @@ class ModelCard:
     dataset_collection: str | None
     experiment: dict[str, Any] = field(default_factory=dict)
     framework: str = "pytorch"
+    objective: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -240,6 +244,7 @@ def model_item(card: ModelCard, *, namespace: str, name: str, version: str, crea
         "earthops:task": card.task,
         "earthops:parameters": dict(card.parameters),
         "earthops:metrics": {str(k): float(v) for k, v in card.metrics.items()},
+        **({"earthops:objective": dict(card.objective)} if card.objective else {}),
         "earthops:dataset": card.dataset_uri,
         "earthops:experiment": dict(card.experiment),
         "earthops:model": {"namespace": namespace, "name": name, "version": version},

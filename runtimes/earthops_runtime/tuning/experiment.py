@@ -81,13 +81,15 @@ def record_of(trial: Trial, *, live: bool = False, history: Any = None) -> rep.T
                            history=rows, error=error, seconds=seconds)
 
 
-def _detail(records: list[rep.TrialRecord], spec: TuningExperimentSpec) -> dict[str, Any]:
-    metric = spec.objective.metric
-    return {"trials": [{
-        "id": r.id, "state": r.state(spec.training.epochs),
-        "parameters": {k: space.as_text(v) for k, v in r.config.items()},
-        "metric": r.last(metric), "epoch": r.epochs_run,
-    } for r in records]}
+def _trial_rows(records: list[rep.TrialRecord], spec: TuningExperimentSpec) -> list[dict[str, Any]]:
+    """The trials table's rows (``trials.csv``, and the trial table people see)."""
+    return rep.trials_table(records, [p.name for p in spec.search_space], spec.objective.metric, spec.objective.goal,
+                            spec.training.epochs)
+
+
+def _detail(rows: list[dict[str, Any]], spec: TuningExperimentSpec) -> dict[str, Any]:
+    return rep.trials_detail(rows, [p.name for p in spec.search_space], spec.objective.metric, spec.objective.goal,
+                             spec.training.epochs)
 
 
 def _status_results(records: list[rep.TrialRecord], spec: TuningExperimentSpec) -> dict[str, Any]:
@@ -95,7 +97,7 @@ def _status_results(records: list[rep.TrialRecord], spec: TuningExperimentSpec) 
     out: dict[str, Any] = {"trials": rep.counts(records, epochs, spec.max_trials)}
     best = rep.best_trial(records, metric, goal)
     if best is not None:
-        value = best.last(metric)
+        value = best.ranked(metric)
         out["bestTrial"] = {"id": best.id, "metric": value,
                             "parameters": {k: space.as_text(v) for k, v in best.config.items()}}
         out["bestMetric"] = value
@@ -112,7 +114,7 @@ def _report_running(live: Live, records: list[rep.TrialRecord]) -> None:
                f"{c['failed']} failed)" + (f"; best {spec.objective.metric} {best['metric']:.4g} ({best['id']})"
                                            if best else ""))
     live.reporter.report("Running", done=done, total=spec.max_trials, unit="trials", message=message,
-            results=results, detail=_detail(records, spec))
+            results=results, detail=_detail(_trial_rows(records, spec), spec))
 
 
 # --- the entrypoint ------------------------------------------------------------------------------------
@@ -123,23 +125,27 @@ def _run(run: Run) -> Outcome:
     resource, store, reporter = run.resource, run.store, run.reporter
     spec = resource.spec
     dataset = run.input("dataset", "spec.datasetRef", spec.dataset_ref.name)
+    reporter.report(stage="checking the search space, the dataset and the model")
     space.validate_space(spec)
     from earthops_runtime.training import DatasetInfo
 
     info = DatasetInfo.open(dataset)  # fails before any trial when the dataset is missing or unlabelled
     check_model(spec, info.task)
-    reporter.report(done=0, total=spec.max_trials, message="starting trials",
+    reporter.report(done=0, total=spec.max_trials, message="starting trials", stage="running trials",
                     results={"trials": rep.counts([], spec.training.epochs, spec.max_trials)})
     outcome = _tune(resource, store, run.key, reporter, run.ray_address, dataset)
+    reporter.report(stage=f"registering the best trial's model ({outcome.best.id})")
     registered = _register(resource, store, run.key, info, outcome)
     results = {**outcome.results, "registeredModel": registered, "report": store.url(run.key)}
+    reporter.report(stage=f"publishing the report (registered {registered['name']} {registered['version']})")
     with store.publish(run.key) as run_store:
-        _write_outputs(run_store, outcome, resource, {**outcome.summary, "results": results})
+        rows = _write_outputs(run_store, outcome, resource, {**outcome.summary, "results": results})
     c = results["trials"]
     return Outcome(results, done=c["succeeded"] + c["stopped"] + c["failed"], total=spec.max_trials,
                    message=f"{c['succeeded']} trials succeeded, {c['stopped']} stopped early, {c['failed']} failed; "
                            f"best {spec.objective.metric} {results['bestMetric']:.4g}; registered "
-                           f"{registered['name']} {registered['version']}")
+                           f"{registered['name']} {registered['version']}",
+                   detail=_detail(rows, spec))
 
 
 def _replay(resource: TuningExperiment, summary: dict[str, Any]) -> Outcome:
@@ -235,11 +241,11 @@ def _tune(resource: TuningExperiment, store: Store, run_key: str, reporter: Any,
     if failure is not None:
         # completed trials are never lost: the table goes beside status.json, in the (unpublished) run folder
         summary["failure"] = {"reason": failure.reason, "message": str(failure)}
-        _write_outputs(_InPlace(store, run_key), Tuned(best=best, **outcome_partial), resource,  # type: ignore[arg-type]
-                       {**summary, "results": results})
-        reporter.report(results=results)
+        rows = _write_outputs(_InPlace(store, run_key), Tuned(best=best, **outcome_partial), resource,  # type: ignore[arg-type]
+                              {**summary, "results": results})
+        reporter.report(results=results, detail=_detail(rows, spec))
         raise failure
-    summary["bestTrial"] = {"id": best.id, "metric": best.last(metric), "parameters": best.config,
+    summary["bestTrial"] = {"id": best.id, "metric": best.ranked(metric), "parameters": best.config,
                             "metrics": _final_metrics(best, metric)}
     return Tuned(best=best, **outcome_partial)  # type: ignore[arg-type]
 
@@ -254,15 +260,17 @@ def _final_metrics(record: rep.TrialRecord, metric: str) -> dict[str, float]:
     return out
 
 
-def _write_outputs(target: Any, outcome: Tuned, resource: TuningExperiment, summary: dict[str, Any]) -> None:
+def _write_outputs(target: Any, outcome: Tuned, resource: TuningExperiment, summary: dict[str, Any]
+                   ) -> list[dict[str, Any]]:
+    """Write the trials table, history, plots and summary; returns the trials table's rows."""
     import pandas as pd
 
     from earthops_runtime.tuning import plots
 
     spec = resource.spec
-    metric, goal, epochs = spec.objective.metric, spec.objective.goal, spec.training.epochs
+    metric, epochs = spec.objective.metric, spec.training.epochs
     names = [p.name for p in spec.search_space]
-    rows = rep.trials_table(outcome.records, names, metric, goal, epochs)
+    rows = _trial_rows(outcome.records, spec)
     columns = ["trial_id", *names, "state", f"{metric}_best", f"{metric}_last", "epochs", "duration_s", "error"]
     table = pd.DataFrame(rows, columns=columns)
     for name in names:  # mixed types (categorical) as text, numbers as numbers
@@ -288,6 +296,7 @@ def _write_outputs(target: Any, outcome: Tuned, resource: TuningExperiment, summ
                "importanceMethod": "|Spearman rho| (numeric), eta squared of one-way ANOVA (categorical), over "
                                    "succeeded and stopped trials, each with its best objective value"}
     target.write_json(SUMMARY_FILE, summary)
+    return rows
 
 
 def _register(resource: TuningExperiment, store: Store, run_key: str, info: Any, outcome: Tuned) -> dict[str, Any]:
@@ -318,6 +327,7 @@ def _register(resource: TuningExperiment, store: Store, run_key: str, info: Any,
         metrics=metrics, hyperparameters=hyper, dataset_uri=info.uri, dataset_collection=info.collection,
         experiment={"kind": "TuningExperiment", "namespace": resource.namespace, "name": resource.name,
                     "runId": run_id, "uri": store.url(run_key), "trial": best.id},
+        objective={"metric": spec.objective.metric, "goal": spec.objective.goal, "value": rep.RANKED_BY},
     )
     version = register_model(store, namespace=resource.namespace, name=name,
                              model=trainer.model, example_input=trainer.example_input(), card=card)

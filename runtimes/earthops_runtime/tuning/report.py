@@ -20,6 +20,10 @@ from typing import Any
 import numpy as np
 
 STATES = ("pending", "running", "succeeded", "stopped", "failed")
+#: Which of a trial's objective values ranks it: its *last* epoch's, the value of its final checkpoint
+#: (the one that gets registered). The trials table has it as ``<metric>_last`` beside ``<metric>_best``
+#: (the best epoch's); the status's ``bestMetric`` and the command line's trial table show it.
+RANKED_BY = "last"
 
 
 @dataclass
@@ -61,6 +65,10 @@ class TrialRecord:
         vals = self.values(metric)
         return vals[-1] if vals else None
 
+    def ranked(self, metric: str) -> float | None:
+        """The objective value that ranks this trial (:data:`RANKED_BY`)."""
+        return self.last(metric)
+
 
 def _nan(value: Any) -> bool:
     try:
@@ -97,14 +105,15 @@ def better(a: float, b: float, goal: str) -> bool:
 
 def best_trial(records: Sequence[TrialRecord], metric: str, goal: str, *,
                finished_only: bool = False, epochs: int = 0) -> TrialRecord | None:
-    """The trial with the best *last* value of the metric (the value its final checkpoint has).
+    """The trial with the best ranked value of the metric (:data:`RANKED_BY`: the value its final
+    checkpoint has).
 
     ``finished_only``: among succeeded and stopped trials (the one whose checkpoint gets registered)."""
     best: tuple[float, TrialRecord] | None = None
     for r in records:
         if finished_only and r.state(epochs) not in ("succeeded", "stopped"):
             continue
-        v = r.last(metric)
+        v = r.ranked(metric)
         if v is not None and (best is None or better(v, best[0], goal)):
             best = (v, r)
     return best[1] if best else None
@@ -132,6 +141,26 @@ def trials_table(records: Sequence[TrialRecord], parameter_names: Sequence[str],
         })
         rows.append(row)
     return rows
+
+
+def trials_detail(rows: Sequence[Mapping[str, Any]], parameter_names: Sequence[str], metric: str, goal: str,
+                  epochs: int) -> dict[str, Any]:
+    """The runtime status's ``detail`` (the command line's trial table and its per-trial lines), made
+    from :func:`trials_table`'s rows, the rows ``trials.csv`` is written from: the table on screen and the
+    trials file cannot disagree. ``objective`` is each trial's ranked value (:data:`RANKED_BY`)."""
+    from earthops_runtime.tuning.space import as_text
+
+    return {
+        "objective": {"metric": metric, "goal": goal, "value": RANKED_BY, "column": f"{metric}_{RANKED_BY}",
+                      "ranks": True},
+        "epochs": epochs,
+        "trials": [{
+            "id": row["trial_id"], "state": row["state"],
+            "parameters": {n: as_text(row[n]) for n in parameter_names if row.get(n) is not None},
+            "objective": row[f"{metric}_{RANKED_BY}"], "best": row[f"{metric}_best"],
+            "epochs": row["epochs"], "seconds": row["duration_s"], "error": row["error"],
+        } for row in rows],
+    }
 
 
 def history_rows(records: Sequence[TrialRecord]) -> list[dict[str, Any]]:
