@@ -53,8 +53,11 @@ def test_platform_comes_up(cluster: KindCluster) -> None:
     for name in ("rayjobs.ray.io", "rayclusters.ray.io", "inferenceservices.serving.kserve.io",
                  *(f"{k}.earthops.dev" for k in KINDS)):
         assert name in crds, f"CRD {name} missing; have {sorted(crds)}"
-        conditions = {c["type"]: c["status"] for c in crds[name].get("status", {}).get("conditions", [])}
-        assert conditions.get("Established") == "True", f"CRD {name} not established: {conditions}"
+        # a CRD is served a moment after it is stored (longer on a loaded machine): wait, do not assume
+        cluster.poll(f"CRD {name} Established",
+                     lambda name=name: {c["type"]: c["status"] for c in
+                                        cluster.kubectl_json("get", "crd", name).get("status", {}).get("conditions", [])},
+                     lambda conditions: conditions.get("Established") == "True", timeout=60)
     config = cluster.kubectl_json("get", "configmap", "inferenceservice-config", "-n", "kserve")
     assert "RawDeployment" in config["data"].get("deploy", ""), config["data"].get("deploy")
 
