@@ -30,6 +30,22 @@ def apply_example(kube: Any, path: str, ns: str, name: str | None = None, **spec
     return kube.apply(doc)[0]
 
 
+def post_yaml(kube: Any, namespace: str, kind: str, body: bytes) -> tuple[int, str]:
+    """YAML bytes, as they are, to the API server: a dry-run create of ``kind`` with strict field
+    validation (``fieldValidation=Strict``, what ``--validate=strict`` asks for). The server reads the
+    YAML itself, so a key given twice or bytes that are not UTF-8 reach it (kubectl's client-side
+    conversion to JSON would keep the last key and pass the bytes on). Returns (HTTP status, message)."""
+    import json
+
+    import urllib3
+
+    url = (f"{kube.url}/apis/{API}/namespaces/{namespace}/{KINDS[kind].plural}?dryRun=All&fieldValidation=Strict")
+    reply = urllib3.PoolManager(ca_certs=str(kube.ca_file)).request(
+        "POST", url, body=body, headers={"Content-Type": "application/yaml", "Accept": "application/json",
+                                         "Authorization": f"Bearer {kube.token}"})
+    return reply.status, "" if reply.status < 300 else json.loads(reply.data or b"{}").get("message", "")
+
+
 def status(kube: Any, kind: str, ns: str, name: str) -> dict[str, Any]:
     return kube.get(API, kind, name, ns).get("status") or {}
 

@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from earthops.api import API_VERSION, KINDS, load_manifests
+from earthops.api import KINDS, load_manifests
+from tests.infra.earthops_kube import post_yaml
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -29,28 +30,11 @@ def test_every_example_is_accepted_and_defaulted_like_the_models(kube_apiserver,
     assert stored["spec"] == model.wire()["spec"]
 
 
-def post_file(kube_apiserver, namespace: str, path: Path) -> tuple[int, str]:
-    """The file's bytes, as they are, to the API server: a dry-run create with strict field validation
-    (``fieldValidation=Strict``, what ``--validate=strict`` asks for). The server reads the YAML itself,
-    so a key given twice or bytes that are not UTF-8 reach it (kubectl's client-side conversion to
-    JSON would keep the last key and pass the bytes on). Returns (HTTP status, message)."""
-    import json
-
-    import urllib3
-
-    body = path.read_bytes()
-    kind = next((k for k in KINDS if f"kind: {k}\n".encode() in body), "EODataset")
-    url = (f"{kube_apiserver.url}/apis/{API_VERSION}/namespaces/{namespace}/{KINDS[kind].plural}"
-           "?dryRun=All&fieldValidation=Strict")
-    reply = urllib3.PoolManager(ca_certs=str(kube_apiserver.ca_file)).request(
-        "POST", url, body=body, headers={"Content-Type": "application/yaml", "Accept": "application/json",
-                                         "Authorization": f"Bearer {kube_apiserver.token}"})
-    return reply.status, json.loads(reply.data or b"{}").get("message", "")
-
-
 @pytest.mark.parametrize("path", INVALID, ids=lambda p: p.stem)
 def test_every_invalid_manifest_is_rejected_by_the_server_naming_the_field(kube_apiserver, kube_namespace, path):
-    status, message = post_file(kube_apiserver, kube_namespace, path)
+    body = path.read_bytes()
+    kind = next((k for k in KINDS if f"kind: {k}\n".encode() in body), "EODataset")
+    status, message = post_yaml(kube_apiserver, kube_namespace, kind, body)  # the file's bytes as they are
     assert status in (400, 422), f"{path.name} was accepted by the server ({status})"
     assert expectation(path, "server") in message, message
 

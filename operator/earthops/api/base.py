@@ -27,6 +27,7 @@ from pydantic import (
     ConfigDict,
     Field,
     GetJsonSchemaHandler,
+    ModelWrapValidatorHandler,
     StringConstraints,
     model_validator,
 )
@@ -102,41 +103,62 @@ class ApiModel(BaseModel):
     #: Cross-field rules of this object, enforced by the API server and by this model.
     cel_rules: ClassVar[tuple[Rule, ...]] = ()
 
-    @model_validator(mode="before")
+    @model_validator(mode="wrap")
     @classmethod
-    def _as_the_server_reads(cls, data: Any) -> Any:
+    def _as_the_server_checks(cls, data: Any, handler: ModelWrapValidatorHandler[ApiModel]) -> ApiModel:
+        """Read the object as the API server reads it, check its fields, then its CEL rules."""
+        data, floats = cls._as_the_server_reads(data)
+        model = handler(data)
+        model._check_cel_rules(floats)
+        return model
+
+    @classmethod
+    def _as_the_server_reads(cls, data: Any) -> tuple[Any, frozenset[str]]:
         """The object as the API server reads it, before the schema checks it: a field given as null
         is a field left out (the server prunes nulls of fields that are not nullable, before
         defaulting), and so is a null value in a map of strings; a whole number written as a float
         (``2.0``) is an integer where the schema wants one, as long as a float holds it exactly
-        (below 2**53), and an integer beyond 64 bits is not one (the server reads it as a float)."""
+        (below 2**53), and an integer beyond 64 bits is not one (the server reads it as a float).
+        Also returns the integer fields that were written as floats (see :meth:`_check_cel_rules`)."""
         if not isinstance(data, dict):
-            return data
+            return data, frozenset()
         shapes = _field_shapes(cls)
-        out = {}
+        out, floats = {}, set()
         for key, value in data.items():
             shape = shapes.get(key)
             if value is None and shape is not None:
                 continue
             if shape == "int":
-                value = _server_integer(value)
+                read = _server_integer(value)
+                if isinstance(value, float) and isinstance(read, int):
+                    floats.add(key)
+                value = read
             elif shape == "str-map" and isinstance(value, dict):
                 value = {k: v for k, v in value.items() if v is not None}
             out[key] = value
-        return out
+        return out, frozenset(floats)
 
-    @model_validator(mode="after")
-    def _check_cel_rules(self) -> ApiModel:
+    def _check_cel_rules(self, floats: frozenset[str] = frozenset()) -> None:
+        """Evaluate the CEL rules on the object as on the wire. An integer field written as a float
+        (``2.0``) passes the server's schema, but a rule that reads it fails there ("invalid data,
+        expected int, got float64"): so here, where such a field breaks a rule that holds otherwise."""
         rules = [r for r in type(self).cel_rules if not r.transition]
-        if rules:
-            wire = self.model_dump(mode="json", by_alias=True, exclude_none=True)
-            for r in rules:
-                if not _cel_evaluate(r.rule, wire):
-                    # the field to blame travels in the context; manifests.py adds it to the path
-                    raise PydanticCustomError(
-                        "cel_rule", "{message}", {"message": r.message, "field": (r.field_path or "").lstrip(".")}
-                    )
-        return self
+        if not rules:
+            return
+        wire = self.model_dump(mode="json", by_alias=True, exclude_none=True)
+        fields = type(self).model_fields
+        written = {(fields[f].alias or f) if f in fields else f: f for f in floats}
+        poisoned = {**wire, **{k: {"floatWhereAnIntegerIsDue": wire[k]} for k in written if k in wire}}
+        for r in rules:
+            if _cel_evaluate(r.rule, poisoned):
+                continue
+            message = r.message
+            if written and _cel_evaluate(r.rule, wire):
+                message += (f" (the API server cannot evaluate this rule with {', '.join(sorted(written))} written as "
+                            "a decimal number: write whole numbers without a decimal point)")
+            # the field to blame travels in the context; manifests.py adds it to the path
+            raise PydanticCustomError("cel_rule", "{message}", {"message": message,
+                                                                "field": (r.field_path or "").lstrip(".")})
 
     @classmethod
     def __get_pydantic_json_schema__(

@@ -6,8 +6,9 @@ for ``kubectl create --validate=strict``:
 
 * the file must be UTF-8 text and YAML without a key twice in one mapping (the API server refuses
   both when it reads the file; kubectl's client-side conversion to JSON would keep the last key
-  silently); YAML timestamps stay text and keys that YAML reads as numbers or booleans are their
-  text, as in the JSON the server makes of them;
+  silently); plain scalars are read as the server's YAML reader reads them (timestamps and ``12:30``
+  stay text; ``1e3`` and ``0o17`` are numbers, ``y`` and ``n`` booleans), and keys that YAML reads as numbers or
+  booleans are their text, as in the JSON the server makes of them;
 * a value that JSON cannot carry (NaN, infinity, binary) is refused, as the server refuses it;
 * types are strict: no string where the schema says integer or boolean, as on the server (pydantic's
   strict JSON mode); a null field counts as left out, as the server prunes it;
@@ -23,7 +24,8 @@ from __future__ import annotations
 import difflib
 import json
 import math
-from collections.abc import Iterable
+import re
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -69,10 +71,31 @@ class _Loader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+# Plain scalars are read as the API server's YAML reader (go-yaml v2, by way of sigs.k8s.io/yaml)
+# reads them, not as YAML 1.1 would: no timestamps and no base-60 numbers (12:30 stays text), but
+# 1e3, -.5 and 09 are floats, 0o17 an integer, y and n booleans.
+_YAML11 = {"tag:yaml.org,2002:timestamp", "tag:yaml.org,2002:int", "tag:yaml.org,2002:float", "tag:yaml.org,2002:value"}
 _Loader.yaml_implicit_resolvers = {
-    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    first: [(tag, regexp) for tag, regexp in resolvers if tag not in _YAML11]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
+_GO_YAML = "tag:earthops.dev,2026:go-yaml"
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:int",
+    re.compile(r"^(?:[-+]?0b[0-1_]+|[-+]?0[0-7_]+|[-+]?(?:0|[1-9][0-9_]*)|[-+]?0x[0-9a-fA-F_]+)$"),
+    list("-+0123456789"))
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+][0-9]+)?|\.[0-9][0-9_]*(?:[eE][-+][0-9]+)?"
+               r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
+    list("-+0123456789."))
+_Loader.add_implicit_resolver(f"{_GO_YAML}:float", re.compile(r"^[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?$"),
+                              list("-+.0123456789"))
+_Loader.add_implicit_resolver(f"{_GO_YAML}:int", re.compile(r"^[-+]?0o[0-7]+$"), list("-+0"))
+_Loader.add_implicit_resolver(f"{_GO_YAML}:bool", re.compile(r"^(?:y|Y|n|N)$"), list("yYnN"))
+_Loader.add_constructor(f"{_GO_YAML}:float", lambda loader, node: float(loader.construct_scalar(node)))
+_Loader.add_constructor(f"{_GO_YAML}:int", lambda loader, node: int(loader.construct_scalar(node), 0))
+_Loader.add_constructor(f"{_GO_YAML}:bool", lambda loader, node: loader.construct_scalar(node) in ("y", "Y"))
 
 
 def _decode(path: Path, data: bytes) -> str:
@@ -137,19 +160,32 @@ def _key_text(key: Any) -> Any:
     return key
 
 
-def _as_json(value: Any, parts: tuple[Any, ...], problems: list[str]) -> Any:
-    """``value`` with JSON object keys; what JSON cannot carry is added to ``problems``."""
-    if isinstance(value, dict):
+#: Values (YAML aliases expanded) a document may hold: a few aliases can stand for billions of them.
+MAX_VALUES = 1_000_000
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def _as_json(value: Any, parts: tuple[Any, ...], problems: list[str], budget: list[int] | None = None) -> Any:
+    """``value`` with JSON object keys; what JSON cannot carry is added to ``problems``. Raises
+    :class:`_TooLarge` past :data:`MAX_VALUES` values or when nested beyond recursion."""
+    budget = budget if budget is not None else [MAX_VALUES]
+    budget[0] -= 1
+    if budget[0] < 0 or len(parts) > 200:
+        raise _TooLarge
+    if isinstance(value, Mapping):  # a dict, or a read-only view of one (kopf's bodies)
         out = {}
         for key, item in value.items():
             text = _key_text(key)
             if not isinstance(text, str):
                 problems.append(f"{_path(parts)}: key {key!r} is not text (a JSON object key must be)")
                 continue
-            out[text] = _as_json(item, (*parts, text), problems)
+            out[text] = _as_json(item, (*parts, text), problems, budget)
         return out
-    if isinstance(value, list):
-        return [_as_json(item, (*parts, i), problems) for i, item in enumerate(value)]
+    if isinstance(value, (list, tuple)):
+        return [_as_json(item, (*parts, i), problems, budget) for i, item in enumerate(value)]
     if isinstance(value, float) and not math.isfinite(value):
         problems.append(f"{_path(parts)}: {value!r} is not a number JSON can carry (the API server refuses NaN "
                         "and infinity); accepted: a finite number")
@@ -291,10 +327,14 @@ def _looks_like(value: Any, kind: str) -> bool:
 def parse_resource(doc: Any, where: str = "<input>") -> Resource[Any, Any]:
     """Validate one manifest document. Raises :class:`ManifestError` naming `where`, the resource
     and each wrong field with its value and what is accepted."""
-    if not isinstance(doc, dict):
+    if not isinstance(doc, Mapping):
         raise ManifestError([f"{where}: expected a mapping (a Kubernetes object), got {type(doc).__name__}"])
     json_problems: list[str] = []
-    doc = _as_json(doc, (), json_problems)
+    try:
+        doc = _as_json(doc, (), json_problems)
+    except _TooLarge:
+        raise ManifestError([f"{where}: the document is nested deeper than 200 levels or holds more than "
+                             f"{MAX_VALUES} values (YAML aliases expanded)"]) from None
     who = f"{where}: {_describe(doc)}"
     api_version, kind = doc.get("apiVersion"), doc.get("kind")
     if not isinstance(kind, str):
