@@ -49,9 +49,12 @@ RAY_KEYS = frozenset({
 #: Ray Tune settings for the experiment's fit only (restored after, so the process's other Tune runs
 #: keep Ray's defaults): the Guard names a missing objective itself; JSON and CSV results only (the
 #: history comes from them; Tune's TensorBoard logger costs about half a second per trial on 2 cores);
-#: no warning about checkpoint syncs, which are per epoch on purpose.
+#: no warning about checkpoint syncs, which are per epoch on purpose; the experiment state is saved at
+#: every step (Tune's default waits up to 10 s), so a driver killed between two saves does not resume
+#: from a state naming a trial checkpoint that `num_to_keep` has deleted since (seen with epochs of
+#: milliseconds on a loaded machine).
 TUNE_ENV = {"TUNE_DISABLE_STRICT_METRIC_CHECKING": "1", "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
-            "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0"}
+            "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0", "TUNE_GLOBAL_CHECKPOINT_S": "0"}
 
 
 class TrialOutOfMemory(RuntimeError):

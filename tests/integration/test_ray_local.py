@@ -1,6 +1,8 @@
 """The session's local Ray is real, on loopback, and runs tasks in parallel."""
 
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 
@@ -10,14 +12,22 @@ pytestmark = pytest.mark.integration
 def test_ray_runs_tasks_in_parallel_on_loopback(ray_local):
     ray = ray_local
 
-    @ray.remote(num_cpus=1)
-    def nap(seconds: float) -> tuple[float, float]:
-        start = time.time()
-        time.sleep(seconds)
-        return start, time.time()
+    # A rendezvous, not a timing: each task announces itself and waits (up to a deadline) for the other
+    # one. Two tasks that run one after the other never meet, however loaded the machine is.
+    folder = tempfile.mkdtemp(prefix="earthops-ray-meet-")
 
-    (s1, e1), (s2, e2) = ray.get([nap.remote(1.0), nap.remote(1.0)])
-    assert s1 < e2 and s2 < e1, "the two tasks did not run side by side"
+    @ray.remote(num_cpus=1)
+    def meet(me: str, other: str) -> bool:
+        Path(folder, me).touch()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if Path(folder, other).exists():
+                return True
+            time.sleep(0.05)
+        return False
+
+    assert ray.get([meet.remote("a", "b"), meet.remote("b", "a")]) == [True, True], \
+        "the two tasks did not run side by side"
     nodes = [n for n in ray.nodes() if n["Alive"]]
     assert [n["NodeManagerAddress"] for n in nodes] == ["127.0.0.1"], \
         [{k: n.get(k) for k in ("NodeID", "NodeManagerAddress", "NodeName", "Resources", "Labels")} for n in ray.nodes()]

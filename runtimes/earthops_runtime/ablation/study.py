@@ -347,7 +347,7 @@ def _run(run: Run) -> Outcome:
         param_space={"trial": tune.grid_search(trials)},
         search_alg=BasicVariantGenerator(max_concurrent=spec.max_concurrent_trials), num_samples=1,
         time_budget_s=duration_seconds(spec.timeout), max_failures=spec.trial_retries,
-        resources=trial_resources(spec.resources), keep_checkpoints=1)
+        resources=trial_resources(spec.resources), keep_checkpoints=2)
     rows = [trial_row(t, training.epochs, spec.objective.metric, finished.histories.get(t.trial_id))
             for t in finished.trials]
     counts = _counts(rows, total)
