@@ -81,8 +81,10 @@ Quantity = Annotated[
          "x-kubernetes-int-or-string": True}
     ),
 ]
-#: A duration such as `90s`, `30m`, `2h` or `1h30m`.
-Duration = Annotated[str, StringConstraints(pattern=r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$")]
+_DURATION_TEXT = r"[0-9]+(\.[0-9]+)?(ms|s|m|h)"
+#: A positive duration such as `90s`, `30m`, `2h` or `1h30m` (one of its parts is not zero).
+Duration = Annotated[str, StringConstraints(
+    pattern=rf"^({_DURATION_TEXT})*([0-9]*[1-9][0-9]*(\.[0-9]+)?|[0-9]+\.[0-9]*[1-9][0-9]*)(ms|s|m|h)({_DURATION_TEXT})*$")]
 
 _DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}

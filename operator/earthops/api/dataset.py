@@ -46,6 +46,8 @@ class SearchFilter(ApiModel):
     cel_rules = (
         *(Rule(rule, message, ".bbox") for rule, message in BBOX_RULES),
         *(Rule(rule, message, ".datetime") for rule, message in DATETIME_RULES),
+        Rule("self.assets.all(band, band.matches('^[A-Za-z][A-Za-z0-9_]*$'))",
+             "assets maps band names (a letter, then letters, digits or '_') to asset keys", ".assets"),
     )
 
     collections: StringSet = Field(default_factory=list)
@@ -61,7 +63,7 @@ class SearchFilter(ApiModel):
     """A CQL2-JSON filter on item properties (e.g. `eo:cloud_cover` below a value)."""
     max_items: Annotated[int, Field(ge=1, le=1_000_000)] = 100
     """Take at most this many scenes."""
-    assets: dict[str, str] = Field(default_factory=dict)
+    assets: dict[str, Annotated[str, StringConstraints(min_length=1)]] = Field(default_factory=dict, max_length=64)
     """Band name -> asset key, where asset keys differ from band names (`B04: red`)."""
 
 

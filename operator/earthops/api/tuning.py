@@ -70,6 +70,10 @@ class SearchParameter(ApiModel):
              "int parameters need whole-number min and max", ".min"),
         Rule("self.type != 'int' || !has(self.step) || (self.step >= 1.0 && self.step == double(int(self.step)))",
              "int parameters need a whole-number step >= 1", ".step"),
+        Rule("self.type in ['double', 'int'] || (!has(self.min) && !has(self.max) && !has(self.step) && "
+             "self.scale == 'linear')",
+             "min, max, step and scale are for double and int parameters (discrete and categorical ones take "
+             "values or choices)", ".type"),
     )
 
     name: Annotated[str, StringConstraints(pattern=_PARAMETER_NAME, max_length=128)]
@@ -87,7 +91,8 @@ class SearchParameter(ApiModel):
     """Quantisation step for double and int (and grid spacing)."""
     values: Annotated[list[float], Field(min_length=1, max_length=1000)] | None = None
     """discrete: the numbers to choose from (integral values are passed as integers)."""
-    choices: Annotated[list[Annotated[str, StringConstraints(max_length=256)]], Field(min_length=1, max_length=1000)] | None = None
+    choices: Annotated[list[Annotated[str, StringConstraints(min_length=1, max_length=256)]],
+                       Field(min_length=1, max_length=1000)] | None = None
     """categorical: the options, as text (``adam``, ``adamw``; ``"true"``/``"false"`` for flags)."""
 
 
@@ -140,6 +145,12 @@ class TuningExperimentSpec(ApiModel):
         Rule("self.earlyStopping == oldSelf.earlyStopping", "earlyStopping is immutable", ".earlyStopping", transition=True),
         Rule("self.algorithm.name != 'grid' || self.searchSpace.all(p, !(p.type in ['double', 'int']) || has(p.step))",
              "grid search needs a step on every double and int parameter (or use discrete values)", ".searchSpace"),
+        Rule("self.algorithm.name != 'grid' || self.searchSpace.all(p, p.scale != 'log')",
+             "grid search takes evenly stepped points: scale log is not used with grid (list log-spaced points as "
+             "discrete values)", ".searchSpace"),
+        Rule("self.algorithm.name != 'grid' || self.searchSpace.all(p, !has(p.step) || !has(p.min) || !has(p.max) || "
+             "(p.max - p.min) / p.step < 100000.0)",
+             "grid search: a parameter has more than 100000 points from min to max by step", ".searchSpace"),
         Rule("self.algorithm.name != 'pbt' || self.searchSpace.exists(p, p.name.startsWith('training.'))",
              "pbt mutates training.* parameters during training: add at least one (e.g. training.learningRate); "
              "model parameters are fixed per trial", ".searchSpace"),
