@@ -88,6 +88,27 @@ def earthops(store_uri: str, dataset: str, address: str, name: str, workers: int
 
 def plain_loop(dataset: str) -> tuple[float, int]:
     """The same trials as a loop over the trainer (what a notebook would do)."""
+    import pyarrow
+    import torch
+
+    from earthops_runtime.ablation import plan as pl
+
+    # one core, as a 1-CPU trial has: torch's threads, and Arrow's decoding pool (a Ray worker gets
+    # OMP_NUM_THREADS=1, which sizes Arrow's pool; this process would decode on every core)
+    torch.set_num_threads(1)
+    arrow_threads = pyarrow.cpu_count()
+    pyarrow.set_cpu_count(1)
+    components = [pl.BASE, *FEATURES, "extra"]
+    started = time.perf_counter()
+    n = 0
+    try:
+        n = _loop(dataset, components)
+    finally:
+        pyarrow.set_cpu_count(arrow_threads)
+    return time.perf_counter() - started, n
+
+
+def _loop(dataset: str, components: list[str]) -> int:
     import torch
 
     from earthops.api.tuning import Training
@@ -96,9 +117,6 @@ def plain_loop(dataset: str) -> tuple[float, int]:
     from earthops_runtime.ablation.study import final_metrics
     from earthops_runtime.training import DatasetInfo, Trainer
 
-    torch.set_num_threads(1)
-    components = [pl.BASE, *FEATURES, "extra"]
-    started = time.perf_counter()
     n = 0
     for seed in range(REPEATS):
         for comp in components:
@@ -113,7 +131,7 @@ def plain_loop(dataset: str) -> tuple[float, int]:
             final_metrics(trainer, metric="val_accuracy", goal="maximize", seed=seed,
                           permutation_repeats=2 if comp == pl.BASE else 0)
             n += 1
-    return time.perf_counter() - started, n
+    return n
 
 
 def test_ablation_scaling_and_overhead(tmp_path, ray_local):
