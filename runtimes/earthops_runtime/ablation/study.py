@@ -395,7 +395,8 @@ def _run(run: Run) -> Outcome:
                f"{_fmt(analysis['base']['mean'])}")
     if top is not None:
         message += f"; most important: {top['component']} (delta {_fmt(top['delta'])})"
-    return Outcome(results, message, done=counts["trialsDone"], total=total)
+    return Outcome(results, message, done=counts["trialsDone"], total=total,
+                   detail=trials_detail(rows, spec, training.epochs))
 
 
 def _fmt(value: float | None) -> str:
