@@ -173,7 +173,9 @@ def _run_with_progress(executor: Any, planned: list[Any]) -> None:
             header, rows = display.table_rows([outcome.resource])
             console.print(display.plain_table(header, rows), highlight=False, markup=False)
     for r, status in failed:
-        err.print(f"[red]failed:[/red] {r.kind} {r.namespace}/{r.name}: {status.get('message', '')}", highlight=False)
+        # plain text: a runtime's message may hold brackets (regular expressions, lists) that markup would eat
+        err.print(f"failed: {r.kind} {r.namespace}/{r.name}: {status.get('message', '')}", highlight=False, markup=False,
+                  style="red")
     if failed:
         from earthops.control.status import invalid_input
 
