@@ -517,3 +517,61 @@ def _plan_sar(bands: tuple[str, ...], sar: list[str], sar_unit: str) -> tuple[li
     if problems:
         raise SpecError(SAR_FIELD, "; ".join(problems))
     return out, sorted(set(notes), key=notes.index)
+
+
+# --------------------------------------------------------------------------------------------------
+# From feature names back to the plan (serving: a model's features from raw bands)
+
+_SAR_SUFFIX = re.compile(r"^(?P<a>[A-Za-z]{2})(?:_(?P<b>[A-Za-z]{2}))?_(?P<op>linear|db|ratio|difference|band_avg)$")
+
+
+def sar_feature_op(name: str) -> str | None:
+    """The SAR feature op a channel name was made by (``band_avg``, ``HH_HV_ratio``, ``VV_linear``...),
+    or None when the name is not a SAR feature's."""
+    if name == "band_avg":
+        return "band_avg"
+    m = _SAR_SUFFIX.match(name)
+    if not m or m.group("a").upper() not in SAR_BANDS or (m.group("b") and m.group("b").upper() not in SAR_BANDS):
+        return None
+    paired = m.group("op") in ("ratio", "difference") or (m.group("op") == "band_avg")
+    return m.group("op") if bool(m.group("b")) == paired else None
+
+
+def plan_for_features(features: Sequence[str], bands: Sequence[str]) -> tuple[FeaturePlan, list[int]]:
+    """The plan that derives a model's ``features`` (channel names as the dataset made them: bands,
+    catalogue indices, SAR features) from raw ``bands`` (in the dataset's units: reflectance, dB),
+    and where each feature is among ``plan.names`` — the dataset's own code, so serving computes
+    exactly what training saw. :class:`SpecError` (field ``bands``) naming the features that the
+    given bands cannot provide and the bands they need."""
+    given = tuple(bands)
+    indices: list[str] = []
+    sar: list[str] = []
+    missing: list[str] = []
+    for name in features:
+        if name in given:
+            continue
+        op = sar_feature_op(name)
+        if op is not None:
+            if op not in sar:
+                sar.append(op)
+            continue
+        try:
+            resolve_index_name(name)
+        except SpecError:
+            missing.append(name)
+            continue
+        indices.append(name)
+    if missing:
+        raise SpecError("bands", f"band{'s' if len(missing) > 1 else ''} {', '.join(missing)} missing; "
+                                 f"given: {', '.join(given) or '(none)'}")
+    try:
+        plan = plan_features(given, indices, sar)
+    except SpecError as exc:
+        raise SpecError("bands", f"the features {', '.join(f for f in features if f not in given)} cannot be "
+                                 f"derived from the bands {', '.join(given)}: {exc.detail}") from None
+    where = {n: i for i, n in enumerate(plan.names)}
+    lost = [f for f in features if f not in where]
+    if lost:
+        raise SpecError("bands", f"the features {', '.join(lost)} cannot be derived from the bands {', '.join(given)} "
+                                 f"(they give {', '.join(plan.names)})")
+    return plan, [where[f] for f in features]

@@ -1,0 +1,115 @@
+"""The one place every decoded input batch passes: observers (drift monitoring) see it here.
+
+After a request's (or a scene chunk's) outputs are computed, the predictor hands an
+:class:`ObservedBatch` to :meth:`Observers.publish`, which calls each configured observer's
+``observe(batch)`` on a worker thread of its own: the response never waits for an observer, and an
+observer that raises is logged and counted (``earthops_serving_observer_errors_total``), never failing
+a request. An observer is any object with ``observe(batch) -> None`` (duck-typed: a monitoring
+package does not import serving).
+
+What an observer gets (frozen, arrays read-only):
+
+* ``features``: float32 ``[N, C, H, W]`` after feature derivation, BEFORE normalisation, in the
+  model's feature order ``feature_names`` (model-ready tensors sent by a client are de-normalised
+  with the card's statistics, so every input form reaches an observer in the same units as the
+  training data's ``stats.json``).
+* ``outputs``: probabilities, ``[N, K]`` (classification: softmax, multilabel: sigmoid) or
+  ``[N, K, H, W]`` (segmentation: softmax over classes); ``class_names`` names the K classes.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from earthops_runtime.serving import metrics
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ObservedBatch:
+    """One decoded input batch and what the model answered for it (see the module docstring)."""
+
+    model_name: str
+    model_version: str
+    features: np.ndarray
+    feature_names: tuple[str, ...]
+    outputs: np.ndarray
+    class_names: tuple[str, ...]
+    task: str
+    request_id: str | None = None
+
+
+@runtime_checkable
+class Observer(Protocol):
+    """Anything with ``observe(batch)``; it runs off the request path and may take its time."""
+
+    def observe(self, batch: ObservedBatch) -> None: ...
+
+
+def _frozen(a: np.ndarray) -> np.ndarray:
+    out = np.array(a, copy=True)  # the caller's buffers are reused or freed after the response
+    out.flags.writeable = False
+    return out
+
+
+class Observers:
+    """The configured observers and the one thread that calls them, in order, batch after batch."""
+
+    def __init__(self, observers: Iterable[object] = ()):
+        self.observers: tuple[object, ...] = tuple(observers)
+        for o in self.observers:
+            if not callable(getattr(o, "observe", None)):
+                raise TypeError(f"observer {o!r} has no observe(batch) method")
+        self._pool: ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()
+
+    def __bool__(self) -> bool:
+        return bool(self.observers)
+
+    def publish(self, *, model_name: str, model_version: str, features: np.ndarray, feature_names: Sequence[str],
+                outputs: np.ndarray, class_names: Sequence[str], task: str, request_id: str | None) -> None:
+        """Queue one batch for every observer; returns at once (nothing to do without observers)."""
+        if not self.observers:
+            return
+        batch = ObservedBatch(model_name=model_name, model_version=model_version,
+                              features=_frozen(features.astype(np.float32, copy=False)),
+                              feature_names=tuple(feature_names), outputs=_frozen(outputs),
+                              class_names=tuple(class_names), task=task, request_id=request_id)
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="earthops-observers")
+            self._pool.submit(self.notify, batch)
+
+    def notify(self, batch: ObservedBatch) -> None:
+        """Call every observer with ``batch`` (on the caller's thread); failures are logged and counted."""
+        for o in self.observers:
+            try:
+                o.observe(batch)  # type: ignore[attr-defined]
+            except Exception:  # noqa: BLE001 - an observer never fails a request or stops the others
+                name = type(o).__name__
+                metrics.OBSERVER_ERRORS.labels(observer=name).inc()
+                log.exception("observer %s failed on a batch of %s %s", name, batch.model_name, batch.model_version)
+
+    def drain(self, timeout: float | None = None) -> None:
+        """Wait until every queued batch was handed to the observers (tests, shutdown)."""
+        with self._lock:
+            pool = self._pool
+        if pool is not None:
+            pool.submit(lambda: None).result(timeout=timeout)
+
+    def close(self) -> None:
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True)
+
+
+__all__ = ["ObservedBatch", "Observer", "Observers"]
