@@ -1,0 +1,76 @@
+"""Known-truth data for drift monitoring tests: synthetic Sentinel-1 ship/iceberg chips (HH, HV,
+band_avg in dB) and Sentinel-2 land-cover chips (B02, B03, B04, B08 reflectance), drawn by the
+project's own generators, a training reference (``stats.json`` as the dataset pipeline writes it)
+and a disjoint pool of test chips. Cached per process: the tests reuse one draw."""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import numpy as np
+
+from earthops_runtime.data.stats import DatasetStats
+from earthops_runtime.data.synthetic import s1_chip_arrays, s2_scene_arrays
+
+S1_BANDS = ("HH", "HV", "band_avg")
+S1_CLASSES = ("ship", "iceberg")
+S2_BANDS = ("B02", "B03", "B04", "B08")
+
+
+@dataclass(frozen=True)
+class Pool:
+    """A reference document (train split features, validation split labels) and test chips."""
+
+    stats: dict
+    chips: np.ndarray  # (N, C, H, W) float32
+    labels: np.ndarray  # (N,)
+    bands: tuple[str, ...]
+
+
+def _s1(seed: int, count: int) -> tuple[np.ndarray, np.ndarray]:
+    chips, labels = [], []
+    for i in range(count):
+        hh, hv, truth = s1_chip_arrays(seed, i)
+        chips.append(np.stack([hh, hv, (hh + hv) / 2]))
+        labels.append(truth["is_iceberg"])
+    return np.stack(chips).astype(np.float32), np.array(labels)
+
+
+@functools.cache
+def s1_pool(train: int = 400, test: int = 600) -> Pool:
+    """Reference from ``train`` chips (seed 11), validation labels and ``test`` chips from seed 12."""
+    x, y = _s1(11, train)
+    tx, ty = _s1(12, test)
+    stats = DatasetStats(seed=1)
+    stats.update("train", x, S1_BANDS).update_labels("train", y)
+    stats.update("validation", tx[:100], S1_BANDS).update_labels("validation", ty[:100])
+    return Pool(stats.to_dict(), tx, ty, S1_BANDS)
+
+
+def _s2(seed: int, scenes: int, size: int = 240, chip: int = 30) -> np.ndarray:
+    out = []
+    for j in range(scenes):
+        arrays = s2_scene_arrays(seed, j, size=size)
+        dn = np.stack([arrays[b] for b in S2_BANDS]).astype(np.float32)
+        refl = np.where(dn == 0, np.nan, (dn - 1000.0) / 10000.0)
+        k = size // chip
+        out.append(refl.reshape(len(S2_BANDS), k, chip, k, chip).transpose(1, 3, 0, 2, 4).reshape(-1, len(S2_BANDS),
+                                                                                                    chip, chip))
+    return np.concatenate(out).astype(np.float32)
+
+
+@functools.cache
+def s2_pool() -> Pool:
+    """Reference from 12 scenes of seed 21, test chips from 6 scenes of seed 22 (64 chips a scene)."""
+    stats = DatasetStats(seed=2)
+    stats.update("train", _s2(21, 12), S2_BANDS)
+    test = _s2(22, 6)
+    return Pool(stats.to_dict(), test, np.zeros(len(test), np.int64), S2_BANDS)
+
+
+def probabilities(labels: np.ndarray, classes: int = 2, confidence: float = 0.9) -> np.ndarray:
+    """Softmax-like outputs that predict ``labels``."""
+    out = np.full((labels.size, classes), (1.0 - confidence) / (classes - 1), np.float32)
+    out[np.arange(labels.size), labels] = confidence
+    return out
