@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 from earthops.control.cli import app
 from earthops.core.store import Store
 from earthops_runtime.catalog import index, search
+from earthops_runtime.stac.query import Query
 
 pytestmark = pytest.mark.unit
 
@@ -331,10 +332,13 @@ def test_a_remote_store_is_searched_through_a_local_cache(tmp_path, monkeypatch)
         found = search.search(remote, **query)
         assert ids_of(found) == brute_force(items, **query) and found
         assert found[0]["assets"]["data"]["href"].startswith("memory://earthops-search-test/datasets/default/remote/g1/")
-        cached = list((tmp_path / "cache" / "index").glob("*.parquet"))
-        assert len(cached) == 1
+        cached = sorted(p.name for p in (tmp_path / "cache" / "index").glob("*.parquet"))
+        assert len(cached) == 2 and cached[1] == cached[0].replace(".parquet", ".text.parquet")  # + its text index
         assert ids_of(search.search(remote, **query)) == ids_of(found)  # from the cache
-        assert len(list((tmp_path / "cache" / "index").glob("*.parquet"))) == 1
+        ranked = search.search(remote, q="sentinel OR 2a", **query)
+        assert ids_of(ranked) == [it["id"] for it in Query.parse(q="sentinel OR 2a", **query).select(items)]
+        assert len(ranked) < len(found)
+        assert len(list((tmp_path / "cache" / "index").glob("*.parquet"))) == 2
     finally:
         fs.rm("/earthops-search-test", recursive=True)
 

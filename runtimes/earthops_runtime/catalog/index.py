@@ -52,6 +52,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from earthops_runtime.catalog.textindex import TEXT_NAME, text_index_bytes
 from earthops_runtime.stac.query import item_time
 
 INDEX_NAME = "index.parquet"
@@ -392,16 +393,23 @@ def _geo_metadata(geometry_types: Iterable[str]) -> dict[str, Any]:
     }
 
 
-def index_bytes(table: pa.Table, *, json_columns: Sequence[str] = (), geometry_types: Iterable[str] = ("Polygon",),
-                row_group_size: int = ROW_GROUP_SIZE) -> bytes:
-    """The Parquet bytes of an index table: rows sorted by :func:`spatial_order`, row groups of
-    ``row_group_size``, GeoParquet and earthops metadata in the footer."""
+def sorted_table(table: pa.Table) -> pa.Table:
+    """The index table in its stored order (:func:`spatial_order`): row numbers of the file are
+    positions in this table (the free-text index refers to them)."""
     missing = [c for c in ("id", "collection", *TIME_COLUMNS, "bbox", "geometry", "assets", "links")
                if c not in table.column_names]
     if missing:
         raise IndexBuildError(f"index table lacks the columns {missing}")
-    if table.num_rows:
-        table = table.take(pa.array(spatial_order(table.column("bbox"))))
+    return table.take(pa.array(spatial_order(table.column("bbox")))) if table.num_rows else table
+
+
+def index_bytes(table: pa.Table, *, json_columns: Sequence[str] = (), geometry_types: Iterable[str] = ("Polygon",),
+                row_group_size: int = ROW_GROUP_SIZE, presorted: bool = False) -> bytes:
+    """The Parquet bytes of an index table: rows sorted by :func:`spatial_order` (unless
+    ``presorted``: :func:`sorted_table` already applied), row groups of ``row_group_size``,
+    GeoParquet and earthops metadata in the footer."""
+    if not presorted:
+        table = sorted_table(table)
     meta = dict(table.schema.metadata or {})
     meta[b"geo"] = json.dumps(_geo_metadata(geometry_types)).encode()
     meta[b"stac-geoparquet"] = json.dumps({"version": STAC_GEOPARQUET_VERSION}).encode()
@@ -434,23 +442,28 @@ def _statistics_columns(schema: pa.Schema) -> list[str]:
 def write_index(store: Any, key: str, items: Sequence[Mapping[str, Any]], *,
                 row_group_size: int = ROW_GROUP_SIZE) -> int:
     """Write the index of ``items`` (STAC item dicts, relative hrefs relative to the folder of ``key``)
-    to ``key`` of ``store`` (one atomic object write). Returns the number of rows."""
+    to ``key`` of ``store``, and its free-text index to ``text.parquet`` beside it (write both into a
+    run being published: they appear together). Returns the number of rows."""
     table, json_columns = items_table(items)
     types = {it["geometry"]["type"] for it in items if it.get("geometry")} or {"Polygon"}
-    store.write_bytes(key, index_bytes(table, json_columns=json_columns, geometry_types=types,
-                                       row_group_size=row_group_size))
-    return table.num_rows
+    return write_index_table(store, key, table, json_columns=json_columns, geometry_types=types,
+                             row_group_size=row_group_size)
 
 
 def write_index_table(store: Any, key: str, table: pa.Table, *, json_columns: Sequence[str] = (),
                       geometry_types: Iterable[str] = ("Polygon",), row_group_size: int = ROW_GROUP_SIZE) -> int:
-    """Write an index built column-wise (large or synthetic sets; see :func:`box_wkb_array`): the
-    table must follow the schema above. Returns the number of rows."""
+    """Write an index built column-wise (large or synthetic sets; see :func:`box_wkb_array`) and its
+    free-text index (:mod:`earthops_runtime.catalog.textindex`) beside it: the table must follow the
+    schema above. Returns the number of rows."""
     for name, wanted in (("bbox", BBOX), *((t, TIMESTAMP) for t in TIME_COLUMNS)):
         if name in table.column_names and table.schema.field(name).type != wanted:
             raise IndexBuildError(f"column {name} is {table.schema.field(name).type}, expected {wanted}")
+    table = sorted_table(table)
     store.write_bytes(key, index_bytes(table, json_columns=json_columns, geometry_types=geometry_types,
-                                       row_group_size=row_group_size))
+                                       row_group_size=row_group_size, presorted=True))
+    folder = key.rsplit("/", 1)[0] + "/" if "/" in key else ""
+    store.write_bytes(folder + TEXT_NAME, text_index_bytes(table, json_columns=frozenset(json_columns),
+                                                           core=frozenset(CORE_COLUMNS)))
     return table.num_rows
 
 
@@ -464,6 +477,6 @@ def json_properties(schema: pa.Schema) -> set[str]:
 
 __all__ = [
     "BBOX", "CORE_COLUMNS", "INDEX_NAME", "IndexBuildError", "ROW_GROUP_SIZE", "TIMESTAMP", "box_wkb_array", "format_datetime",
-    "geometry_to_wkb", "hilbert_key", "index_bytes", "items_table", "json_properties", "parse_datetime",
+    "geometry_to_wkb", "hilbert_key", "index_bytes", "sorted_table", "items_table", "json_properties", "parse_datetime",
     "spatial_order", "wkb_to_geometry", "write_index", "write_index_table",
 ]

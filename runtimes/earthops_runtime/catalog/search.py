@@ -23,6 +23,13 @@ filter, limit) without a server:
   the rest (spatial operators: core DuckDB has no geometry functions; ``properties.``-prefixed names;
   properties no index has) are evaluated on each remaining candidate as the Query does. A property an
   item lacks makes a comparison unknown, hence false, in both paths (SQL NULL semantics).
+* **q** (free text, :mod:`earthops_runtime.stac.text`): each index's inverted index (``text.parquet``,
+  :mod:`earthops_runtime.catalog.textindex`) gives the items holding each term and how often; the
+  query tree is evaluated on those row sets (numpy), relevance computed from the counts and the
+  document frequencies summed over every index searched, and the candidates (file, row, relevance)
+  joined to the index rows in DuckDB, where the other criteria prune and order them (relevance
+  first). Phrases of three or more tokens are pre-selected by their bigrams and checked exactly on
+  the item. An index published before text indexes existed gets one built once into the cache.
 * Results are STAC item dicts in the Query's order (:data:`~earthops_runtime.stac.query.ORDER`:
   newest first, then collection, then id, descending, as pgstac), written as the SQL ORDER BY;
   relative hrefs resolved against the index's URL.
@@ -48,6 +55,7 @@ from typing import Any
 
 from earthops.core.store import MARKER
 from earthops_runtime.cache import cache_root
+from earthops_runtime.catalog import textindex
 from earthops_runtime.catalog.index import (
     CORE_COLUMNS,
     EXTRA_PROPERTIES,
@@ -57,6 +65,7 @@ from earthops_runtime.catalog.index import (
     json_properties,
     wkb_to_geometry,
 )
+from earthops_runtime.stac import text as free_text
 from earthops_runtime.stac.query import (
     ORDER,
     Box,
@@ -74,6 +83,8 @@ AREAS = ("datasets", "models")
 #: Rows fetched from DuckDB at a time when candidates are filtered here.
 BATCH_ROWS = 2048
 FILE_COLUMN = "__earthops_index_file"
+ROW_COLUMN = "file_row_number"
+SCORE_COLUMN = "__earthops_score"
 
 # --------------------------------------------------------------------------------------------------
 # Discovery
@@ -99,13 +110,48 @@ def _local_files(store: Any, keys: Sequence[str]) -> dict[str, str]:
         published = store.read_json(f"{run_key}/{MARKER}").get("published", "")
         digest = hashlib.sha256(f"{url}\n{published}".encode()).hexdigest()[:32]
         path = cache_root("index") / f"{digest}.parquet"
-        if not path.is_file():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
-            tmp.write_bytes(store.read_bytes(key))
-            os.replace(tmp, path)
+        text_key = f"{run_key}/{textindex.TEXT_NAME}"
+        for source, dest in ((text_key, _cached_text_path(path)), (key, path)):  # the index last: it marks a copy complete
+            if not dest.is_file() and (source == key or store.exists(source)):
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                tmp = dest.with_name(f"{dest.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+                tmp.write_bytes(store.read_bytes(source))
+                os.replace(tmp, dest)
         out[os.fspath(path)] = url
     return out
+
+
+def _cached_text_path(index_path: os.PathLike[str] | str) -> Any:
+    from pathlib import Path
+
+    path = Path(index_path)
+    return path.with_name(path.stem + ".text.parquet")
+
+
+def text_file(index_path: str) -> str:
+    """The free-text index of a local index file: beside it in the store (``text.parquet``), beside its
+    cached copy (``<digest>.text.parquet``), or else (a run published before text indexes existed)
+    built once from the index into the cache."""
+    from pathlib import Path
+
+    path = Path(index_path)
+    beside = path.with_name(textindex.TEXT_NAME) if path.name == INDEX_NAME else _cached_text_path(path)
+    if beside.is_file():
+        return os.fspath(beside)
+    st = os.stat(index_path)
+    digest = hashlib.sha256(f"{index_path}\n{st.st_size}\n{st.st_mtime_ns}".encode()).hexdigest()[:32]
+    built = cache_root("text") / f"{digest}.parquet"
+    if not built.is_file():
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(index_path)
+        data = textindex.text_index_bytes(table, json_columns=_json_columns(index_path),
+                                          core=frozenset(CORE_COLUMNS))
+        built.parent.mkdir(parents=True, exist_ok=True)
+        tmp = built.with_name(f"{built.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+        tmp.write_bytes(data)
+        os.replace(tmp, built)
+    return os.fspath(built)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -134,9 +180,10 @@ def _sql_string(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def _source(paths: Iterable[str]) -> str:
+def _source(paths: Iterable[str], *, row_numbers: bool = False) -> str:
     files = ", ".join(_sql_string(p) for p in paths)
-    return f"read_parquet([{files}], union_by_name = true, filename = {_sql_string(FILE_COLUMN)})"
+    return (f"read_parquet([{files}], union_by_name = true, filename = {_sql_string(FILE_COLUMN)}"
+            + (", file_row_number = true)" if row_numbers else ")"))
 
 
 def _bbox_sql(box: Box, params: dict[str, Any]) -> str:
@@ -233,6 +280,8 @@ class _Rows:
 
     def item(self, row: dict[str, Any]) -> dict[str, Any]:
         path = row.pop(FILE_COLUMN)
+        row.pop(ROW_COLUMN, None)
+        row.pop(SCORE_COLUMN, None)
         base = self.base[path]
         json_cols = self.json_columns[path]
         properties: dict[str, Any] = {}
@@ -276,30 +325,32 @@ class _Rows:
 
 def search(store: Any, *, collections: Sequence[str] | str | None = None, ids: Sequence[str] | None = None,
            bbox: Any = None, datetime: Any = None, filter: Any = None,  # noqa: A002 - STAC API names
-           limit: int | None = None) -> list[dict[str, Any]]:
+           limit: int | None = None, q: Any = None) -> list[dict[str, Any]]:
     """STAC items of every published index in ``store`` that match all the given criteria.
 
     ``collections``/``ids``: any of these; ``bbox``: ``[w, s, e, n]`` (geometry intersects);
     ``datetime``: RFC 3339 instant or interval (``A/B``, ``..`` open); ``filter``: CQL2 (dict, JSON
-    text or text); ``limit``: at most this many (newest first). Raises :class:`SearchError` (before
-    anything is read) for a bad argument."""
-    query = Query.parse(collections=collections, ids=ids, bbox=bbox, datetime=datetime, filter=filter, limit=limit)
+    text or text); ``q``: free text (ranked by relevance); ``limit``: at most this many (newest first).
+    Raises :class:`SearchError` (before anything is read) for a bad argument."""
+    query = Query.parse(collections=collections, ids=ids, bbox=bbox, datetime=datetime, filter=filter, limit=limit,
+                        q=q)
     return list(run_query(query, _local_files(store, index_keys(store))))
 
 
 def search_files(files: Mapping[str, str], *, collections: Sequence[str] | str | None = None,
                  ids: Sequence[str] | None = None, bbox: Any = None, datetime: Any = None,
-                 filter: Any = None, limit: int | None = None) -> list[dict[str, Any]]:  # noqa: A002
+                 filter: Any = None, limit: int | None = None, q: Any = None) -> list[dict[str, Any]]:  # noqa: A002
     """:func:`search` over given index files (local path -> URL the hrefs resolve against)."""
     return list(iter_search(files, collections=collections, ids=ids, bbox=bbox, datetime=datetime,
-                            filter=filter, limit=limit))
+                            filter=filter, limit=limit, q=q))
 
 
 def iter_search(files: Mapping[str, str], *, collections: Sequence[str] | str | None = None,
                 ids: Sequence[str] | None = None, bbox: Any = None, datetime: Any = None,
-                filter: Any = None, limit: int | None = None) -> Iterator[dict[str, Any]]:  # noqa: A002
+                filter: Any = None, limit: int | None = None, q: Any = None) -> Iterator[dict[str, Any]]:  # noqa: A002
     """The items of :func:`search_files`, one at a time (arguments are checked before the first)."""
-    query = Query.parse(collections=collections, ids=ids, bbox=bbox, datetime=datetime, filter=filter, limit=limit)
+    query = Query.parse(collections=collections, ids=ids, bbox=bbox, datetime=datetime, filter=filter, limit=limit,
+                        q=q)
     return run_query(query, files)
 
 
@@ -318,14 +369,121 @@ def _in_list(column: str, values: Sequence[str], prefix: str, params: dict[str, 
     return f"{column} IN ({', '.join(names)})"
 
 
+# --------------------------------------------------------------------------------------------------
+# Free text over the inverted indexes
+
+
+@functools.lru_cache(maxsize=1024)
+def _items_of(path: str, size: int, mtime_ns: int) -> int:
+    return textindex.items_of(path)
+
+
+def _postings(cur: Any, text_files: Mapping[str, str], terms: Sequence[str]) -> dict[tuple[str, str], tuple[Any, Any]]:
+    """(index file, term) -> (docs, tf) numpy arrays, for the terms present."""
+    import numpy as np
+
+    if not terms:
+        return {}
+    by_text = {t: p for p, t in text_files.items()}
+    params = {f"t{i}": term for i, term in enumerate(terms)}
+    sql = (f"SELECT filename, term, docs, tf FROM read_parquet([{', '.join(_sql_string(t) for t in by_text)}], "
+           f"filename = true) WHERE term IN ({', '.join('$' + k for k in params)})")
+    out = {}
+    table = cur.sql(sql, params=params).to_arrow_table()
+    for f, term, docs, tf in zip(table.column("filename").to_pylist(), table.column("term").to_pylist(),
+                                 table.column("docs").combine_chunks(), table.column("tf").combine_chunks()):
+        out[(by_text[f], term)] = (np.asarray(docs.values, dtype=np.int64), np.asarray(tf.values, dtype=np.int64))
+    return out
+
+
+def _evaluate(node: free_text.Node, path: str, n: int, postings: Mapping[tuple[str, str], tuple[Any, Any]]) -> Any:
+    """The rows of one index file satisfying a query tree (phrases of 3+ tokens: their bigrams)."""
+    import numpy as np
+
+    empty = np.zeros(0, dtype=np.int64)
+    if isinstance(node, free_text.Term):
+        rows = None
+        for term in node.index_terms:
+            docs = postings.get((path, term), (empty,))[0]
+            rows = docs if rows is None else np.intersect1d(rows, docs, assume_unique=True)
+        return rows
+    if isinstance(node, free_text.Optional):
+        return np.arange(n, dtype=np.int64)
+    if isinstance(node, free_text.Not):
+        return np.setdiff1d(np.arange(n, dtype=np.int64), _evaluate(node.arg, path, n, postings), assume_unique=True)
+    if isinstance(node, free_text.Or):
+        rows = empty
+        for arg in node.args:
+            rows = np.union1d(rows, _evaluate(arg, path, n, postings))
+        return rows
+    positive = [a for a in node.args if not isinstance(a, (free_text.Not, free_text.Optional))]
+    rows = None
+    for arg in positive:
+        part = _evaluate(arg, path, n, postings)
+        rows = part if rows is None else np.intersect1d(rows, part, assume_unique=True)
+    if rows is None:
+        rows = np.arange(n, dtype=np.int64)
+    for arg in node.args:
+        if isinstance(arg, free_text.Not):
+            rows = np.setdiff1d(rows, _evaluate(arg.arg, path, n, postings), assume_unique=True)
+    return rows
+
+
+def _text_candidates(cur: Any, files: Mapping[str, str], text: free_text.TextQuery) -> Any:
+    """An Arrow table (file, row, relevance) of the rows matching ``text`` in every index file."""
+    import numpy as np
+    import pyarrow as pa
+
+    text_files = {path: text_file(path) for path in files}
+    sizes = {}
+    for path, tpath in text_files.items():
+        st = os.stat(tpath)
+        sizes[path] = _items_of(tpath, st.st_size, st.st_mtime_ns)
+    n_docs = sum(sizes.values())
+    tokens = text.tokens
+    postings = _postings(cur, text_files, list(dict.fromkeys([*free_text.index_terms(text.node), *tokens])))
+    df = {t: sum(len(postings.get((path, t), ((),))[0]) for path in files) for t in tokens}
+    paths, rows, scores = [], [], []
+    for path in files:
+        found = _evaluate(text.node, path, sizes[path], postings)
+        if not len(found):
+            continue
+        total = np.zeros(len(found), dtype=np.float64)
+        for token in tokens:  # the same weights, added in the same order, as stac.text.score
+            docs, tf = postings.get((path, token), (None, None))
+            if docs is None or not len(docs):
+                continue  # adds 0.0 to every row, as score() does
+            at = np.minimum(np.searchsorted(docs, found), len(docs) - 1)
+            counts = np.where(docs[at] == found, tf[at], 0)
+            distinct, inverse = np.unique(counts, return_inverse=True)
+            weights = np.array([free_text.weight(int(c), df[token], n_docs) for c in distinct], dtype=np.float64)
+            total += weights[inverse]
+        paths.append(np.full(len(found), path, dtype=object))
+        rows.append(found)
+        scores.append(total)
+    if not rows:
+        return None
+    return pa.table({"f": pa.array(np.concatenate(paths).tolist(), type=pa.string()),
+                     "r": pa.array(np.concatenate(rows), type=pa.int64()),
+                     "s": pa.array(np.concatenate(scores), type=pa.float64())})
+
+
 def _run(files: Mapping[str, str], query: Query, *, python_filter: bool = False) -> Iterator[dict[str, Any]]:
     import duckdb
 
     cur = _cursor()
     try:
-        source = _source(files)
         params: dict[str, Any] = {}
         where: list[str] = []
+        join = order = ""
+        if query.text is not None:
+            candidates = _text_candidates(cur, files, query.text)
+            if candidates is None:
+                return
+            cur.register("earthops_text_candidates", candidates)
+            join = (f" JOIN earthops_text_candidates c ON {FILE_COLUMN} = c.f AND {ROW_COLUMN} = c.r")
+            order = "c.s DESC, "
+        source = _source(files, row_numbers=query.text is not None)
         if query.collections is not None:
             where.append(_in_list("collection", query.collections, "c", params))
         if query.ids is not None:
@@ -341,9 +499,12 @@ def _run(files: Mapping[str, str], query: Query, *, python_filter: bool = False)
         else:
             sql_terms, residual = _split_filter(cur, source, query.expr)
         where += sql_terms
-        # the geometry and the residual filter are decided in Python: only without them is SQL exact
-        exact_in_sql = residual is None and query.bbox is None
-        sql = (f"SELECT * FROM {source} WHERE {' AND '.join(where) or 'TRUE'} {ORDER_BY}"
+        # the geometry, the residual filter and long phrases are decided in Python: only without them is SQL exact
+        verify_text = query.text is not None and free_text.has_phrase(query.text.node)
+        exact_in_sql = residual is None and query.bbox is None and not verify_text
+        columns = "*" if not join else f"*, c.s AS {SCORE_COLUMN}"
+        sql = (f"SELECT {columns} FROM {source}{join} WHERE {' AND '.join(where) or 'TRUE'} "
+               f"{ORDER_BY.replace('ORDER BY ', 'ORDER BY ' + order)}"
                + (f" LIMIT {int(query.limit)}" if exact_in_sql and query.limit is not None else ""))
         rows = _Rows(files)
         try:
@@ -357,7 +518,7 @@ def _run(files: Mapping[str, str], query: Query, *, python_filter: bool = False)
             yield from _run(files, query, python_filter=True)
             return
         batches = itertools.chain([first], reader) if first is not None else iter(())
-        yield from _take(batches, rows, query, residual)
+        yield from _take(batches, rows, query, residual, verify_text)
     finally:
         cur.close()
 
@@ -369,7 +530,8 @@ def _next_batch(reader: Any) -> Any:
         return None
 
 
-def _take(batches: Iterable[Any], rows: _Rows, query: Query, residual: Any) -> Iterator[dict[str, Any]]:
+def _take(batches: Iterable[Any], rows: _Rows, query: Query, residual: Any,
+          verify_text: bool = False) -> Iterator[dict[str, Any]]:
     n = 0
     for batch in batches:
         for row in batch.to_pylist():
@@ -378,6 +540,8 @@ def _take(batches: Iterable[Any], rows: _Rows, query: Query, residual: Any) -> I
             if not query.matches_space(item):
                 continue
             if residual is not None and not expr_matches(residual, item):
+                continue
+            if verify_text and not query.matches_text(item):
                 continue
             yield item
             n += 1

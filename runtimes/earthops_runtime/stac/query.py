@@ -32,6 +32,10 @@ same functions, so there is one implementation of them.
 * **order** (:data:`ORDER`, :func:`sort_key`): the start of the item's time, newest first, undated
   items last; then collection, then id, both descending: pgstac's default (``datetime DESC`` with its
   key columns appended in the same direction).
+* **q** (free text, :mod:`earthops_runtime.stac.text`): terms, quoted phrases, AND/OR/NOT over ids and
+  string properties; with a ``q``, results come by relevance (highest first), then in :data:`ORDER`.
+  Relevance needs corpus statistics (how many items hold each token): :meth:`Query.select` takes
+  them from the items it is given, the search index from its inverted index of the same items.
 * ``collections`` / ``ids``: any of these (an empty list matches nothing); ``limit``: a positive integer.
 
 A bad argument raises :class:`SearchError`, whose ``parameter`` names it.
@@ -48,6 +52,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from earthops.api.stac import Box, SearchError, parse_bbox, parse_instant, parse_interval
+from earthops_runtime.stac.text import TextQuery, corpus_df, item_terms, score
 
 #: The result order: (what, descending). ``datetime`` is the start of the item's time
 #: (:func:`item_interval`); missing values come last. SQL builders write their ORDER BY from this.
@@ -313,13 +318,15 @@ class Query:
     expr: Any = None  # cql2.Expr
     filter_json: Mapping[str, Any] | None = None  # the filter as CQL2-JSON, as given when it was a dict
     limit: int | None = None
+    text: TextQuery | None = None
 
     @classmethod
     def parse(cls, *, collections: Any = None, ids: Any = None, bbox: Any = None, datetime: Any = None,
-              filter: Any = None, limit: Any = None) -> Query:  # noqa: A002 - STAC API names
+              filter: Any = None, limit: Any = None, q: Any = None) -> Query:  # noqa: A002 - STAC API names
         """Raises :class:`SearchError` naming the first bad argument."""
         box = parse_bbox(bbox) if bbox is not None else None
         start, end = parse_interval(datetime)
+        text = TextQuery.parse(q) if q is not None else None
         expr = parse_filter(filter) if filter is not None else None
         filter_json = None
         if expr is not None:
@@ -335,7 +342,7 @@ class Query:
             names[name] = tuple(listed)
         if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
             raise SearchError("limit", f"{limit!r}: expected a positive integer")
-        return cls(names["collections"], names["ids"], box, start, end, expr, filter_json, limit)
+        return cls(names["collections"], names["ids"], box, start, end, expr, filter_json, limit, text)
 
     @property
     def boxes(self) -> list[Box]:
@@ -349,7 +356,10 @@ class Query:
     def matches(self, item: Mapping[str, Any]) -> bool:
         """Whether the item satisfies every criterion."""
         return (self.matches_names(item) and self.matches_time(item) and self.matches_space(item)
-                and self.matches_filter(item))
+                and self.matches_filter(item) and self.matches_text(item))
+
+    def matches_text(self, item: Mapping[str, Any]) -> bool:
+        return self.text is None or self.text.matches(item)
 
     def matches_names(self, item: Mapping[str, Any]) -> bool:
         if self.collections is not None and item.get("collection") not in self.collections:
@@ -390,8 +400,16 @@ class Query:
         return self.expr is None or expr_matches(self.expr, item)
 
     def select(self, items: Iterable[Mapping[str, Any]]) -> list[Any]:
-        """The matching items in :data:`ORDER`, at most ``limit`` of them."""
-        found = sorted((it for it in items if self.matches(it)), key=sort_key)
+        """The matching items in :data:`ORDER` (by relevance first with a ``q``, the given items being
+        the corpus), at most ``limit`` of them."""
+        if self.text is None:
+            found = sorted((it for it in items if self.matches(it)), key=sort_key)
+        else:
+            corpus = list(items)
+            tokens = self.text.tokens
+            df, n_docs = corpus_df(corpus, tokens)
+            found = sorted((it for it in corpus if self.matches(it)),
+                           key=lambda it: (-score(tokens, item_terms(it), df, n_docs), sort_key(it)))
         return found if self.limit is None else found[: self.limit]
 
     def search_body(self) -> dict[str, Any]:
@@ -409,6 +427,8 @@ class Query:
         if self.filter_json is not None:
             body["filter"] = dict(self.filter_json)
             body["filter-lang"] = "cql2-json"
+        if self.text is not None:
+            body["q"] = self.text.q
         return body
 
 

@@ -1,0 +1,189 @@
+"""Free text (``q``): the one semantics (earthops_runtime.stac.text) and the inverted index that answers it.
+
+* the parser: terms, phrases, AND/OR/NOT, ``+``/``-``, commas, precedence; refusals name ``q``;
+* the inverted index (``text.parquet``) holds exactly the terms and counts the semantics gives each item
+  (brute force over the items, JSON and clashing properties included);
+* the search index answers random free-text queries, alone and with bbox, datetime, collections, CQL2
+  and limit, with the ids and the order :meth:`Query.select` gives over the same items (relevance
+  from the whole corpus, then newest first), over several published runs;
+* a run published before text indexes existed (no ``text.parquet``) is searched through one built
+  into the cache.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from earthops.core.store import Store
+from earthops_runtime.catalog import index, search, textindex
+from earthops_runtime.stac import text
+from earthops_runtime.stac.query import Query, SearchError
+
+pytestmark = pytest.mark.unit
+
+T = text.Term
+
+
+@pytest.mark.parametrize(("q", "tree"), [
+    ("iceberg", T(("iceberg",))),
+    ("Iceberg Sentinel-1 2017", text.Or((T(("iceberg",)), T(("sentinel", "1")), T(("2017",))))),
+    ("ship,iceberg", text.Or((T(("ship",)), T(("iceberg",))))),
+    ('"sea ice" AND NOT model', text.And((T(("sea", "ice")), text.Not(T(("model",)))))),
+    ("(quick OR brown) AND fox", text.And((text.Or((T(("quick",)), T(("brown",)))), T(("fox",))))),
+    ("a OR b AND c", text.Or((T(("a",)), text.And((T(("b",)), T(("c",))))))),
+    ("+climate -model", text.And((T(("climate",)), text.Not(T(("model",)))))),
+    ("+a b -c", text.And((T(("a",)), text.Optional(T(("b",))), text.Not(T(("c",)))))),
+    ("a -b c", text.And((text.Or((T(("a",)), T(("c",)))), text.Not(T(("b",)))))),
+    ("-cloud", text.Not(T(("cloud",)))),
+    ("S1A_IW_GRDH", T(("s1a", "iw", "grdh"))),
+])
+def test_parse(q: str, tree: Any) -> None:
+    assert text.parse_q(q) == tree
+
+
+def test_a_list_is_its_terms_joined_by_or() -> None:
+    assert text.parse_q(["ship", "sea ice"]) == text.Or((T(("ship",)), T(("sea", "ice"))))
+
+
+@pytest.mark.parametrize(("q", "says"), [
+    ("", "empty"),
+    ("   ", "empty"),
+    ("a AND", "'AND' without a term after it"),
+    ("OR a", "'OR' without a term before it"),
+    ("(a", "'(' is not closed"),
+    ("a)", "unexpected ')'"),
+    ('"sea ice', "quoted phrase is not closed"),
+    ("NOT", "'NOT' without a term after it"),
+    ("a OR OR b", "'OR' without a term after it"),
+    ("---", "holds no letters or digits"),
+    ('""', "holds no letters or digits"),
+    ("x" * 1001, "at most 1000"),
+    (42, "expected a string"),
+    ([], "expected a string or a list of strings"),
+])
+def test_bad_q_is_refused_naming_q(q: Any, says: str) -> None:
+    with pytest.raises(SearchError) as err:
+        Query.parse(q=q)
+    assert err.value.parameter == "q"
+    assert says in err.value.message
+
+
+def test_what_is_text_of_an_item() -> None:
+    item = {"id": "S1A_IW_0001", "properties": {
+        "datetime": "2017-01-01T00:00:00Z", "title": "Iceberg near Greenland", "keywords": ["SAR", "sea ice"],
+        "platform": "sentinel-1a", "eo:cloud_cover": 12, "mixed": ["a", 1], "nested": {"x": "hidden"}}}
+    assert text.item_terms(item) == Counter({
+        "s1a": 1, "iw": 1, "0001": 1, "s1a iw": 1, "iw 0001": 1, "iceberg": 1, "near": 1, "greenland": 1,
+        "iceberg near": 1, "near greenland": 1, "sar": 1, "sea": 1, "ice": 1, "sea ice": 1, "sentinel": 1,
+        "1a": 1, "sentinel 1a": 1})
+    assert text.matches(text.parse_q('"sea ice" AND iceberg'), item)
+    assert not text.matches(text.parse_q('"ice sea"'), item)
+    assert not text.matches(text.parse_q("hidden OR 2017 OR 12"), item)  # objects, times, numbers are no text
+    assert text.matches(text.parse_q('"S1A IW 0001"'), item)
+    assert not text.matches(text.parse_q('"near greenland sar"'), item)  # a phrase stays within one value
+
+
+WORDS = ["Sentinel-1", "iceberg", "ship", "sea ice", "S1A_IW", "2017", "snow", "Ocean", "sea", "ice",
+         "big sea ice floe", "Ärger", "Straße"]
+
+
+def make_items(rng: random.Random, n: int, collection: str) -> list[dict[str, Any]]:
+    items = []
+    for i in range(n):
+        x, y = rng.uniform(-10, 9), rng.uniform(-10, 9)
+        props: dict[str, Any] = {
+            "datetime": f"20{rng.randint(10, 20)}-0{rng.randint(1, 9)}-01T00:00:00Z",
+            "platform": rng.choice(["sentinel-1a", "sentinel-2b"]),
+            "title": " ".join(rng.choices(WORDS, k=3)), "keywords": rng.sample(WORDS, 2), "n": i}
+        if i % 7 == 0:
+            props["mixed"] = rng.choice(["iceberg drift", 3])  # a JSON column in the index
+        if i % 11 == 0:
+            props["id"] = "clash ship"  # a property named like a core column
+        items.append({"type": "Feature", "stac_version": "1.1.0", "id": f"{collection}_{i}", "collection": collection,
+                      "bbox": [x, y, x + 1, y + 1],
+                      "geometry": {"type": "Polygon", "coordinates": [[[x, y], [x + 1, y], [x + 1, y + 1],
+                                                                       [x, y + 1], [x, y]]]},
+                      "properties": props, "links": [], "assets": {}})
+    return items
+
+
+def test_the_inverted_index_holds_what_the_semantics_gives_each_item() -> None:
+    items = make_items(random.Random(1), 300, "c")
+    table, json_columns = index.items_table(items)
+    table = index.sorted_table(table)
+    inverted = textindex.text_index_table(table, json_columns=frozenset(json_columns),
+                                          core=frozenset(index.CORE_COLUMNS))
+    ids = table.column("id").to_pylist()
+    got = {}
+    for row in inverted.to_pylist():
+        assert row["df"] == len(row["docs"]) and row["docs"] == sorted(row["docs"])
+        got.update({(row["term"], ids[d]): f for d, f in zip(row["docs"], row["tf"], strict=True)})
+    want = {(term, it["id"]): c for it in items for term, c in text.item_terms(it).items()}
+    assert got == want
+    assert inverted.column("term").to_pylist() == sorted(inverted.column("term").to_pylist())
+
+
+def random_q(rng: random.Random) -> str:
+    def term() -> str:
+        word = rng.choice(WORDS + ["nothing", "clash", "drift", "c1_5", "1a"])
+        return f'"{word}"' if " " in word else word
+
+    shape = rng.randrange(6)
+    a, b, c = term(), term(), term()
+    return [a, f"{a} {b}", f"{a} AND {b}", f"{a} -{b}", f"+{a} {b} -{c}", f"({a} OR {b}) AND NOT {c}"][shape]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Store, list[dict[str, Any]]]:
+    rng = random.Random(7)
+    store = Store.from_uri(tmp_path_factory.mktemp("store").as_uri())
+    everything = []
+    for k in range(3):
+        items = make_items(rng, 200, f"col{k}")
+        everything += items
+        with store.publish(f"datasets/ns/d{k}/g1-run") as run:
+            index.write_index(run, index.INDEX_NAME, items)
+    return store, everything
+
+
+def test_index_answers_as_the_semantics_does(corpus: tuple[Store, list[dict[str, Any]]]) -> None:
+    store, items = corpus
+    rng = random.Random(3)
+    extras: list[dict[str, Any]] = [{}, {"bbox": [-5, -5, 5, 5]}, {"datetime": "2012-01-01/2016-01-01"},
+                                    {"collections": ["col1", "col2"]}, {"filter": "n < 100"}, {"limit": 7},
+                                    {"filter": "platform = 'sentinel-1a'", "bbox": [0, 0, 10, 10], "limit": 3}]
+    answered = 0
+    for _ in range(60):
+        q = random_q(rng)
+        kwargs = rng.choice(extras)
+        got = [it["id"] for it in search.search(store, q=q, **kwargs)]
+        want = [it["id"] for it in Query.parse(q=q, **kwargs).select(items)]
+        assert got == want, (q, kwargs)
+        answered += bool(got)
+    assert answered > 30
+
+
+def test_relevance_orders_before_time(corpus: tuple[Store, list[dict[str, Any]]]) -> None:
+    store, items = corpus
+    found = search.search(store, q="iceberg ship")
+    tokens = ["iceberg", "ship"]
+    df, n = text.corpus_df(items, tokens)
+    scores = [text.score(tokens, text.item_terms(it), df, n) for it in found]
+    assert scores == sorted(scores, reverse=True) and scores[0] > scores[-1]
+
+
+def test_a_run_without_a_text_index_gets_one_built(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EARTHOPS_CACHE", str(tmp_path / "cache"))
+    items = make_items(random.Random(5), 50, "old")
+    store = Store.from_uri((tmp_path / "store").as_uri())
+    with store.publish("datasets/ns/old/g1-run") as run:
+        index.write_index(run, index.INDEX_NAME, items)
+    store.local_path(f"datasets/ns/old/g1-run/{textindex.TEXT_NAME}").unlink()
+    got = [it["id"] for it in search.search(store, q="iceberg OR snow")]
+    assert got == [it["id"] for it in Query.parse(q="iceberg OR snow").select(items)] and got
+    assert list((tmp_path / "cache" / "text").glob("*.parquet"))
