@@ -38,7 +38,14 @@ from earthops_runtime.monitoring.payload import (
     PayloadLog,
     PayloadSettings,
 )
-from earthops_runtime.monitoring.reference import Reference, ReferenceError, load_reference, read_reference_document
+from earthops_runtime.monitoring.reference import (
+    Reference,
+    ReferenceError,
+    load_reference,
+    model_io,
+    read_reference_document,
+    reference_location,
+)
 from earthops_runtime.monitoring.report import write_report
 from earthops_runtime.monitoring.sketch import WindowSketch
 
@@ -100,6 +107,10 @@ class Monitor:
         except queue.Full:
             metrics.DROPPED.labels(model=self.model_name, version=self.model_version).inc()
 
+    def drain(self) -> None:
+        """Wait until every queued batch is in the window (the window stays open)."""
+        self._queue.join()
+
     def flush(self, timeout: float = 60.0) -> dict[str, Any] | None:
         """Wait for the queued batches, close the current window now; its report (None when it was empty)."""
         done: queue.Queue[dict[str, Any] | None] = queue.Queue()
@@ -138,8 +149,13 @@ class Monitor:
                     self._close("interval")
             except Exception:  # noqa: BLE001 - the monitor logs and goes on: serving must not stop
                 log.exception("drift monitor of %s %s failed on a batch", self.model_name, self.model_version)
+            finally:
+                if item is not None:
+                    self._queue.task_done()
 
     def _add(self, batch: Any) -> None:
+        if str(batch.model_version) != self.model_version:
+            return  # a canary's batches: its own reference, its own predictions
         names = tuple(batch.feature_names)
         if names != self.reference.names:
             if not self._mismatch_logged:
@@ -246,7 +262,7 @@ def build_monitor(reference_uri: str, *, features: Sequence[str], classes: Seque
     :class:`ReferenceError` (and, with a store, becomes the deployment's latest report)."""
     try:
         reference = load_reference(read_reference_document(reference_uri), features=features, classes=classes,
-                                   task=task, source=reference_uri)
+                                   task=task, source="/".join(reference_location(reference_uri)))
     except ReferenceError as exc:
         if store is not None and deployment is not None:
             store.write_json(latest_key(*deployment), {
@@ -259,10 +275,10 @@ def build_monitor(reference_uri: str, *, features: Sequence[str], classes: Seque
                    limits=limits, store=store, deployment=deployment, payloads=payloads)
 
 
-def monitor_from_arguments(args: argparse.Namespace, *, features: Sequence[str], classes: Sequence[str], task: str,
-                           model_name: str, model_version: str) -> Monitor | None:
-    """The monitor the flags of :func:`add_arguments` ask for (None without ``--monitor-reference``).
-    Bad flag values raise ValueError naming the flag."""
+def monitor_from_arguments(args: argparse.Namespace, *, model_uri: str) -> Monitor | None:
+    """The monitor the flags of :func:`add_arguments` ask for (None without ``--monitor-reference``)
+    of the model version at ``model_uri`` (its item says the bands, classes and task). Bad flag
+    values raise ValueError naming the flag; a missing or unusable reference :class:`ReferenceError`."""
     if not args.monitor_reference:
         return None
     interval = _interval(str(args.monitor_interval))
@@ -279,8 +295,9 @@ def monitor_from_arguments(args: argparse.Namespace, *, features: Sequence[str],
             raise ValueError("--payload-logging needs --monitor-store (the records go to the store)")
         payloads = PayloadSettings(args.payload_sample_rate, args.payload_max_bytes, args.payload_max_records)
     store = Store.from_uri(args.monitor_store, shared=True) if args.monitor_store else None
-    return build_monitor(args.monitor_reference, features=features, classes=classes, task=task, model_name=model_name,
-                         model_version=model_version, window=args.monitor_window, interval=interval,
+    model = model_io(model_uri)
+    return build_monitor(args.monitor_reference, features=model.features, classes=model.classes, task=model.task,
+                         model_name=model.name, model_version=model.version, window=args.monitor_window, interval=interval,
                          limits=Limits(threshold=args.monitor_threshold, min_chips=args.monitor_min_chips,
                                        min_values=MIN_VALUES),
                          store=store, deployment=deployment, payloads=payloads)

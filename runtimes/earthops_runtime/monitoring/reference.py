@@ -27,7 +27,7 @@ REFERENCE_SPLIT = "train"
 LABEL_SPLIT = "validation"
 
 
-class ReferenceError(RunFailed):
+class ReferenceError(RunFailed, ValueError):
     """The reference cannot serve: missing, unreadable, or without statistics for a band the model
     needs. The message names the reference and the band."""
 
@@ -81,21 +81,54 @@ def reference_location(uri: str) -> tuple[str, str]:
     return uri, STATS_NAME
 
 
-def read_reference_document(uri: str) -> dict[str, Any]:
-    """The ``stats.json`` document at ``uri`` (see :func:`reference_location`)."""
-    folder, name = reference_location(uri)
+def read_json_at(folder: str, name: str, what: str) -> dict[str, Any]:
+    """The JSON document ``name`` in the folder ``folder`` (a path, ``file://`` or ``s3://``); a
+    :class:`ReferenceError` (``ReferenceNotFound``) naming ``what`` and the URI when it is not there.
+    A local folder that does not exist is not created (as opening a store would)."""
     parsed = urlparse(folder)
     if parsed.scheme in ("", "file") and not Path(parsed.path if parsed.scheme else folder).is_dir():
-        # opening a local store creates its folder: a reference that is not there must not be made
-        raise ReferenceError(f"reference {folder}/{name}: not found (no such folder)", "ReferenceNotFound")
+        raise ReferenceError(f"{what} {folder}/{name}: not found (no such folder)", "ReferenceNotFound")
     try:
         store = Store.from_uri(folder)
         if not store.exists(name):
-            raise ReferenceError(f"reference {folder}/{name}: not found (expected a dataset run folder or a model "
-                                 "version folder holding stats.json, or a stats.json URI)", "ReferenceNotFound")
+            raise ReferenceError(f"{what} {folder}/{name}: not found", "ReferenceNotFound")
         return store.read_json(name)
     except StoreError as exc:
-        raise ReferenceError(f"reference {folder}/{name}: {exc}", "ReferenceNotFound") from exc
+        raise ReferenceError(f"{what} {folder}/{name}: {exc}", "ReferenceNotFound") from exc
+
+
+def read_reference_document(uri: str) -> dict[str, Any]:
+    """The ``stats.json`` document at ``uri`` (see :func:`reference_location`): a dataset run folder,
+    a model version folder, or the file itself."""
+    return read_json_at(*reference_location(uri), "reference")
+
+
+@dataclass(frozen=True)
+class ModelIO:
+    """What a model version consumes and answers, from its STAC item (``mlm:input`` bands in channel
+    order, ``classification:classes`` in output order, ``earthops:task``, ``earthops:model``)."""
+
+    name: str
+    version: str
+    features: tuple[str, ...]
+    classes: tuple[str, ...]
+    task: str
+
+
+def model_io(model_uri: str) -> ModelIO:
+    """The :class:`ModelIO` of the registry version folder ``model_uri``."""
+    item = read_json_at(model_uri.rstrip("/"), "item.json", "model")
+    try:
+        props = item["properties"]
+        ref = props.get("earthops:model") or {}
+        classes = props["mlm:output"][0].get("classification:classes") or []
+        return ModelIO(name=str(ref.get("name") or props.get("mlm:name")), version=str(ref.get("version") or item["id"]),
+                       features=tuple(str(b) for b in props["mlm:input"][0]["bands"]),
+                       classes=tuple(str(c.get("title", c.get("name"))) for c in classes),
+                       task=str(props.get("earthops:task") or "classification"))
+    except (KeyError, IndexError, TypeError) as exc:
+        raise ReferenceError(f"model {model_uri}: its item.json is not an earthops model card ({exc!r})",
+                             "InvalidModel") from None
 
 
 def _band(source: str, split: str, name: str, entry: Mapping[str, Any] | None) -> BandReference:
@@ -159,5 +192,5 @@ def load_reference(doc: Mapping[str, Any], *, features: Sequence[str], classes: 
                      label_split=label_split)
 
 
-__all__ = ["LABEL_SPLIT", "REFERENCE_SPLIT", "BandReference", "Reference", "ReferenceError", "load_reference",
+__all__ = ["LABEL_SPLIT", "REFERENCE_SPLIT", "BandReference", "ModelIO", "model_io", "read_json_at", "Reference", "ReferenceError", "load_reference",
            "read_reference_document", "reference_location"]

@@ -47,6 +47,8 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from earthops_runtime.monitoring import add_arguments as add_monitoring_arguments
+from earthops_runtime.monitoring import monitor_from_arguments
 from earthops_runtime.serving.loaded import DEVICES
 
 EXIT_LOAD_FAILED = 1
@@ -93,12 +95,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="a second registry version answering --canary-percent of the requests")
     g.add_argument("--canary-percent", "--canary_percent", dest="canary_percent", type=_percent,
                    help="0-100: the canary's share of the requests")
+    add_monitoring_arguments(parser)
 
 
 def observers_from(args: argparse.Namespace) -> list[object]:
-    """The observers the parsed flags ask for (each with ``observe(batch)``); none by default."""
-    del args
-    return []
+    """The observers the parsed flags ask for (each with ``observe(batch)``); none by default.
+    ``--monitor-reference``: the drift monitor of the served version (a missing or unusable reference
+    is a ValueError naming it: exit 1 before the port opens)."""
+    monitor = monitor_from_arguments(args, model_uri=args.model_uri)
+    return [monitor] if monitor is not None else []
 
 
 def parser() -> argparse.ArgumentParser:

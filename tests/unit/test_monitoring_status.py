@@ -1,0 +1,68 @@
+"""The one reading of a drift report (earthops.core.monitoring.drift_status): status.drift, the Drift
+condition and the events, for every report status and transition; the per-band table; pure."""
+
+from __future__ import annotations
+
+import pytest
+
+from earthops.core.monitoring import band_rows, drift_status
+
+pytestmark = pytest.mark.unit
+
+
+def report(status="ok", score=0.05, band="HH", version="v3", **extra):
+    return {"status": status, "score": score, "band": band, "threshold": 0.2, "model": {"name": "m", "version": version},
+            "window": {"id": "w1", "chips": 64, "requests": 8},
+            "bands": [{"name": "HH", "psi": 0.05, "wasserstein": 0.1, "mean": -20.0, "referenceMean": -20.1,
+                       "pAdjusted": 0.5, "drift": False},
+                      {"name": "HV", "psi": score if band == "HV" else 0.01, "wasserstein": 0.7, "mean": -26.0,
+                       "referenceMean": -29.0, "pAdjusted": 1e-9, "drift": status == "drift" and band == "HV"}],
+            "predictions": {"psi": 0.02, "drift": False}, **extra}
+
+
+def cond(status):
+    return [{"type": "Drift", "status": status, "reason": "x", "message": "", "lastTransitionTime": "t"}]
+
+
+def test_no_report_yet_is_unknown_and_leaves_status_drift_alone():
+    out = drift_status(None, [])
+    assert out.drift is None and out.event is None
+    assert (out.condition.type, out.condition.status, out.condition.reason) == ("Drift", "Unknown", "NoWindowYet")
+
+
+def test_drift_starts_with_a_warning_event_once_and_ends_with_a_normal_one():
+    drifted = report("drift", 0.61, "HV")
+    start = drift_status(drifted, cond("False"))
+    assert start.drift == {"detected": True, "score": 0.61, "band": "HV"}
+    assert (start.condition.status, start.condition.reason) == ("True", "DriftDetected")
+    assert "HV" in start.condition.message and "0.61" in start.condition.message
+    assert start.event and (start.event.type, start.event.reason) == ("Warning", "DriftDetected")
+    assert drift_status(drifted, []).event.type == "Warning"  # first report already drifted
+    assert drift_status(drifted, cond("True")).event is None  # still drifting: no new event
+    end = drift_status(report(), cond("True"))
+    assert end.drift == {"detected": False, "score": 0.05, "band": "HH"}
+    assert (end.condition.status, end.condition.reason) == ("False", "NoDrift")
+    assert end.event and (end.event.type, end.event.reason) == ("Normal", "DriftEnded")
+    assert drift_status(report(), cond("False")).event is None
+    assert drift_status(report(), cond("Unknown")).event is None  # Unknown -> False: drift never started
+
+
+def test_insufficient_error_invalid_and_stale_reports():
+    thin = drift_status(report("insufficient", None, None), cond("True"))
+    assert (thin.condition.status, thin.condition.reason, thin.drift, thin.event) == (
+        "Unknown", "InsufficientData", None, None)
+    assert "insufficient data (64 chips, 8 requests)" in thin.condition.message
+    failed = drift_status({"status": "error", "message": "reference s3://b/ds/stats.json: no band 'VV'"}, [])
+    assert (failed.condition.reason, failed.condition.message) == (
+        "MonitoringFailed", "reference s3://b/ds/stats.json: no band 'VV'")
+    assert drift_status({"status": "sideways"}, []).condition.reason == "InvalidReport"
+    stale = drift_status(report("drift", 0.6, "HV", version="v2"), [], model_version="m/v3")
+    assert stale.condition.reason == "NoWindowYet" and "v2" in stale.condition.message and stale.drift is None
+    assert drift_status(report(version="v3"), [], model_version="m/v3").condition.reason == "NoDrift"
+    assert drift_status(report(version="v3"), [], model_version="v3").condition.reason == "NoDrift"
+
+
+def test_band_rows_are_worst_first_with_the_predictions_last():
+    rows = band_rows(report("drift", 0.61, "HV"))
+    assert [r["band"] for r in rows] == ["HV", "HH", "predictions"]
+    assert rows[0]["drift"] == "yes" and rows[0]["psi"] == "0.61" and rows[1]["drift"] == "no"
