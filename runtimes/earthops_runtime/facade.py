@@ -1,7 +1,8 @@
 """What the control plane's CLI calls in the data plane directly — the one door besides the entrypoint.
 
-``earthops search`` and ``earthops samples`` answer on the user's machine without starting a run, so
-the CLI (:mod:`earthops.control.cli`) imports this module, lazily, inside those two commands; an
+``earthops search`` and ``earthops samples`` answer on the user's machine without starting a run (and
+``earthops serve``/``run`` take a test chip for their example request here), so the CLI
+(:mod:`earthops.control.cli`) imports this module, lazily, inside those commands; an
 import-linter contract allows exactly that import and no other from the control plane into
 :mod:`earthops_runtime`. Nothing here imports torch, ray or kserve.
 """
@@ -12,4 +13,38 @@ from earthops_runtime.catalog.search import SearchError, feature_collection, sea
 from earthops_runtime.samples import SampleFetchError, bigearthnet_catalog, fetch_bigearthnet
 
 __all__ = ["SampleFetchError", "SearchError", "bigearthnet_catalog", "feature_collection", "fetch_bigearthnet",
-           "search"]
+           "search", "test_request"]
+
+
+def test_request(model_uri: str, index: int = 0) -> dict[str, object]:
+    """One chip of a registered model's dataset's test split as an Open Inference Protocol (v2) request.
+
+    The chip is model-ready — the model's features in its order, normalised with its card's statistics,
+    as the predictor's ``chips`` input takes it — so ``earthops serve --predict-once`` checks the served
+    model on data it was not trained on. Returns ``{"request": <v2 body>, "chip": <chip id>, "label":
+    <true class name, or None>}``; a :class:`~earthops.core.store.StoreError` or ``LookupError`` says
+    why there is none (the dataset run was deleted, its test split is empty)."""
+    import numpy as np
+
+    from earthops.core.store import Store
+    from earthops_runtime.data.shards import read_split
+
+    store = Store.from_uri(model_uri)
+    props = store.read_json("item.json")["properties"]
+    model_input = props["mlm:input"][0]
+    features = [str(b) for b in model_input["bands"]]
+    dataset = props.get("earthops:dataset")
+    if not dataset:
+        raise LookupError(f"model {model_uri} names no dataset (earthops:dataset in its item.json)")
+    chips = read_split(str(dataset), "test", features)
+    if len(chips) <= index:
+        raise LookupError(f"the test split of {dataset} has {len(chips)} chip(s)")
+    mean = np.asarray([float(s["mean"]) for s in model_input["value_scaling"]], np.float32)[:, None, None]
+    std = np.asarray([float(s["stddev"]) or 1.0 for s in model_input["value_scaling"]], np.float32)[:, None, None]
+    x = np.nan_to_num((chips.x[index] - mean) / std, nan=0.0)[None].astype(np.float32)
+    classes = [str(c.get("title", c.get("name"))) for c in props["mlm:output"][0].get("classification:classes", [])]
+    label = None
+    if chips.labels is not None and chips.labels.ndim == 1 and int(chips.labels[index]) < len(classes):
+        label = classes[int(chips.labels[index])]
+    request = {"inputs": [{"name": "chips", "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}]}
+    return {"request": request, "chip": chips.ids[index] if chips.ids else str(index), "label": label}

@@ -23,7 +23,7 @@ def operator(kube_apiserver, kube_namespace, tmp_path):
                "namespace": kube_namespace, "op": op}
 
 
-UNSUPPORTED = "examples/ship-iceberg/04-deployment.yaml"  # ModelDeployment: no runtime in this version
+DEPLOYMENT = "examples/ship-iceberg/04-deployment.yaml"  # waits for its TuningExperiment, which is not there
 KIND, NAME = "ModelDeployment", "iceberg-classifier"
 
 
@@ -33,18 +33,15 @@ def _status(kube_apiserver, ns, name):
 
 def test_the_operator_answers_for_its_kinds_with_least_privilege(kube_apiserver, operator, tmp_path):
     ns = operator["namespace"]
-    from earthops.api import KINDS
-
-    assert KINDS[KIND].runtime is None, "pick a kind without a runtime for this test"
-    doc = yaml.safe_load((ROOT / UNSUPPORTED).read_text())
+    doc = yaml.safe_load((ROOT / DEPLOYMENT).read_text())
     doc["metadata"]["namespace"] = ns
     kube_apiserver.apply(doc)
     wait_for(lambda: _status(kube_apiserver, ns, NAME).get("observedGeneration") == 1, timeout=30,
              what="status of generation 1", proc=operator["proc"], log_path=operator["log"])
     status = _status(kube_apiserver, ns, NAME)
     ready = next(c for c in status["conditions"] if c["type"] == "Ready")
-    assert status["phase"] == "Failed" and ready["reason"] == "RuntimeNotAvailable" and ready["status"] == "False"
-    assert f"cannot run {KIND}" in status["message"]
+    assert status["phase"] == "Pending" and ready["reason"] == "TuningExperimentNotReady" and ready["status"] == "False"
+    assert "TuningExperiment 'iceberg-tuning' not found" in status["message"]
 
     # a spec change is a new generation; the condition's transition time stays (its status did not change)
     time.sleep(1.1)
@@ -56,7 +53,7 @@ def test_the_operator_answers_for_its_kinds_with_least_privilege(kube_apiserver,
     assert ready2["lastTransitionTime"] == ready["lastTransitionTime"] and ready2["observedGeneration"] == 2
 
     events = kube_apiserver.kubectl("get", "events", "-n", ns, "-o", "yaml").stdout
-    assert "RuntimeNotAvailable" in events
+    assert "TuningExperimentNotReady" in events
 
     # namespace scoping: a resource elsewhere is not touched
     other = kube_apiserver.create_namespace()
@@ -67,7 +64,7 @@ def test_the_operator_answers_for_its_kinds_with_least_privilege(kube_apiserver,
 
     code, text = operator["op"].get("/metrics")
     assert code == 200
-    assert f'earthops_reconcile_total{{kind="{KIND}",result="unsupported"}}' in text
+    assert f'earthops_reconcile_total{{kind="{KIND}",result="waiting"}}' in text
     assert "earthops_operator_info" in text
 
     log = log_tail(operator["log"], 400)

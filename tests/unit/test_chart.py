@@ -449,10 +449,14 @@ def test_secrets_are_read_by_name_only(helm: Path, name: str) -> None:
 
 @pytest.mark.parametrize("name", sorted(VALUE_SETS))
 def test_nothing_for_what_no_code_touches(helm: Path, name: str) -> None:
-    """RayClusters belong to KubeRay; InferenceServices come with ModelDeployment serving, not built yet;
-    kopf posts core events only; no earthops kind is ever created, updated or deleted by the operator."""
+    """RayClusters belong to KubeRay, an InferenceService's Deployments and Knative Services to KServe (the
+    operator creates, reads and replaces InferenceServices, never lists or deletes them: the garbage
+    collector removes them with their ModelDeployment); kopf posts core events only; no earthops kind is
+    ever created, updated or deleted by the operator."""
     for scope, rules in grants(render(helm, VALUE_SETS[name])).items():
-        assert not {r for r in rules if r[1] in {"rayclusters", "inferenceservices", "pods", "jobs"}}, scope
+        assert not {r for r in rules if r[1] in {"rayclusters", "pods", "jobs", "deployments", "services"}}, scope
+        if ("serving.kserve.io", "inferenceservices") in rules:
+            assert rules[("serving.kserve.io", "inferenceservices")] == {"create", "get", "update"}, scope
         assert ("events.k8s.io", "events") not in rules, scope
         for (group, resource), verbs in rules.items():
             if group == "earthops.dev" and "/" not in resource:

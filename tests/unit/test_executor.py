@@ -31,7 +31,13 @@ def test_order_refuses_dangling_references_and_cycles():
     assert order(tuning, {("EODataset", "default", "iceberg-chips")}) == tuning
 
 
-def test_unbuilt_kinds_are_refused_before_anything_runs(tmp_path):
+@pytest.fixture
+def unbuilt_deployment(monkeypatch):
+    """Every kind has a runtime in this version: play one without (the refusal stays for kinds to come)."""
+    monkeypatch.setitem(KINDS, "ModelDeployment", dataclasses.replace(KINDS["ModelDeployment"], runtime=None))
+
+
+def test_unbuilt_kinds_are_refused_before_anything_runs(tmp_path, unbuilt_deployment):
     executor = Executor(Store.from_uri(tmp_path.as_uri()))
     resources = load_manifests([ROOT / "examples/ship-iceberg"])
     with pytest.raises(Unsupported, match="cannot run ModelDeployment yet .* refused before running") as e:
@@ -199,7 +205,7 @@ def test_an_experiment_gets_its_datasets_run_as_input_and_its_trials_shown(tmp_p
     assert "TRIALS" in table and "BEST" in table and "MODEL" in table and "v1" in table
 
 
-def test_cli_run_exit_codes(tmp_path):
+def test_cli_run_exit_codes(tmp_path, unbuilt_deployment):
     runner = CliRunner()
     bad = runner.invoke(app, ["run", "-f", str(ROOT / "tests/invalid/05-split-sum.yaml"), "--store", tmp_path.as_uri()])
     assert bad.exit_code == 2 and "spec.split.train" in bad.stderr and "05-split-sum.yaml" in bad.stderr

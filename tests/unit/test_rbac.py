@@ -14,7 +14,7 @@ import pytest
 
 from earthops.api import GROUP, KINDS
 from earthops.control.handlers import apicalls, k8s
-from earthops.control.reconcile.rayjob import owner_reference, runs_as_rayjob
+from earthops.control.reconcile.rayjob import owner_reference, runs_as_rayjob, serves
 
 pytestmark = pytest.mark.unit
 
@@ -31,6 +31,16 @@ Call = tuple[str, str, str]  # (API group, resource, verb)
 def _declared(site: str) -> set[Call]:
     return {(c.group, r, v) for c in apicalls.CALLS if c.site == site for r in c.resources for v in c.verbs
             if not r.endswith("/finalizers")}
+
+
+def _children_named(fn: ast.FunctionDef) -> list[str]:
+    """The child kinds a k8s.py function reaches: those its ``_plural(kind, among=(...))`` names, else all."""
+    for node in ast.walk(fn):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "_plural":
+            among = next((k.value for k in node.keywords if k.arg == "among"), None)
+            if among is not None:
+                return list(ast.literal_eval(among))
+    return list(apicalls.CHILDREN)
 
 
 def _client_calls(fn: ast.FunctionDef) -> set[Call]:
@@ -50,7 +60,7 @@ def _client_calls(fn: ast.FunctionDef) -> set[Call]:
                 targets = [(GROUP, info.plural) for info in KINDS.values()]
             else:
                 assert "_plural(" in source, f"{fn.name}: a custom-object call not through _plural(): {ast.unparse(node)}"
-                targets = [(child.group, child.plural) for child in apicalls.CHILDREN.values()]
+                targets = [(apicalls.CHILDREN[k].group, apicalls.CHILDREN[k].plural) for k in _children_named(fn)]
         else:
             assert "CoreV1Api()" in source, f"{fn.name}: {node.func.attr} of an API class this test cannot map"
             targets = [("", what.replace("_", "") + "s")]
@@ -78,7 +88,11 @@ def test_every_client_call_is_declared_and_every_declaration_is_a_call() -> None
 def test_the_scan_sees_calls() -> None:
     """The source scan itself: it finds the calls it must (or every check above would pass vacuously)."""
     calls = _client_calls(_functions()["create_if_absent"])
-    assert calls == {("", "configmaps", "create"), ("ray.io", "rayjobs", "create")}
+    assert calls == {("", "configmaps", "create"), ("ray.io", "rayjobs", "create"),
+                     ("serving.kserve.io", "inferenceservices", "create")}
+    # a function for some children only (_plural(kind, among=...)) is scanned for those
+    assert _client_calls(_functions()["list_custom"]) == {("ray.io", "rayjobs", "list")}
+    assert _client_calls(_functions()["replace_custom"]) == {("serving.kserve.io", "inferenceservices", "update")}
     assert ("", "secrets", "get") in _client_calls(_functions()["secret_env"])
     planted = ast.parse("def f():\n    client.CoreV1Api().list_namespaced_secret('ns')\n").body[0]
     assert _client_calls(planted) == {("", "secrets", "list")}
@@ -135,7 +149,7 @@ def test_finalizers_only_for_kinds_that_own_children() -> None:
     OwnerReferencesPermissionEnforcement admission plugin runs): only the kinds that have children."""
     [entry] = [c for c in apicalls.CALLS if any(r.endswith("/finalizers") for r in c.resources)]
     assert entry.site == "k8s.create_if_absent" and entry.verbs == ("update",)
-    owners = [kind for kind in KINDS if runs_as_rayjob(kind)]
+    owners = [kind for kind in KINDS if runs_as_rayjob(kind) or serves(kind)]
     assert entry.resources == tuple(f"{KINDS[k].plural}/finalizers" for k in owners)
     assert apicalls.OWNERS == tuple(KINDS[k].plural for k in owners)
     from earthops.api import load_manifests
@@ -153,7 +167,8 @@ def test_rules_per_mode(all_namespaces: bool, peering: bool) -> None:
     assert everything[("", "secrets")] == {"get"}
     assert everything[("ray.io", "rayjobs")] == {"create", "get", "list", "delete"}
     assert everything[("", "configmaps")] == {"create", "list", "delete"}
-    assert not {r for r in everything if r[1] in {"rayclusters", "inferenceservices"}}
+    assert everything[("serving.kserve.io", "inferenceservices")] == {"create", "get", "update"}
+    assert not {r for r in everything if r[1] in {"rayclusters", "deployments", "pods"}}
     assert (("", "namespaces") in rules["cluster"]) is (not all_namespaces)
     peerings = {r for r in everything if r[0] == "kopf.dev"}
     if not peering:

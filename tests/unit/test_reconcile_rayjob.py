@@ -136,7 +136,7 @@ def test_trials_that_no_worker_could_run_and_unresolved_inputs_are_refused(runna
 
 
 def test_unrunnable_or_unowned_resources_are_refused(runnable):
-    with pytest.raises(ValueError, match="no runtime"):
+    with pytest.raises(ValueError, match="not run as a RayJob .*served by a KServe InferenceService"):
         desired_children(_resource("examples/ship-iceberg/04-deployment.yaml"), run="g1-x", run_key="k", generation=1,
                          defaults=DEFAULTS)
     no_uid = load_manifests([ROOT / "examples/ship-iceberg/01-dataset.yaml"])[0]

@@ -25,18 +25,24 @@ class Canary(ApiModel):
 
 
 class Replicas(ApiModel):
-    """Autoscaling bounds and signal."""
+    """Autoscaling bounds and signal (KServe's `minReplicas`, `maxReplicas`, `scaleMetric`, `scaleTarget`)."""
 
-    cel_rules = (Rule("self.min <= self.max", "replicas.min must be <= replicas.max", ".min"),)
+    cel_rules = (
+        Rule("self.min <= self.max", "replicas.min must be <= replicas.max", ".min"),
+        Rule("!has(self.metric) || !(self.metric in ['cpu', 'memory']) || !has(self.target) || self.target <= 100",
+             "replicas.target is a percent of the requested cpu or memory for those metrics: at most 100", ".target"),
+    )
 
     min: Annotated[int, Field(ge=0, le=1000)] = 1
-    """Fewest replicas; 0 allows scale to zero."""
+    """Fewest replicas; 0 allows scale to zero (deploymentMode Knative with metric concurrency or rps)."""
     max: Annotated[int, Field(ge=1, le=1000)] = 1
     """Most replicas."""
-    metric: Literal["concurrency", "rps", "cpu", "memory"] = "concurrency"
-    """What the autoscaler follows."""
-    target: Annotated[int, Field(ge=1, le=100_000)] = 10
-    """Target value of the metric per replica (requests, requests/s, or percent)."""
+    metric: Literal["concurrency", "rps", "cpu", "memory"] | None = None
+    """What the autoscaler follows: `cpu` or `memory` (percent of the request; the HorizontalPodAutoscaler,
+    both modes) or `concurrency` or `rps` (in-flight requests, requests per second; Knative's autoscaler,
+    deploymentMode Knative only). Default: the mode's own (Standard: cpu at 80 percent; Knative: concurrency)."""
+    target: Annotated[int, Field(ge=1, le=100_000)] | None = None
+    """Target value of the metric per replica (requests, requests/s, or percent). Default: the autoscaler's."""
 
 
 class ServingResources(ApiModel):
@@ -67,6 +73,12 @@ class Monitoring(ApiModel):
     """Also keep the request payloads in the store."""
 
 
+#: KServe's deployment modes (the ``serving.kserve.io/deploymentMode`` annotation, KServe 0.16 and later):
+#: Standard is a Deployment, a Service and a HorizontalPodAutoscaler (no Knative needed, KServe's own
+#: default); Knative is a Knative Service, whose revisions carry the canary traffic split and can scale to zero.
+DeploymentMode = Literal["Standard", "Knative"]
+
+
 class ModelDeploymentSpec(ApiModel):
     """Serve a model, optionally with a canary."""
 
@@ -74,10 +86,27 @@ class ModelDeploymentSpec(ApiModel):
         # compared field by field: the two references are distinct schema types to the API server's CEL
         Rule("!has(self.canary) || " + _ref_text("self.canary.modelRef") + " != " + _ref_text("self.modelRef"),
              "canary.modelRef must differ from modelRef", ".canary.modelRef"),
+        Rule("!has(self.canary) || self.deploymentMode == 'Knative'",
+             "a canary needs deploymentMode Knative: KServe splits traffic between revisions only with Knative "
+             "(Standard mode serves one model)", ".canary"),
+        Rule("self.replicas.min > 0 || self.deploymentMode == 'Knative'",
+             "replicas.min 0 (scale to zero) needs deploymentMode Knative; Standard mode keeps at least 1 replica",
+             ".replicas.min"),
+        Rule("self.deploymentMode == 'Knative' || !has(self.replicas.metric) || self.replicas.metric in ['cpu', 'memory']",
+             "replicas.metric concurrency and rps need deploymentMode Knative; Standard mode's "
+             "HorizontalPodAutoscaler follows cpu or memory", ".replicas.metric"),
+        Rule("self.replicas.min > 0 || !has(self.replicas.metric) || self.replicas.metric in ['concurrency', 'rps']",
+             "replicas.min 0 (scale to zero) needs metric concurrency or rps: the HorizontalPodAutoscaler that "
+             "follows cpu and memory never scales to zero", ".replicas.min"),
     )
 
     model_ref: ModelRef
     """The model to serve."""
+    deployment_mode: DeploymentMode = "Standard"
+    """KServe deployment mode. `Standard` (the default; needs no Knative): a Deployment with a
+    HorizontalPodAutoscaler on cpu or memory, at least one replica, one model (no canary). `Knative`:
+    Knative revisions, which a canary needs (its traffic split) and scale to zero (`replicas.min: 0`),
+    autoscaling on concurrency or requests per second too."""
     canary: Canary | None = None
     """A canary model and its traffic share."""
     replicas: Replicas = Field(default_factory=Replicas)
@@ -103,17 +132,36 @@ class Drift(ApiModel):
     """The band with the worst score."""
 
 
+class TrafficShare(ApiModel):
+    """Who gets which share of the requests."""
+
+    version: str
+    """The model version (`<model>/<version>`)."""
+    percent: Annotated[int, Field(ge=0, le=100)]
+    """Share of the requests, in percent."""
+    role: Literal["primary", "canary"]
+    """Whether it is the served model or the canary."""
+
+
 class ModelDeploymentStatus(CommonStatus):
     """Observed state of a ModelDeployment."""
 
     url: str | None = None
-    """Where the model answers."""
+    """Where the model answers (KServe protocols under it: `/v1/models/<name>:predict`, `/v2/models/<name>/infer`)."""
+    model_name: str | None = None
+    """The name the model is served under (the `<name>` in the protocol paths)."""
     model_version: str | None = None
-    """The resolved model version being served."""
+    """The resolved model version being served (`<model>/<version>`)."""
+    model_uri: str | None = None
+    """Where that version is in the store."""
     canary_version: str | None = None
-    """The resolved canary version."""
+    """The resolved canary version (`<model>/<version>`)."""
+    canary_model_uri: str | None = None
+    """Where the canary version is in the store."""
     canary_traffic_percent: Annotated[int, Field(ge=0, le=100)] | None = None
     """Traffic share the canary gets now."""
+    traffic: list[TrafficShare] | None = None
+    """The traffic split now, as the serving layer reports it."""
     ready_replicas: Annotated[int, Field(ge=0)] | None = None
     """Replicas ready to serve."""
     drift: Drift | None = None

@@ -218,9 +218,13 @@ class KindInfo:
     references: Callable[[Any], dict[str, Ref]] = field(repr=False)
     #: The phase that counts as done for resources that reference this one.
     ready_phase: str = "Succeeded"
-    #: The data-plane entrypoint that runs this kind (``module:function`` in earthops_runtime), named
+    #: The data-plane entrypoint that runs this kind (``module:function`` in earthops_runtime, run by
+    #: ``python -m earthops_runtime run``; for a served kind the module run as ``python -m MODULE``), named
     #: here as text so the control plane never imports the data plane. None: not built yet.
     runtime: str | None = None
+    #: What runs it on a cluster: a KubeRay ``RayJob`` (a run that ends) or a KServe ``InferenceService``
+    #: (a server that stays up).
+    child: Literal["RayJob", "InferenceService"] = "RayJob"
 
     @property
     def singular(self) -> str:
@@ -291,13 +295,17 @@ KINDS: dict[str, KindInfo] = {
             ModelDeploymentStatus, "deployments",
             (
                 _PHASE,
-                PrinterColumn("Version", ".status.modelVersion", description="Model version served"),
                 PrinterColumn("URL", ".status.url", description="Where the model answers"),
-                PrinterColumn("Canary", ".status.canaryTrafficPercent", "integer", "Canary traffic percent", 1),
+                PrinterColumn("Model", ".status.modelVersion", description="Model version served (model/version)"),
+                PrinterColumn("Canary", ".status.canaryTrafficPercent", "integer", "Percent of requests the canary gets"),
+                PrinterColumn("Ready", ".status.readyReplicas", "integer", "Replicas ready to serve"),
+                PrinterColumn("Canary-Model", ".status.canaryVersion", description="Canary version (model/version)", priority=1),
                 PrinterColumn("Drift", ".status.drift.detected", "boolean", "Drift detected", 1),
             ),
             _refs_deployment,
             ready_phase="Ready",
+            runtime="earthops_runtime.serving",
+            child="InferenceService",
         ),
     )
 }

@@ -39,6 +39,10 @@ StoreOpt = Annotated[
     typer.Option("--store", envvar=ENV_STORE, help="Store root URI (file:///path or s3://bucket/prefix). "
                  "Default: ~/.local/share/earthops/store."),
 ]
+PortOpt = Annotated[int, typer.Option("--port", min=0, max=65535, help="Port of the local model server on "
+                                      "127.0.0.1 (a second deployment takes the next one; 0: a free port).")]
+PredictOnceOpt = Annotated[bool, typer.Option("--predict-once", help="Send one prediction of a chip from the "
+                                              "model's dataset's test split, print it, stop the server and exit.")]
 NamespaceOpt = Annotated[str | None, typer.Option("--namespace", "-n", help="Namespace (default: all for get, "
                                                   "'default' for describe).")]
 
@@ -101,8 +105,11 @@ def run(
     ray_address: Annotated[str | None, typer.Option("--ray-address", help="Use this Ray cluster instead of a "
                                                     "local Ray.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate and print the order; run nothing.")] = False,
+    port: PortOpt = 8080,
+    predict_once: PredictOnceOpt = False,
 ) -> None:
-    """Run manifests on this machine, in reference order. Exits non-zero if anything fails."""
+    """Run manifests on this machine, in reference order. Exits non-zero if anything fails. A
+    ModelDeployment is served on 127.0.0.1 until interrupted (Ctrl-C), or until --predict-once's answer."""
     from earthops.control.local import Executor, Unsupported
 
     try:
@@ -115,7 +122,7 @@ def run(
         raise _fail(f"no resources found in {', '.join(map(str, files))}", INVALID)
     # the store is input too: one that cannot be opened or read refuses the run before anything runs
     st = _open_store(store, INVALID)
-    executor = Executor(st, ray_address=ray_address)
+    executor = Executor(st, ray_address=ray_address, port=port)
     try:
         planned = executor.plan(resources)
     except ValueError as exc:
@@ -134,7 +141,13 @@ def run(
         executor.check_supported(planned)
     except Unsupported as exc:
         raise _fail(str(exc), UNSUPPORTED) from None
-    _run_with_progress(executor, planned)
+    try:
+        _run_with_progress(executor, planned)
+        if executor.servers:
+            _serve_local(executor.servers, predict_once,
+                         on_exit=lambda server: executor.record_stopped(server, on_purpose=False))
+    finally:
+        executor.stop()
 
 
 def _run_with_progress(executor: Any, planned: list[Any]) -> None:
@@ -181,6 +194,69 @@ def _run_with_progress(executor: Any, planned: list[Any]) -> None:
 
         # every failure was the input's (a spec the data or the model refuses, a reference that failed): 2
         raise typer.Exit(INVALID if all(invalid_input(status) for _, status in failed) else 1)
+
+
+def _serve_local(servers: list[Any], predict_once: bool, on_exit: Any) -> None:
+    """Print where each local model server answers and an example request; then send one prediction
+    (``--predict-once``) or serve until Ctrl-C/SIGTERM. The caller stops the servers."""
+    from earthops.control.local import serving
+
+    samples = {}
+    for server in servers:
+        sample, request_file = _example_request(server)
+        samples[server.name] = sample
+        out.print(f"{server.name}: serving at {server.url} (v1: /v1/models/{server.name}:predict, "
+                  f"v2: /v2/models/{server.name}/infer)", highlight=False, markup=False)
+        out.print(f"  example request{' (one test chip)' if request_file else ''}:\n    "
+                  f"{serving.example_curl(server, request_file)}", highlight=False, markup=False)
+    if predict_once:
+        for server in servers:
+            sample = samples[server.name]
+            if sample is None:
+                raise _fail(f"{server.name}: no test chip to send (see above)", 1)
+            try:
+                reply = serving.predict(server, sample["request"])
+            except serving.ServerError as exc:
+                raise _fail(f"{server.name}: {exc}", 1) from None
+            out.print(f"{server.name}: prediction for test chip {sample['chip']}"
+                      f"{' (true class: ' + sample['label'] + ')' if sample.get('label') else ''}: "
+                      f"{_prediction_text(reply)}", highlight=False, markup=False)
+        return
+    out.print("serving until interrupted (Ctrl-C)", highlight=False)
+    exited = serving.serve_until_interrupted(servers, on_exit)
+    if exited is not None:
+        raise _fail(f"the model server of {exited.name} stopped by itself: {exited.log_tail()}", 1)
+    err.print("stopping the model server(s)", highlight=False)
+
+
+def _example_request(server: Any) -> tuple[dict[str, Any] | None, Path | None]:
+    """A test chip of the served model's dataset as a v2 request, written to a file for curl; (None, None)
+    when there is none (the reason printed)."""
+    import tempfile
+
+    try:
+        from earthops_runtime import facade
+    except ImportError as exc:
+        err.print(f"no example chip: the 'runtime' extra is not installed ({exc})", highlight=False, markup=False)
+        return None, None
+    try:
+        sample = facade.test_request(server.models.primary.uri)
+    except (LookupError, StoreError, OSError, ValueError) as exc:
+        err.print(f"no example chip from {server.models.primary.uri}'s dataset: {exc}", highlight=False, markup=False)
+        return None, None
+    path = Path(tempfile.gettempdir()) / f"earthops-request-{server.name}.json"
+    path.write_text(json.dumps(sample["request"]))
+    return sample, path
+
+
+def _prediction_text(reply: dict[str, Any]) -> str:
+    """A v2 reply in one line: the version that answered and each output (long ones cut)."""
+    parts = [f"model version {reply['model_version']}"] if reply.get("model_version") else []
+    for output in reply.get("outputs") or []:
+        data = list(output.get("data") or [])
+        shown = ", ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in data[:8])
+        parts.append(f"{output.get('name')} = [{shown}{', ...' if len(data) > 8 else ''}]")
+    return "; ".join(parts) or json.dumps(reply)[:300]
 
 
 class _LiveView:
@@ -434,6 +510,54 @@ def operator(
         log_level=log_level, log_format=log_format,
     ))
     raise typer.Exit(code)
+
+
+@app.command()
+def serve(
+    model: Annotated[str, typer.Argument(help="A registered model: NAME or NAME/VERSION (default: its latest).")],
+    namespace: Annotated[str, typer.Option("--namespace", "-n", help="Namespace of the model.")] = "default",
+    canary: Annotated[str | None, typer.Option("--canary", help="A second version (VERSION or NAME/VERSION) that "
+                                               "answers --canary-percent of the requests.")] = None,
+    canary_percent: Annotated[int | None, typer.Option("--canary-percent", min=0, max=100,
+                                                       help="The canary's share of the requests (0-100).")] = None,
+    port: PortOpt = 8080,
+    predict_once: PredictOnceOpt = False,
+    store: StoreOpt = None,
+) -> None:
+    """Serve a registered model on 127.0.0.1 with the predictor a ModelDeployment runs (KServe v1 and v2
+    protocols), until interrupted."""
+    from earthops.api import parse_resource
+    from earthops.control.local import Executor, serving
+    from earthops.control.reconcile.inferenceservice import resolve_models
+
+    if (canary is None) != (canary_percent is None):
+        raise _fail("--canary and --canary-percent go together", INVALID)
+    name, _, version = model.partition("/")
+    spec: dict[str, Any] = {"modelRef": {"model": name, **({"version": version} if version else {})}}
+    if canary is not None:
+        canary_name, _, canary_version = canary.rpartition("/")
+        spec["canary"] = {"modelRef": {"model": canary_name or name, "version": canary_version},
+                          "trafficPercent": canary_percent}
+        spec["deploymentMode"] = "Knative"  # what a canary needs on a cluster; the local server splits itself
+    try:
+        resource = parse_resource({"apiVersion": "earthops.dev/v1alpha1", "kind": "ModelDeployment",
+                                   "metadata": {"name": name, "namespace": namespace}, "spec": spec}, "earthops serve")
+    except ManifestError as exc:
+        for problem in exc.problems:
+            _error("invalid:", problem)
+        raise typer.Exit(INVALID) from None
+    executor = Executor(_open_store(store, INVALID))
+    models = resolve_models(resource, lambda kind, ref: None, executor.registry(resource), wait=False)
+    if not models.ready:
+        raise _fail("; ".join(b.message for b in models.blockers), 1)
+    try:
+        server = serving.start(resource, models, port=port)
+    except serving.ServerError as exc:
+        raise _fail(str(exc), 1) from None
+    try:
+        _serve_local([server], predict_once, on_exit=lambda s: None)
+    finally:
+        server.stop()
 
 
 @app.command()

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from earthops.api import GROUP, KINDS
-from earthops.control.reconcile.rayjob import runs_as_rayjob
+from earthops.control.reconcile.rayjob import runs_as_rayjob, serves
 
 #: Where a grant applies: in each watched namespace (cluster-wide when watching all of them), or cluster-wide.
 Scope = Literal["namespace", "cluster"]
@@ -40,11 +40,12 @@ class ApiResource:
 
 #: The children the operator creates, by kind: the only resources :mod:`~earthops.control.handlers.k8s`'s
 #: custom-object functions reach besides the earthops kinds.
-CHILDREN: dict[str, ApiResource] = {"RayJob": ApiResource("ray.io", "v1", "rayjobs")}
+CHILDREN: dict[str, ApiResource] = {"RayJob": ApiResource("ray.io", "v1", "rayjobs"),
+                                    "InferenceService": ApiResource("serving.kserve.io", "v1beta1", "inferenceservices")}
 
 EARTHOPS = tuple(info.plural for info in KINDS.values())
-#: The kinds whose runs are RayJobs owned by the resource (``blockOwnerDeletion``).
-OWNERS = tuple(info.plural for kind, info in KINDS.items() if runs_as_rayjob(kind))
+#: The kinds whose children (RayJobs, InferenceServices) are owned by the resource (``blockOwnerDeletion``).
+OWNERS = tuple(info.plural for kind, info in KINDS.items() if runs_as_rayjob(kind) or serves(kind))
 
 
 @dataclass(frozen=True)
@@ -69,9 +70,15 @@ CALLS: tuple[ApiCall, ...] = (
     ApiCall(GROUP, EARTHOPS, ("get",), "k8s.get_earthops", "read a referenced resource's status (a dataset)"),
     ApiCall("", ("configmaps",), ("create",), "k8s.create_if_absent", "create the run's resource ConfigMap"),
     ApiCall("ray.io", ("rayjobs",), ("create",), "k8s.create_if_absent", "create the run's RayJob"),
+    ApiCall("serving.kserve.io", ("inferenceservices",), ("create",), "k8s.create_if_absent",
+            "create a ModelDeployment's InferenceService"),
     ApiCall(GROUP, tuple(f"{p}/finalizers" for p in OWNERS), ("update",), "k8s.create_if_absent",
             "children own blockOwnerDeletion references to it (OwnerReferencesPermissionEnforcement)"),
     ApiCall("ray.io", ("rayjobs",), ("get",), "k8s.get_custom", "follow the run's RayJob"),
+    ApiCall("serving.kserve.io", ("inferenceservices",), ("get",), "k8s.get_custom",
+            "follow a ModelDeployment's InferenceService"),
+    ApiCall("serving.kserve.io", ("inferenceservices",), ("update",), "k8s.replace_custom",
+            "roll a new model, canary share or scale out (the InferenceService's spec replaced)"),
     ApiCall("ray.io", ("rayjobs",), ("list",), "k8s.list_custom", "find older runs' RayJobs of a resource"),
     ApiCall("ray.io", ("rayjobs",), ("delete",), "k8s.delete_custom", "stop an older run (spec changed)"),
     ApiCall("", ("configmaps",), ("list", "delete"), "k8s.delete_config_maps", "remove older runs' ConfigMaps"),

@@ -1,9 +1,11 @@
 """Registers the handlers of every kind. Imported by the operator process.
 
-A kind with a runtime is run as a RayJob (ModelDeployment, served by KServe, will have its own);
-a kind without one is answered by :mod:`earthops.control.handlers.unsupported`."""
+A kind that runs is run as a RayJob (:mod:`~earthops.control.handlers.rayjobs`); a served kind
+(ModelDeployment) gets a KServe InferenceService (:mod:`~earthops.control.handlers.serving`); a kind
+without a runtime is answered by :mod:`earthops.control.handlers.unsupported`."""
 
-from earthops.control.handlers import rayjobs, unsupported
+from earthops.control.handlers import rayjobs, serving, unsupported
 
 RAYJOB_KINDS = rayjobs.register_all()
+SERVED_KINDS = serving.register_all()
 UNSUPPORTED_KINDS = unsupported.register_all()

@@ -47,7 +47,7 @@ def configure(defaults: OperatorDefaults) -> None:
     DEFAULTS = defaults
 
 
-def _resource(body: kopf.Body) -> Resource[Any, Any]:
+def resource_of(body: kopf.Body) -> Resource[Any, Any]:
     doc = {k: body.get(k) for k in ("apiVersion", "kind", "metadata", "spec")}
     doc["metadata"] = {k: v for k, v in dict(body["metadata"]).items() if k in ("name", "namespace", "uid", "generation",
                                                                                 "labels", "annotations")}
@@ -68,7 +68,7 @@ def _secret_env(namespace: str, name: str) -> dict[str, str]:
     return cached[1]
 
 
-def _store_for(resource: Resource[Any, Any]) -> Store:
+def store_for(resource: Resource[Any, Any]) -> Store:
     """The resource's store, with one S3 client per (URI, credentials) reused across ticks."""
     storage = KindInfo.storage(resource.spec)
     uri = (storage.uri if storage and storage.uri else None) or DEFAULTS.store_uri
@@ -77,7 +77,7 @@ def _store_for(resource: Resource[Any, Any]) -> Store:
 
 
 def _read_runtime(resource: Resource[Any, Any], run: str) -> RuntimeStatus | None:
-    store = _store_for(resource)
+    store = store_for(resource)
     key = f"{run_key(resource, run)}/{STATUS_FILE}"
     if not store.exists(key):
         return None
@@ -88,7 +88,7 @@ def _selector(resource: Resource[Any, Any]) -> str:
     return f"{LABEL_KIND}={resource.kind.lower()},{LABEL_NAME}={resource.name}"
 
 
-def _lookup(namespace: str) -> Lookup:
+def reference_lookup(namespace: str) -> Lookup:
     """Read a referenced resource's status from the API server; a status of an older spec generation
     counts as Pending (its new run has not started yet)."""
     def lookup(kind: str, name: str) -> dict[str, Any] | None:
@@ -110,7 +110,7 @@ def _start(info: KindInfo, body: kopf.Body, meta: kopf.Meta, status: kopf.Status
     While a referenced resource is not usable (a TuningExperiment's dataset not Ready), the status says
     so (``DatasetReady=False``, reason ``DatasetNotReady``, phase Pending), no RayJob is created, and
     :func:`follow_run`'s timer calls this again until it is."""
-    resource = _resource(body)
+    resource = resource_of(body)
     generation = int(meta.get("generation") or 1)
     run = run_id(generation, resource)
     previous = {k: v for k, v in dict(status).items() if k != "kopf"}
@@ -120,7 +120,7 @@ def _start(info: KindInfo, body: kopf.Body, meta: kopf.Meta, status: kopf.Status
     if previous.get("runId") == run and previous.get("rayJobName") == job_name \
             and k8s.get_custom("RayJob", resource.namespace, job_name) is not None:
         return  # resumed after an operator restart: the run goes on (its inputs were resolved), the timer follows it
-    resolved = resolve_inputs(resource, _lookup(resource.namespace), wait=True)
+    resolved = resolve_inputs(resource, reference_lookup(resource.namespace), wait=True)
     if not resolved.ready:
         _stop_other_runs(body, resource, keep=None)
         new = derive(info, generation=generation, previous={"conditions": previous.get("conditions", [])},
@@ -191,7 +191,7 @@ def register(info: KindInfo) -> None:
             return
         if not job_name or not run or previous.get("observedGeneration") != generation or previous.get("phase") in TERMINAL:
             return
-        resource = _resource(body)
+        resource = resource_of(body)
         job = k8s.get_custom("RayJob", resource.namespace, job_name)
         if job is None:
             execution = Execution("Failed", "RayJobMissing", f"the RayJob {job_name} was deleted before the run ended")
@@ -204,7 +204,7 @@ def register(info: KindInfo) -> None:
             kopf.warn(body, reason="StoreUnreadable", message=str(exc))
         new = derive(info, generation=generation, previous=previous, execution=execution, runtime=runtime)
         if new.get("phase") == info.ready_phase and runtime is not None:
-            new["results"] = _store_for(resource).url(run_key(resource, run))
+            new["results"] = store_for(resource).url(run_key(resource, run))
         if {k: v for k, v in new.items() if k != "conditions"} != {k: v for k, v in previous.items() if k != "conditions"} \
                 or new.get("conditions") != previous.get("conditions"):
             patch.status.update(new)

@@ -8,6 +8,7 @@ resource with its generation and status; ``get`` and ``describe`` read it.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -21,8 +22,10 @@ from typing import Any
 
 from earthops.api import KINDS, KindInfo, Resource, parse_resource
 from earthops.api.runtime import STATUS_FILE, RuntimeStatus
+from earthops.control.reconcile.inferenceservice import Observed, deployment_status, resolve_models
 from earthops.control.reconcile.inputs import Inputs, Lookup, resolve_inputs
 from earthops.control.status import Execution, derive
+from earthops.core import registry
 from earthops.core.inputs import input_args
 from earthops.core.runs import run_id as make_run_id
 from earthops.core.runs import run_key as make_run_key
@@ -106,17 +109,24 @@ def stored_resources(store: Store, kinds: Iterable[str] | None = None, namespace
 class Outcome:
     resource: dict[str, Any]
     skipped: bool = False
+    #: A served kind's running predictor (:class:`earthops.control.local.serving.LocalServer`), until
+    #: :meth:`Executor.stop` stops it.
+    server: Any = None
 
 
 class Executor:
     """Runs resources in embedded mode against one store."""
 
     def __init__(self, store: Store, *, ray_address: str | None = None, poll_interval: float = 0.5,
-                 on_progress: Callable[[dict[str, Any], RuntimeStatus | None], None] | None = None):
+                 on_progress: Callable[[dict[str, Any], RuntimeStatus | None], None] | None = None,
+                 port: int = 8080):
         self.store = store
         self.ray_address = ray_address
         self.poll_interval = poll_interval
         self.on_progress = on_progress
+        #: Where a served kind's predictor listens on 127.0.0.1 (the next ones take the next ports; 0: free ports).
+        self.port = port
+        self.servers: list[Any] = []
 
     # --- checks before anything runs ---------------------------------------------------------------
 
@@ -173,7 +183,7 @@ class Executor:
         prev_meta = (previous or {}).get("metadata", {})
         same_spec = previous is not None and previous.get("specHash") == digest
         generation = prev_meta.get("generation", 0) + (0 if same_spec else 1)
-        if same_spec and (previous.get("status") or {}).get("phase") == info.ready_phase:
+        if same_spec and (previous.get("status") or {}).get("phase") == info.ready_phase and info.child == "RayJob":
             return Outcome(previous, skipped=True)  # idempotent: this generation already succeeded
 
         created = prev_meta.get("creationTimestamp") or datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -183,6 +193,8 @@ class Executor:
         prev_status = (previous or {}).get("status") if same_spec else None
         state = {**wire, "specHash": digest}
 
+        if info.child == "InferenceService":
+            return self._serve(r, state, prev_status, generation)
         resolved = self.resolve(r)
         if not resolved.ready:
             state["status"] = derive(info, generation=generation, previous=prev_status,
@@ -206,6 +218,68 @@ class Executor:
             state["status"]["results"] = run_store.url(run_key)
         self.store.write_json(self._state_key(r), state)
         return Outcome(state)
+
+    # --- served kinds (ModelDeployment): a local predictor instead of a run -------------------------------
+
+    def registry(self, r: Resource[Any, Any]) -> Callable[[str, str], tuple[str, str]]:
+        """The model registry of ``r``'s store: (model, version or latest) -> (version, URI)."""
+        store = self.run_store(r)
+
+        def resolve(model: str, version: str) -> tuple[str, str]:
+            found = registry.resolve_version(store, r.namespace, model, version)
+            return found, store.url(registry.version_key(r.namespace, model, found))
+
+        return resolve
+
+    def _serve(self, r: Resource[Any, Any], state: dict[str, Any], prev_status: dict[str, Any] | None,
+               generation: int) -> Outcome:
+        """Start the deployment's predictor on 127.0.0.1 (it serves until :meth:`stop`); its status says
+        where, with the served versions and the traffic split."""
+        from earthops.control.local import serving
+
+        run = make_run_id(generation, r)
+        models = resolve_models(r, self._lookup(r.namespace), self.registry(r), wait=False)
+        if not models.ready:
+            state["status"] = deployment_status(generation=generation, previous=prev_status, models=models, run=run,
+                                                observed=Observed(Execution("Failed", "ModelNotFound")))
+            self.store.write_json(self._state_key(r), state)
+            return Outcome(state)
+        port = self.port + len(self.servers) if self.port else 0
+        started = datetime.now(UTC)
+        try:
+            server = serving.start(r, models, port=port)
+        except serving.ServerError as exc:
+            observed = Observed(Execution("Failed", "PredictorFailed", str(exc), start_time=started))
+            state["status"] = deployment_status(generation=generation, previous=prev_status, observed=observed,
+                                                models=models, run=run)
+            self.store.write_json(self._state_key(r), state)
+            return Outcome(state)
+        self.servers.append(server)
+        observed = server.observed()
+        observed = Observed(dataclasses.replace(observed.execution, start_time=started), observed.fields)
+        state["status"] = deployment_status(generation=generation, previous=prev_status, observed=observed,
+                                            models=models, run=run)
+        self.store.write_json(self._state_key(r), state)
+        server.state = (r, state, generation, run)
+        return Outcome(state, server=server)
+
+    def record_stopped(self, server: Any, *, on_purpose: bool) -> dict[str, Any]:
+        """Write a served resource's status once its predictor stopped: on purpose (Ctrl-C, SIGTERM, the
+        end of ``--predict-once``) it is no longer served; by itself it Failed, with the end of its log."""
+        r, state, generation, run = server.state
+        observed = server.stopped() if on_purpose else server.observed()
+        state["status"] = deployment_status(generation=generation, previous=state["status"], observed=observed,
+                                            models=server.models, run=run)
+        self.store.write_json(self._state_key(r), state)
+        return state
+
+    def stop(self) -> None:
+        """Stop every predictor this executor started, and record that they stopped."""
+        for server in self.servers:
+            if server.alive:
+                server.stop()
+                self.record_stopped(server, on_purpose=True)
+        self.servers = []
 
     @staticmethod
     def _read_runtime(store: Store, run_key: str) -> RuntimeStatus | None:

@@ -56,14 +56,20 @@ def container_security_context() -> dict[str, Any]:
 
 
 def runs_as_rayjob(kind: str) -> bool:
-    """Whether the operator runs ``kind`` as a RayJob (the kinds with a runtime, but ModelDeployment,
-    which is served, not run)."""
-    return KINDS[kind].runtime is not None and kind != "ModelDeployment"
+    """Whether the operator runs ``kind`` as a RayJob (the kinds with a runtime whose child is one;
+    ModelDeployment is served by an InferenceService, not run)."""
+    return KINDS[kind].runtime is not None and KINDS[kind].child == "RayJob"
+
+
+def serves(kind: str) -> bool:
+    """Whether the operator serves ``kind`` with a KServe InferenceService (ModelDeployment)."""
+    return KINDS[kind].runtime is not None and KINDS[kind].child == "InferenceService"
 
 
 @dataclass(frozen=True)
 class OperatorDefaults:
-    """What the operator adds to every RayJob: images and the default store."""
+    """What the operator adds to every child: the runtime image (RayJobs, and the predictor of an
+    InferenceService: it holds ``earthops_runtime.serving``) and the default store."""
 
     runtime_image: str = DEFAULT_RUNTIME_IMAGE
     store_uri: str = ""
@@ -153,6 +159,8 @@ def desired_children(resource: Resource[Any, Any], *, run: str, run_key: str, ge
     info = KINDS[resource.kind]
     if info.runtime is None:
         raise ValueError(f"{resource.kind} has no runtime in this version")
+    if not runs_as_rayjob(resource.kind):
+        raise ValueError(f"{resource.kind} is not run as a RayJob (it is served by a KServe {info.child})")
     inputs = dict(inputs or {})
     unresolved = sorted(set(info.references(resource.spec)) - set(inputs))
     if unresolved:
