@@ -66,3 +66,16 @@ def test_band_rows_are_worst_first_with_the_predictions_last():
     rows = band_rows(report("drift", 0.61, "HV"))
     assert [r["band"] for r in rows] == ["HV", "HH", "predictions"]
     assert rows[0]["drift"] == "yes" and rows[0]["psi"] == "0.61" and rows[1]["drift"] == "no"
+
+
+def test_describe_prints_the_per_band_table():
+    from earthops.control.display import drift_table
+
+    text = drift_table({**report("drift", 0.61, "HV"), "message": "drift in HV; worst HV PSI 0.61 (threshold 0.2)",
+                        "reference": {"uri": "s3://b/models/ns/m/v3/stats.json"}})
+    lines = text.splitlines()
+    assert "window w1" in lines[0] and "drift in HV" in lines[0] and "s3://b/models/ns/m/v3/stats.json" in lines[0]
+    assert lines[1].split()[:4] == ["BAND", "PSI", "WASSERSTEIN", "MEAN"]
+    assert lines[2].split()[:2] == ["HV", "0.61"] and lines[2].split()[-1] == "yes"
+    assert lines[-1].split()[0] == "predictions"
+    assert drift_table({"status": "error", "message": "no band 'VV'"}) == "Drift: monitoring failed: no band 'VV'"

@@ -393,6 +393,28 @@ def describe(
     out.print(text(docs[0]), highlight=False)
     if docs[0].get("kind") == "AblationStudy":
         _print_ablation_ranking(docs[0])
+    if docs[0].get("kind") == "ModelDeployment":
+        _print_drift(docs[0], store)
+
+
+def _print_drift(doc: dict[str, Any], store: str | None) -> None:
+    """A ModelDeployment's per-band drift table, from the latest report in its store (``spec.storage``,
+    else ``--store``)."""
+    from earthops.control.display import drift_table
+    from earthops.core.monitoring import read_latest
+
+    spec = doc.get("spec") or {}
+    if not (spec.get("monitoring") or {}).get("enabled", True):
+        return
+    uri = (spec.get("storage") or {}).get("uri") or store
+    meta = doc.get("metadata") or {}
+    try:
+        report = read_latest(_open_store(uri), meta.get("namespace", "default"), meta.get("name", ""))
+    except (StoreError, OSError, ValueError) as exc:
+        err.print(f"the drift report could not be read: {exc}", highlight=False, markup=False)
+        return
+    out.print("\n" + (drift_table(report) if report else "Drift: no monitoring window has closed yet"),
+              highlight=False, markup=False)
 
 
 def _print_ablation_ranking(doc: dict[str, Any]) -> None:

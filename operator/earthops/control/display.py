@@ -378,3 +378,24 @@ def _g(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value)
+
+
+def drift_table(report: Mapping[str, Any]) -> str:
+    """A ModelDeployment's latest drift report (``earthops.core.monitoring``): the window, the verdict
+    and the per-band table (PSI, Wasserstein over the reference std, window and reference means, the
+    per-chip-mean test adjusted across bands), worst band first, the predictions last."""
+    from earthops.core.monitoring import band_rows
+
+    window = report.get("window") or {}
+    status = report.get("status")
+    if status == "error":
+        return f"Drift: monitoring failed: {report.get('message', '')}"
+    head = (f"Drift (window {window.get('id', '?')}, {window.get('start', '?')} .. {window.get('end', '?')}, "
+            f"{_g(window.get('requests'))} requests, {_g(window.get('chips'))} chips; reference "
+            f"{(report.get('reference') or {}).get('uri', '?')}): {report.get('message', status)}")
+    rows = band_rows(report)
+    if not rows:
+        return head
+    header = [k.upper() for k in rows[0]]
+    return "\n".join([head, _indent(plain_table(header, [list(r.values()) for r in rows]))])
+
