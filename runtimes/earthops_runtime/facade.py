@@ -1,7 +1,8 @@
 """What the control plane's CLI calls in the data plane directly — the one door besides the entrypoint.
 
 ``earthops search`` and ``earthops samples`` answer on the user's machine without starting a run (and
-``earthops serve``/``run`` take a test chip for their example request here), so the CLI
+``earthops serve``/``run`` take a test chip for their example request here, and ``earthops catalog
+serve`` starts the STAC API), so the CLI
 (:mod:`earthops.control.cli`) imports this module, lazily, inside those commands; an
 import-linter contract allows exactly that import and no other from the control plane into
 :mod:`earthops_runtime`. Nothing here imports torch, ray or kserve.
@@ -12,8 +13,17 @@ from __future__ import annotations
 from earthops_runtime.catalog.search import SearchError, feature_collection, search
 from earthops_runtime.samples import SampleFetchError, bigearthnet_catalog, fetch_bigearthnet
 
+
+def serve_catalog(store: object, *, host: str, port: int, presign_seconds: int | None = None,
+                  log_level: str = "warning") -> None:
+    """``earthops catalog serve``: the STAC API over the store (imported here, when asked for)."""
+    from earthops_runtime.stacapi.app import serve
+
+    serve(store, host=host, port=port, presign_seconds=presign_seconds, log_level=log_level)
+
+
 __all__ = ["SampleFetchError", "SearchError", "bigearthnet_catalog", "feature_collection", "fetch_bigearthnet",
-           "search", "test_request"]
+           "search", "serve_catalog", "test_request"]
 
 
 def test_request(model_uri: str, index: int = 0) -> dict[str, object]:

@@ -592,13 +592,19 @@ def search(
                                                  "an open end (2020-01-01/2020-06-30, 2021-01-01T00:00:00Z/..).")] = None,
     cql2_filter: Annotated[str | None, typer.Option("--filter", help="CQL2 text (\"eo:cloud_cover < 10 AND "
                                                     "platform = 'sentinel-2a'\") or CQL2-JSON.")] = None,
+    q: Annotated[str | None, typer.Option("--q", "-q", help="Free text over ids, titles, descriptions, keywords "
+                                          "and string properties: terms (OR), \"quoted phrases\", AND, OR, NOT, "
+                                          "+must, -mustnot; results by relevance.")] = None,
+    sortby: Annotated[str | None, typer.Option("--sortby", help="Sort fields, '-' for descending "
+                                               "(-eo:cloud_cover,+id); before relevance and newest first.")] = None,
     limit: Annotated[int | None, typer.Option("--limit", min=1, help="At most this many items (newest "
                                               "first).")] = None,
     output: Annotated[str, typer.Option("--output", "-o", help="table, or json (a GeoJSON FeatureCollection "
                                         "of the STAC items).")] = "table",
     store: StoreOpt = None,
 ) -> None:
-    """Search the STAC items of the store's published datasets: collection, bbox, datetime, CQL2 filter."""
+    """Search the STAC items of the store's published datasets and models: collection, bbox, datetime,
+    CQL2 filter, free text."""
     if output not in ("table", "json"):
         raise _fail(f"--output {output!r}: accepted: table, json", INVALID)
     try:
@@ -607,10 +613,10 @@ def search(
         raise _fail(f"search needs the 'runtime' extra (pip install 'earthops[runtime]'): {exc}", 1) from None
     st = _open_store(store)
     flags = {"collections": "--collection", "bbox": "--bbox", "datetime": "--datetime", "filter": "--filter",
-             "limit": "--limit"}
+             "limit": "--limit", "q": "--q", "sortby": "--sortby"}
     try:
         items = index_search.search(st, collections=collection or None, bbox=bbox, datetime=datetime,
-                                    filter=cql2_filter, limit=limit)
+                                    filter=cql2_filter, limit=limit, q=q, sortby=sortby)
     except index_search.SearchError as exc:
         raise _fail(f"{flags.get(exc.parameter, exc.parameter)}: {exc.message}", INVALID) from None
     except StoreError as exc:
@@ -631,6 +637,40 @@ def search(
         rows.append([item["id"], item.get("collection") or "", when,
                      ",".join(f"{v:.4f}" for v in box) if box else ""])
     out.print(plain_table(["ID", "COLLECTION", "DATETIME", "BBOX"], rows), highlight=False, markup=False)
+
+
+catalog_app = typer.Typer(help="The store's STAC catalog: serve it as a STAC API.", no_args_is_help=True)
+app.add_typer(catalog_app, name="catalog")
+
+
+@catalog_app.command("serve")
+def catalog_serve(
+    port: Annotated[int, typer.Option("--port", "-p", help="TCP port (1-65535).")] = 8000,
+    host: Annotated[str, typer.Option("--host", help="Address to listen on: loopback by default; 0.0.0.0 in "
+                                      "a container.")] = "127.0.0.1",
+    presign: Annotated[int | None, typer.Option("--presign", min=1, max=604800, help="Also give each s3:// asset "
+                                                "of the store a presigned HTTPS link valid this many seconds "
+                                                "(alternate.https), for clients without S3 access.")] = None,
+    log_level: Annotated[str, typer.Option("--log-level", help="debug, info, warning or error.")] = "warning",
+    store: StoreOpt = None,
+) -> None:
+    """Serve the store's published datasets and models as a STAC API (pystac-client, QGIS, STAC Browser):
+    core, collections, features, item search, filter (CQL2 text/JSON), sort, fields, free text."""
+    if not 1 <= port <= 65535:
+        raise _fail(f"--port {port}: accepted: 1-65535", INVALID)
+    if log_level not in {"debug", "info", "warning", "error"}:
+        raise _fail(f"--log-level {log_level!r}: accepted: debug, info, warning, error", INVALID)
+    try:
+        from earthops_runtime import facade as runtime
+    except ImportError as exc:
+        raise _fail(f"catalog serve needs the 'runtime' extra (pip install 'earthops[runtime]'): {exc}", 1) from None
+    st = _open_store(store)
+    err.print(f"STAC API over {st.url('')} on http://{host}:{port}/ (Ctrl-C stops it)", highlight=False,
+              markup=False)
+    try:
+        runtime.serve_catalog(st, host=host, port=port, presign_seconds=presign, log_level=log_level)
+    except OSError as exc:
+        raise _fail(f"cannot listen on {host}:{port}: {exc}", 1) from None
 
 
 @app.command()

@@ -266,9 +266,37 @@ def _json_columns(path: str) -> frozenset[str]:
 @functools.lru_cache(maxsize=1024)
 def _json_columns_of(path: str, size: int, mtime_ns: int) -> frozenset[str]:
     """The JSON-encoded property columns of an index file (its footer read once per file version)."""
+    return frozenset(json_properties(_schema_of(path, size, mtime_ns)))
+
+
+@functools.lru_cache(maxsize=1024)
+def _schema_of(path: str, size: int, mtime_ns: int) -> Any:
     import pyarrow.parquet as pq
 
-    return frozenset(json_properties(pq.read_schema(path)))
+    return pq.read_schema(path)
+
+
+def _order_sql(files: Iterable[str], query: Query, relevance: str) -> str:
+    """ORDER BY of a query: its sortby fields (missing values last), relevance, then :data:`ORDER`."""
+    terms = []
+    if query.sortby:
+        schemas = []
+        for path in files:
+            st = os.stat(path)
+            schemas.append((_schema_of(path, st.st_size, st.st_mtime_ns), _json_columns(path)))
+        for field, desc in query.sortby:
+            if field in _ORDER_SQL:
+                expr = _ORDER_SQL[field]
+            elif not any(field in schema.names for schema, _ in schemas):
+                continue  # no item has it: every value is missing, the order is the next field's
+            elif any(field in json_cols for _, json_cols in schemas):
+                raise SearchError("sortby", f"field {field!r} holds objects or mixed types and cannot be sorted on")
+            else:
+                expr = '"' + field.replace('"', '""') + '"'
+            terms.append(f"{expr} {'DESC' if desc else 'ASC'} NULLS LAST")
+    if relevance:
+        terms.append(relevance)
+    return "ORDER BY " + ", ".join([*terms, ORDER_BY.removeprefix("ORDER BY ")])
 
 
 class _Rows:
@@ -325,16 +353,22 @@ class _Rows:
 
 def search(store: Any, *, collections: Sequence[str] | str | None = None, ids: Sequence[str] | None = None,
            bbox: Any = None, datetime: Any = None, filter: Any = None,  # noqa: A002 - STAC API names
-           limit: int | None = None, q: Any = None) -> list[dict[str, Any]]:
+           limit: int | None = None, q: Any = None, sortby: Any = None) -> list[dict[str, Any]]:
     """STAC items of every published index in ``store`` that match all the given criteria.
 
     ``collections``/``ids``: any of these; ``bbox``: ``[w, s, e, n]`` (geometry intersects);
     ``datetime``: RFC 3339 instant or interval (``A/B``, ``..`` open); ``filter``: CQL2 (dict, JSON
-    text or text); ``q``: free text (ranked by relevance); ``limit``: at most this many (newest first).
+    text or text); ``q``: free text (ranked by relevance); ``sortby``: the sort extension's fields;
+    ``limit``: at most this many (newest first).
     Raises :class:`SearchError` (before anything is read) for a bad argument."""
     query = Query.parse(collections=collections, ids=ids, bbox=bbox, datetime=datetime, filter=filter, limit=limit,
-                        q=q)
-    return list(run_query(query, _local_files(store, index_keys(store))))
+                        q=q, sortby=sortby)
+    return list(run_query(query, local_index_files(store)))
+
+
+def local_index_files(store: Any) -> dict[str, str]:
+    """Local path -> store URL of the index of every published run (remote ones copied into the cache)."""
+    return _local_files(store, index_keys(store))
 
 
 def search_files(files: Mapping[str, str], *, collections: Sequence[str] | str | None = None,
@@ -482,7 +516,7 @@ def _run(files: Mapping[str, str], query: Query, *, python_filter: bool = False)
                 return
             cur.register("earthops_text_candidates", candidates)
             join = (f" JOIN earthops_text_candidates c ON {FILE_COLUMN} = c.f AND {ROW_COLUMN} = c.r")
-            order = "c.s DESC, "
+            order = "c.s DESC"
         source = _source(files, row_numbers=query.text is not None)
         if query.collections is not None:
             where.append(_in_list("collection", query.collections, "c", params))
@@ -504,7 +538,7 @@ def _run(files: Mapping[str, str], query: Query, *, python_filter: bool = False)
         exact_in_sql = residual is None and query.bbox is None and not verify_text
         columns = "*" if not join else f"*, c.s AS {SCORE_COLUMN}"
         sql = (f"SELECT {columns} FROM {source}{join} WHERE {' AND '.join(where) or 'TRUE'} "
-               f"{ORDER_BY.replace('ORDER BY ', 'ORDER BY ' + order)}"
+               f"{_order_sql(files, query, order)}"
                + (f" LIMIT {int(query.limit)}" if exact_in_sql and query.limit is not None else ""))
         rows = _Rows(files)
         try:
@@ -555,4 +589,5 @@ def feature_collection(items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
 
 __all__ = ["AREAS", "Query", "SearchError", "feature_collection", "geometry_intersects_box", "index_keys",
-           "iter_search", "parse_bbox", "parse_filter", "parse_interval", "run_query", "search", "search_files"]
+           "iter_search", "local_index_files", "parse_bbox", "parse_filter", "parse_interval", "run_query", "search",
+           "search_files"]

@@ -36,6 +36,9 @@ same functions, so there is one implementation of them.
   string properties; with a ``q``, results come by relevance (highest first), then in :data:`ORDER`.
   Relevance needs corpus statistics (how many items hold each token): :meth:`Query.select` takes
   them from the items it is given, the search index from its inverted index of the same items.
+* **sortby** (the sort extension): fields (``id``, ``collection``, ``datetime`` — the start of the item's
+  time —, another property, ``properties.`` prefix optional), each ascending or descending, missing
+  values last; they come before relevance and :data:`ORDER`, which break their ties.
 * ``collections`` / ``ids``: any of these (an empty list matches nothing); ``limit``: a positive integer.
 
 A bad argument raises :class:`SearchError`, whose ``parameter`` names it.
@@ -293,6 +296,50 @@ class _Descending:
     __hash__ = None  # type: ignore[assignment]
 
 
+def parse_sortby(value: Any) -> tuple[tuple[str, bool], ...]:
+    """The sort extension's ``sortby`` — ``"-datetime,+id"`` (GET), ``["-datetime", "id"]`` or
+    ``[{"field": "datetime", "direction": "desc"}]`` (POST) — as ``((field, descending), ...)``."""
+    if isinstance(value, str):
+        value = [v for v in value.split(",")]
+    if not isinstance(value, (list, tuple)) or not value:
+        raise SearchError("sortby", f"{value!r}: expected fields such as '-datetime,+id' or "
+                          "[{'field': 'datetime', 'direction': 'desc'}]")
+    out = []
+    for entry in value:
+        if isinstance(entry, Mapping):
+            field, direction = entry.get("field"), str(entry.get("direction", "asc")).lower()
+            if direction not in ("asc", "desc"):
+                raise SearchError("sortby", f"direction {entry.get('direction')!r}: accepted: asc, desc")
+            desc = direction == "desc"
+        elif isinstance(entry, str):
+            entry = entry.strip()
+            desc = entry.startswith("-")
+            field = entry[1:] if entry[:1] in "+-" else entry
+        else:
+            raise SearchError("sortby", f"{entry!r}: expected a field name or {{field, direction}}")
+        if not isinstance(field, str) or not field:
+            raise SearchError("sortby", f"{entry!r}: no field named")
+        field = field.strip().removeprefix("properties.")
+        if not _PROPERTY_NAME.match(field):
+            raise SearchError("sortby", f"field {field!r} is not accepted (letters, digits, '_', ':', '.', '-')")
+        if field in ("bbox", "geometry", "assets", "links", "type", "stac_version", "stac_extensions"):
+            raise SearchError("sortby", f"field {field!r} cannot be sorted on")
+        out.append((field, desc))
+    return tuple(out)
+
+
+def sort_value(item: Mapping[str, Any], field: str) -> Any:
+    """The value an item is sorted by for a ``sortby`` field (None when it has none)."""
+    if field in ("id", "collection"):
+        return item.get(field)
+    if field == "datetime":
+        return item_interval(item)[0]
+    value = (item.get("properties") or {}).get(field)
+    if field in ("start_datetime", "end_datetime"):
+        return item_time(value)
+    return value
+
+
 def sort_key(item: Mapping[str, Any]) -> tuple[Any, ...]:
     """The key that sorts items (ascending, ``sorted(items, key=sort_key)``) in :data:`ORDER`."""
     start, _ = item_interval(item)
@@ -319,10 +366,12 @@ class Query:
     filter_json: Mapping[str, Any] | None = None  # the filter as CQL2-JSON, as given when it was a dict
     limit: int | None = None
     text: TextQuery | None = None
+    sortby: tuple[tuple[str, bool], ...] = ()
 
     @classmethod
     def parse(cls, *, collections: Any = None, ids: Any = None, bbox: Any = None, datetime: Any = None,
-              filter: Any = None, limit: Any = None, q: Any = None) -> Query:  # noqa: A002 - STAC API names
+              filter: Any = None, limit: Any = None, q: Any = None,
+              sortby: Any = None) -> Query:  # noqa: A002 - STAC API names
         """Raises :class:`SearchError` naming the first bad argument."""
         box = parse_bbox(bbox) if bbox is not None else None
         start, end = parse_interval(datetime)
@@ -342,7 +391,8 @@ class Query:
             names[name] = tuple(listed)
         if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
             raise SearchError("limit", f"{limit!r}: expected a positive integer")
-        return cls(names["collections"], names["ids"], box, start, end, expr, filter_json, limit, text)
+        order = parse_sortby(sortby) if sortby is not None else ()
+        return cls(names["collections"], names["ids"], box, start, end, expr, filter_json, limit, text, order)
 
     @property
     def boxes(self) -> list[Box]:
@@ -402,14 +452,18 @@ class Query:
     def select(self, items: Iterable[Mapping[str, Any]]) -> list[Any]:
         """The matching items in :data:`ORDER` (by relevance first with a ``q``, the given items being
         the corpus), at most ``limit`` of them."""
+        corpus = list(items)
+        found = [it for it in corpus if self.matches(it)]
         if self.text is None:
-            found = sorted((it for it in items if self.matches(it)), key=sort_key)
+            found.sort(key=sort_key)
         else:
-            corpus = list(items)
             tokens = self.text.tokens
             df, n_docs = corpus_df(corpus, tokens)
-            found = sorted((it for it in corpus if self.matches(it)),
-                           key=lambda it: (-score(tokens, item_terms(it), df, n_docs), sort_key(it)))
+            found.sort(key=lambda it: (-score(tokens, item_terms(it), df, n_docs), sort_key(it)))
+        for field, desc in reversed(self.sortby):  # stable sorts: the first field decides last
+            present = [it for it in found if sort_value(it, field) is not None]
+            present.sort(key=lambda it: sort_value(it, field), reverse=desc)
+            found = present + [it for it in found if sort_value(it, field) is None]
         return found if self.limit is None else found[: self.limit]
 
     def search_body(self) -> dict[str, Any]:
@@ -429,9 +483,11 @@ class Query:
             body["filter-lang"] = "cql2-json"
         if self.text is not None:
             body["q"] = self.text.q
+        if self.sortby:
+            body["sortby"] = [{"field": f, "direction": "desc" if d else "asc"} for f, d in self.sortby]
         return body
 
 
 __all__ = ["ORDER", "Box", "Query", "SearchError", "expr_matches", "format_interval", "geometry_intersects_box",
            "item_bbox", "item_interval", "item_time", "parse_bbox", "parse_filter", "parse_instant",
-           "parse_interval", "sort_key", "split_box"]
+           "parse_interval", "parse_sortby", "sort_key", "sort_value", "split_box"]

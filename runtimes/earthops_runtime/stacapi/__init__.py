@@ -1,0 +1,1 @@
+"""The STAC API over the store (``earthops catalog serve``): stac-fastapi with a backend over the search index."""
