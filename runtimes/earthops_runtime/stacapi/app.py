@@ -35,6 +35,7 @@ from typing import Annotated, Any
 import attr
 from fastapi import Path, Request
 from fastapi import Query as Param
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from stac_fastapi.api.app import StacApi
 from stac_fastapi.api.models import CollectionUri, ItemUri, create_request_model
@@ -518,7 +519,21 @@ def create_app(store: Any, *, presign_seconds: int | None = None, refresh_second
         return JSONResponse(status_code=400, content={"code": "InvalidParameterValue",
                                                       "description": str(exc), "parameter": exc.parameter})
 
+    def bad_request(request: Request, exc: Exception) -> JSONResponse:
+        """A parameter stac-fastapi's models refuse (``filter-lang`` outside its two values, a body
+        that is not JSON): the same error format, naming the parameter."""
+        assert isinstance(exc, RequestValidationError)
+        first = (exc.errors() or [{}])[0]
+        loc = [str(p) for p in first.get("loc", ()) if p not in ("query", "body", "path")]
+        parameter = (loc[0] if loc else "body").replace("filter_lang", "filter-lang")
+        message = first.get("msg", "invalid")
+        value = first.get("input")
+        return JSONResponse(status_code=400, content={
+            "code": "InvalidParameterValue", "parameter": parameter,
+            "description": f"{parameter}: {value!r}: {message}" if value is not None else f"{parameter}: {message}"})
+
     app.add_exception_handler(SearchError, bad_input)
+    app.add_exception_handler(RequestValidationError, bad_request)
     return app
 
 
