@@ -38,6 +38,7 @@ import pytest
 from earthops.api import parse_resource
 from earthops.core.store import Store
 from earthops_runtime.entrypoint import Reporter, Run
+from tests.bench.measure import measured, ray_worker_niceness
 from tests.infra.known_truth import write_dataset
 
 pytestmark = [pytest.mark.bench, pytest.mark.timeout(3600)]
@@ -48,22 +49,6 @@ REPEATS = int(os.environ.get("EARTHOPS_BENCH_ABLATION_REPEATS", "2"))
 FEATURES = ("signal", "noise", "noise2")
 TRAINING = {"epochs": EPOCHS, "batchSize": 32, "learningRate": 0.01, "device": "cpu"}
 MODEL = {"name": "tests.infra.known_truth:tiny", "parameters": {"width": 16}}
-
-
-def busy_seconds() -> float:
-    """CPU seconds the whole machine has been busy (every core), from /proc/stat."""
-    with open("/proc/stat") as f:
-        fields = [int(v) for v in f.readline().split()[1:]]
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
-    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
-
-
-def measured(fn: Any, *args: Any) -> tuple[float, float, Any]:
-    """(wall seconds, busy cores of the machine meanwhile, fn's result)."""
-    busy, started = busy_seconds(), time.perf_counter()
-    result = fn(*args)
-    wall = time.perf_counter() - started
-    return wall, (busy_seconds() - busy) / wall, result
 
 
 def study(name: str, workers: int) -> dict[str, Any]:
@@ -95,7 +80,7 @@ def plain_loop(dataset: str) -> tuple[float, int]:
     import multiprocessing
 
     with multiprocessing.get_context("spawn").Pool(1) as pool:
-        return pool.apply(_niced_loop, (dataset, int(os.environ.get("RAY_worker_niceness", "15"))))
+        return pool.apply(_niced_loop, (dataset, ray_worker_niceness()))
 
 
 def _niced_loop(dataset: str, niceness: int) -> tuple[float, int]:

@@ -344,3 +344,27 @@ def test_normalization_from_the_train_split():
         normalization(s.to_dict(), split="validation")
     with pytest.raises(KeyError, match="NDVI"):
         normalization(s.to_dict(), names=["NDVI"])
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "float16", ">f4", "uint16", "int16", "int32", "bool"])
+def test_the_compiled_moment_pass_matches_numpy_for_every_value_type(dtype):
+    """The one-pass kernel reads each type as it is (or one float64 copy of the types it does not
+    compile for): the same counts, extremes, out-of-range counts and float64 moments as numpy."""
+    rng = np.random.default_rng(5)
+    x = rng.normal(300.0, 40.0, (3, 2, 33, 31))  # rows longer than a block, not a multiple of it
+    if np.dtype(dtype).kind == "f":
+        x[0, 0, :3] = np.nan
+        x[1, 1, 4, 4] = np.inf
+        x[2, 0, 5, 5] = -np.inf
+    x = x.astype(dtype)
+    stats = DatasetStats(seed=0, ranges={"a": (250.0, 350.0)}).update("train", x, ["a", "b"])
+    for i, name in enumerate(["a", "b"]):
+        v = x[:, i].astype(np.float64).ravel()
+        good = v[np.isfinite(v)]
+        fs = stats.features["train"][name]
+        assert (fs.count, fs.nan_count) == (good.size, v.size - good.size), name
+        assert (fs.min, fs.max) == (good.min(), good.max()), name
+        assert fs.mean == pytest.approx(good.mean(), rel=1e-14), name
+        assert fs.std == pytest.approx(good.std(), rel=1e-13), name
+        if name == "a":
+            assert (fs.below, fs.above) == (np.count_nonzero(good < 250.0), np.count_nonzero(good > 350.0))
