@@ -43,9 +43,9 @@ def test_the_operator_reads_the_secret_once_per_ttl_and_reuses_the_client(monkey
                  "objective": {"metric": "val_accuracy", "goal": "maximize"}, "maxTrials": 2,
                  "storage": {"uri": "s3://bucket/earthops", "secretRef": {"name": "s3"}}},
     }, "test")
-    stores = [rayjobs._store_for(resource) for _ in range(5)]
+    stores = [rayjobs.store_for(resource) for _ in range(5)]
     assert reads == [("team", "s3")]
     assert all(s.fs is stores[0].fs for s in stores)
     clock[0] += rayjobs.SECRET_TTL_S + 1
-    rayjobs._store_for(resource)
+    rayjobs.store_for(resource)
     assert len(reads) == 2, "after the TTL the Secret is read again (a rotated Secret is picked up)"
