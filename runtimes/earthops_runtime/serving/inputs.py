@@ -193,7 +193,7 @@ def decode_v1(body: Any, card: Card) -> tuple[Decoded, Parameters]:
             if len(instances) != 1:
                 raise BadInput("scene", f"{len(instances)} scenes in one request", accepted="one scene per request")
             return _scene_v1(first), params
-        return _bands_v1(instances, params), params
+        return _bands_v1(instances, params, card), params
     try:
         x = np.asarray(instances, dtype=np.float32)
     except (ValueError, TypeError, OverflowError):
@@ -226,8 +226,13 @@ def _scene_uri(value: Any) -> str:
     return value
 
 
-def _bands_v1(instances: list[Mapping[str, Any]], params: Parameters) -> Bands:
+def _bands_v1(instances: list[Mapping[str, Any]], params: Parameters, card: Card) -> Bands:
     names = tuple(instances[0])
+    unknown = [n for n in names if not _is_band(n, card)]
+    if unknown:
+        raise BadInput("bands", f"{', '.join(map(repr, unknown))} {'is not a band name' if len(unknown) == 1 else 'are not band names'}",
+                       accepted="Sentinel-1 polarisations (HH, HV, VV, VH) and Sentinel-2 bands (B01-B12, B8A) or their "
+                                "common names, {band: [H][W]} per instance")
     arrays: dict[str, list[np.ndarray]] = {n: [] for n in names}
     integer = True
     for i, inst in enumerate(instances):

@@ -169,7 +169,8 @@ class LoadedModel:
         if fixed > 0 and len(x) != fixed:
             parts = [self.forward(_pad(x[i:i + fixed], fixed))[: len(x[i:i + fixed])] for i in range(0, len(x), fixed)]
             return np.concatenate(parts) if parts else np.zeros((0, self.card.num_outputs), np.float32)
-        t = torch.from_numpy(np.ascontiguousarray(x, np.float32))
+        x = np.ascontiguousarray(x, np.float32)
+        t = torch.from_numpy(x if x.flags.writeable else x.copy())  # binary v2 inputs are read-only views
         with self._lock, torch.inference_mode():
             if self.device == "cuda":
                 t = t.to("cuda", non_blocking=True)

@@ -202,6 +202,11 @@ class EOModel(Model):
                 "model_name": self.name, "model_version": model.version}
 
     def _v2(self, model: LoadedModel, request: InferRequest, outputs: list[InferOutput], request_id: str | None) -> InferResponse:
+        if request.from_grpc:
+            # KServe 0.21's to_grpc tests an ndarray's truth value when outputs go raw: hand them over raw
+            for out in outputs:
+                if isinstance(out.data, np.ndarray):
+                    out.set_data_from_numpy(out.data, binary_data=True)
         return InferResponse(response_id=request.id or request_id or str(uuid.uuid4()), model_name=self.name,
                              model_version=model.version, infer_outputs=outputs, from_grpc=request.from_grpc,
                              use_binary_outputs=request.use_binary_outputs, requested_outputs=request.request_outputs)

@@ -3,8 +3,8 @@
 The scene is windowed in its own grid (no resampling: send it at the resolution the model was
 trained on) into chips of the model's chip size every ``chip - overlap`` pixels; the last row and
 column of windows are moved back to end at the scene's edge, so every pixel is covered. With a
-``bbox`` (degrees) only the windows over its part of the scene are predicted; a bbox that misses
-the scene is refused. Band names come from the ``bands`` parameter or the file's band descriptions.
+``bbox`` (degrees) only the windows over its part of the scene are predicted (a part smaller than a
+chip grows to the chip around it); a bbox that misses the scene is refused. Band names come from the ``bands`` parameter or the file's band descriptions.
 Windows are read a strip of rows at a time and calibrated with the readers' rules (the file's
 scales, offsets and nodata first); the next chunk of chips is read while the previous one is
 predicted.
@@ -76,6 +76,7 @@ def plan_windows(height: int, width: int, chip: tuple[int, int], overlap: int, a
         raise BadInput("parameters", f"parameter overlap: {overlap} pixels",
                        accepted=f"0 to {min(ch, cw) - 1} (less than the chip size {ch}x{cw})")
     area = area or Window(0, 0, width, height)
+    area = _at_least_a_chip(area, height, width, chip)
     ah, aw = int(area.height), int(area.width)
     if ah < ch or aw < cw:
         raise BadInput("chip_size", f"the scene{' area' if (ah, aw) != (height, width) else ''} is {aw}x{ah} pixels, "
@@ -83,6 +84,20 @@ def plan_windows(height: int, width: int, chip: tuple[int, int], overlap: int, a
     rows = [int(area.row_off) + r for r in window_starts(ah, ch, ch - overlap)]
     cols = [int(area.col_off) + c for c in window_starts(aw, cw, cw - overlap)]
     return Layout(area, tuple(rows), tuple(cols), chip)
+
+
+def _at_least_a_chip(area: Window, height: int, width: int, chip: tuple[int, int]) -> Window:
+    """An area smaller than a chip grows to one chip around its centre, inside the scene (a bbox over a
+    small place still gets the chip that covers it)."""
+    def grow(off: int, length: int, size: int, total: int) -> tuple[int, int]:
+        if length >= size or total < size:
+            return off, length
+        start = off - (size - length) // 2
+        return min(max(start, 0), total - size), size
+
+    row, h = grow(int(area.row_off), int(area.height), chip[0], height)
+    col, w = grow(int(area.col_off), int(area.width), chip[1], width)
+    return Window(col, row, w, h)
 
 
 class OpenScene:
@@ -133,7 +148,7 @@ class OpenScene:
         full = Window(0, 0, self.ds.width, self.ds.height)
         win = rasterio.windows.from_bounds(left, bottom, right, top, transform=self.ds.transform)
         try:
-            inter = rasterio.windows.intersection(win.round_offsets("floor").round_lengths("ceil"), full)
+            inter = rasterio.windows.intersection(win.round_offsets().round_lengths(), full)
         except rasterio.errors.WindowError:
             inter = None
         if inter is None or inter.width < 1 or inter.height < 1:
@@ -194,7 +209,7 @@ def footprints(ds: Any, layout: Layout, windows: Sequence[tuple[int, int]], prob
     labels = labels_of(probs, card)
     features = []
     for (row, col), p, label in zip(windows, probs, labels, strict=True):
-        corners = [t * (col, row), t * (col + cw, row), t * (col + cw, row + ch), t * (col, row + ch)]
+        corners = [t @ (col, row), t @ (col + cw, row), t @ (col + cw, row + ch), t @ (col, row + ch)]
         xs, ys = rasterio.warp.transform(ds.crs, "EPSG:4326", [c[0] for c in corners], [c[1] for c in corners])
         ring = [[float(x), float(y)] for x, y in zip(xs, ys, strict=True)]
         xs_native, ys_native = [c[0] for c in corners], [c[1] for c in corners]
