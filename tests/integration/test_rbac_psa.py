@@ -396,3 +396,70 @@ def test_the_operator_pod_is_admitted_by_a_restricted_namespace(kube_apiserver: 
             admit(kube, ns, without_security_context(pod))
         assert refused.value.status == 403
         assert 'violates PodSecurity "restricted:latest"' in refusal(refused.value)
+
+
+#: KServe's own fields of a predictor (ComponentExtensionSpec and the predictor's framework slots): the rest
+#: of it is the pod spec that KServe's Standard mode puts in the predictor's Deployment as it is.
+KSERVE_PREDICTOR_FIELDS = {"minReplicas", "maxReplicas", "scaleMetric", "scaleTarget", "scaleMetricType",
+                           "containerConcurrency", "timeout", "canaryTrafficPercent", "logger", "batcher",
+                           "annotations", "labels", "deploymentStrategy", "autoScaling", "model", "workerSpec"}
+
+
+def predictor_pod(isvc: dict[str, Any]) -> dict[str, Any]:
+    """The pod KServe (Standard mode) runs for the InferenceService's predictor: its pod spec fields."""
+    predictor = isvc["spec"]["predictor"]
+    spec = {k: copy.deepcopy(v) for k, v in predictor.items() if k not in KSERVE_PREDICTOR_FIELDS}
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": f"{isvc['metadata']['name']}-predictor"},
+            "spec": spec}
+
+
+def the_inference_service(namespace: str, **spec: Any) -> dict[str, Any]:
+    """The operator's InferenceService for the example ModelDeployment (its model resolved, a Secret for the store)."""
+    from earthops.control.reconcile.inferenceservice import Models, ServedModel, desired_inference_service
+
+    doc = yaml.safe_load((ROOT / "examples/ship-iceberg/04-deployment.yaml").read_text())
+    doc["metadata"].update(namespace=namespace, uid="uid-1", generation=1)
+    doc["spec"].update(spec)
+    model = ServedModel("iceberg-tuning", "v1", "s3://store/models/default/iceberg-tuning/v1")
+    return desired_inference_service(parse_resource(doc), Models(model), image="ghcr.io/earthops/runtime:test",
+                                     generation=1)
+
+
+def test_the_predictor_pod_is_admitted_by_a_restricted_namespace(kube_apiserver: KubeApiServer,
+                                                                 restricted_namespace: str) -> None:
+    kube, ns = kube_apiserver, restricted_namespace
+    variants = {"cpu": {}, "gpu, grpc, secret": {"resources": {"cpu": 2, "memory": "4Gi", "gpu": 1},
+                                                  "protocol": "grpc-v2", "storage": {"secretRef": {"name": "s3"}}}}
+    for what, spec in variants.items():
+        isvc = the_inference_service(ns, **spec)
+        pod = predictor_pod(isvc)
+        admit(kube, ns, pod)
+        with pytest.raises(ApiException) as refused:
+            admit(kube, ns, without_security_context(pod))
+        assert refused.value.status == 403, what
+        assert 'violates PodSecurity "restricted:latest"' in refusal(refused.value), what
+
+
+def test_every_pod_runs_non_root_on_a_read_only_root_filesystem(kube_apiserver: KubeApiServer,
+                                                               kube_namespace: str) -> None:
+    """Beyond ``restricted`` (which does not judge the root filesystem): every container of the operator's,
+    KubeRay's and KServe's pods has a read-only root filesystem and drops every capability, with /tmp
+    its one writable folder, an emptyDir (KubeRay's autoscaler sidecar gets KubeRay's own /tmp/ray)."""
+    ns = kube_namespace
+    _, (_, rayjob) = the_dataset(kube_apiserver, ns)
+    [deployment] = [d for d in render_chart(ns, {}) if d["kind"] == "Deployment"]
+    pods = {"operator": {"spec": deployment["spec"]["template"]["spec"]},
+            "predictor": predictor_pod(the_inference_service(ns)), **kuberay_pods(rayjob)}
+    for role, pod in pods.items():
+        spec = pod["spec"]
+        assert spec["securityContext"]["runAsNonRoot"] is True, role
+        assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}, role
+        emptydirs = {v["name"] for v in spec.get("volumes", []) if "emptyDir" in v}
+        for c in spec["containers"] + spec.get("initContainers", []):
+            sc = c["securityContext"]
+            assert (sc["readOnlyRootFilesystem"], sc["allowPrivilegeEscalation"], sc["capabilities"]) \
+                == (True, False, {"drop": ["ALL"]}), (role, c["name"])
+            if c["name"] in ("autoscaler", "wait-gcs-ready"):
+                continue  # KubeRay's own containers: it mounts the sidecar's log folder; the init check writes nothing
+            assert any(m["mountPath"] == "/tmp" and m["name"] in emptydirs for m in c.get("volumeMounts", [])), \
+                (role, c["name"])

@@ -125,7 +125,12 @@ def test_the_inference_service_runs_the_predictor_command_owned_by_the_deploymen
     assert container["envFrom"] == [{"secretRef": {"name": "store-creds"}}]
     assert "AWS" not in str(container.get("env", ""))  # credentials only by reference
     assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert predictor["securityContext"]["runAsNonRoot"] is True
+    # the root filesystem is read-only: /tmp is an emptyDir and the caches live there
+    [scratch] = [m["name"] for m in container["volumeMounts"] if m["mountPath"] == "/tmp"]
+    assert predictor["volumes"] == [{"name": scratch, "emptyDir": {}}]
+    assert {e["name"]: e["value"] for e in container["env"]}["XDG_CACHE_HOME"].startswith("/tmp/")
 
 
 def test_mode_defaults_are_left_to_kserve_and_knative_cpu_uses_the_hpa_class():

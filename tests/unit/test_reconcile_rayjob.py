@@ -159,7 +159,7 @@ def test_child_names_fit_kubernetes_limits():
 RESTRICTED_POD = {"runAsNonRoot": True, "runAsUser": 1000, "runAsGroup": 100, "fsGroup": 100,
                   "seccompProfile": {"type": "RuntimeDefault"}}
 RESTRICTED_CONTAINER = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}, "runAsNonRoot": True,
-                        "seccompProfile": {"type": "RuntimeDefault"}}
+                        "readOnlyRootFilesystem": True, "seccompProfile": {"type": "RuntimeDefault"}}
 
 
 def _pod_templates(job):
@@ -185,6 +185,11 @@ def test_every_pod_of_the_run_meets_the_restricted_pod_security_standard(runnabl
         for c in pod["containers"] + pod.get("initContainers", []):
             assert c["securityContext"] == RESTRICTED_CONTAINER, (role, c["name"])
             assert "ports" not in c or all("hostPort" not in p for p in c["ports"]), role
+            # the root filesystem is read-only: /tmp (Ray's session folder, the caches) is an emptyDir
+            [scratch] = [m["name"] for m in c["volumeMounts"] if m["mountPath"] == "/tmp"]
+            assert {"name": scratch, "emptyDir": {}} in pod["volumes"], role
+            env = {e["name"]: e.get("value") for e in c.get("env", [])}
+            assert env["XDG_CACHE_HOME"].startswith("/tmp/") and env["XDG_CONFIG_HOME"].startswith("/tmp/"), role
         for volume in pod.get("volumes", []):
             assert set(volume) & {"configMap", "emptyDir", "secret", "projected"}, (role, volume)
     # KubeRay runs the submitter's `ray job submit` in the image of the head; its resources are KubeRay's defaults

@@ -31,6 +31,9 @@ from earthops.api.common import ModelRef
 from earthops.api.runtime import RuntimeStatus
 from earthops.control.reconcile.inputs import Lookup, resolve_inputs
 from earthops.control.reconcile.rayjob import (
+    SCRATCH_ENV,
+    SCRATCH_MOUNT,
+    SCRATCH_VOLUME,
     container_security_context,
     labels,
     owner_reference,
@@ -219,6 +222,9 @@ def desired_inference_service(resource: Resource[Any, Any], models: Models, *, i
         "image": image,
         "command": predictor_command(resource, model),
         "resources": {"requests": dict(limits), "limits": limits},
+        # a read-only root filesystem: /tmp is the one writable folder (caches moved there)
+        "env": list(SCRATCH_ENV),
+        "volumeMounts": [dict(SCRATCH_MOUNT)],
         "securityContext": container_security_context(),
     }
     # a custom predictor declares the one port KServe routes to (Knative allows one): h2c for gRPC
@@ -231,6 +237,7 @@ def desired_inference_service(resource: Resource[Any, Any], models: Models, *, i
         "minReplicas": spec.replicas.min,
         "maxReplicas": spec.replicas.max,
         "containers": [container],
+        "volumes": [dict(SCRATCH_VOLUME)],
         "securityContext": pod_security_context(),
     }
     if spec.replicas.metric:

@@ -6,7 +6,8 @@ ends. Both children are owned by the resource, so deleting it deletes them (garb
 
 Every pod of the run (head, workers, KubeRay's autoscaler sidecar and its job submitter) meets the
 ``restricted`` Pod Security Standard: non-root as Ray's image user, no privilege escalation, all
-capabilities dropped, the ``RuntimeDefault`` seccomp profile.
+capabilities dropped, the ``RuntimeDefault`` seccomp profile; and a read-only root filesystem, with an
+emptyDir at /tmp (Ray's session folder, and the caches moved there from the home folder).
 """
 
 from __future__ import annotations
@@ -48,11 +49,21 @@ def pod_security_context() -> dict[str, Any]:
 
 
 def container_security_context() -> dict[str, Any]:
-    """Container-level half of the ``restricted`` Pod Security Standard. KubeRay copies the Ray container's
-    to the ``wait-gcs-ready`` init container it adds to workers; the autoscaler sidecar gets it through
-    ``autoscalerOptions``."""
+    """Container-level half of the ``restricted`` Pod Security Standard, and a read-only root filesystem
+    (the container writes only to :data:`SCRATCH_VOLUME`). KubeRay copies the Ray container's to the
+    ``wait-gcs-ready`` init container it adds to workers; the autoscaler sidecar gets it through
+    ``autoscalerOptions`` (KubeRay mounts its log folder, /tmp/ray, into the sidecar)."""
     return {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}, "runAsNonRoot": True,
-            "seccompProfile": {"type": "RuntimeDefault"}}
+            "readOnlyRootFilesystem": True, "seccompProfile": {"type": "RuntimeDefault"}}
+
+
+#: The one writable folder of a pod whose root filesystem is read-only: /tmp, an emptyDir (Ray's session
+#: folder /tmp/ray, temporary files, and the caches of :data:`SCRATCH_ENV`).
+SCRATCH_VOLUME = {"name": "scratch", "emptyDir": {}}
+SCRATCH_MOUNT = {"name": "scratch", "mountPath": "/tmp"}
+#: Caches and settings the libraries keep under the (read-only) home folder by default, moved to /tmp:
+#: numba's compiled kernels and torch's hub (XDG_CACHE_HOME), matplotlib's settings (XDG_CONFIG_HOME).
+SCRATCH_ENV = [{"name": "XDG_CACHE_HOME", "value": "/tmp/.cache"}, {"name": "XDG_CONFIG_HOME", "value": "/tmp/.config"}]
 
 
 def runs_as_rayjob(kind: str) -> bool:
@@ -123,11 +134,12 @@ def _pod_template(image: str, group: RayNodeGroup, compute: RayCompute, *, conta
                 "resources": {"requests": dict(limits), "limits": limits},
                 "env": env,
                 **({"envFrom": env_from} if env_from else {}),
-                "volumeMounts": [{"name": "earthops-resource", "mountPath": RESOURCE_MOUNT, "readOnly": True}],
+                "volumeMounts": [{"name": "earthops-resource", "mountPath": RESOURCE_MOUNT, "readOnly": True},
+                                 dict(SCRATCH_MOUNT)],
                 "securityContext": container_security_context(),
             }
         ],
-        "volumes": [{"name": "earthops-resource", "configMap": {"name": config_map}}],
+        "volumes": [{"name": "earthops-resource", "configMap": {"name": config_map}}, dict(SCRATCH_VOLUME)],
         "securityContext": pod_security_context(),
     }
     if node_selector:
@@ -188,7 +200,8 @@ def desired_children(resource: Resource[Any, Any], *, run: str, run_key: str, ge
         "data": {RESOURCE_FILE: json.dumps(wire, sort_keys=True)},
     }
 
-    env = [{"name": "EARTHOPS_STORE", "value": store_uri}, {"name": "RAY_USAGE_STATS_ENABLED", "value": "0"}]
+    env = [{"name": "EARTHOPS_STORE", "value": store_uri}, {"name": "RAY_USAGE_STATS_ENABLED", "value": "0"},
+           *SCRATCH_ENV]
     env_from = [{"secretRef": {"name": storage.secret_ref.name}}] if storage and storage.secret_ref else []
     image = compute.image or defaults.runtime_image
     entrypoint = shlex.join([
@@ -233,7 +246,9 @@ def desired_children(resource: Resource[Any, Any], *, run: str, run_key: str, ge
                             # what KubeRay gives its default submitter
                             "resources": {"requests": {"cpu": "500m", "memory": "200Mi"},
                                           "limits": {"cpu": "1", "memory": "1Gi"}},
+                            "env": list(SCRATCH_ENV), "volumeMounts": [dict(SCRATCH_MOUNT)],
                             "securityContext": container_security_context()}],
+            "volumes": [dict(SCRATCH_VOLUME)],
         }
     }
     job_spec: dict[str, Any] = {
