@@ -111,7 +111,8 @@ def test_items_item_fields_sortby_and_filter(served) -> None:
     page = call(app, "GET", "/collections/col1/items", params={"limit": 5, "sortby": "-n",
                                                                "fields": "id,properties.n,-links"}).json()
     assert [f["properties"]["n"] for f in page["features"]] == [59, 58, 57, 56, 55]
-    assert set(page["features"][0]) == {"type", "stac_version", "id", "links", "properties"}
+    # what is included, with type, stac_version, id (and links, unless excluded)
+    assert set(page["features"][0]) == {"type", "stac_version", "id", "properties"}
     assert set(page["features"][0]["properties"]) == {"n"}
     item = call(app, "GET", "/collections/col0/items/col0_3").json()
     assert item["id"] == "col0_3"
@@ -139,7 +140,7 @@ def test_asset_hrefs_never_carry_credentials(served) -> None:
 @pytest.mark.parametrize(("method", "url", "payload", "parameter", "says"), [
     ("GET", "/search", {"bbox": "1,2,3"}, "bbox", "expected 4 numbers"),
     ("GET", "/search", {"bbox": "10,0,20,95"}, "bbox", "latitude"),
-    ("GET", "/search", {"datetime": "2021-06-01T10:00:00"}, "datetime", "no time zone"),
+    ("GET", "/search", {"datetime": "2021-06-01T10:00:00"}, "datetime", "RFC 3339 date-time"),
     ("GET", "/search", {"datetime": "2021-02-30"}, "datetime", ""),
     ("GET", "/search", {"limit": "0"}, "limit", "positive integer"),
     ("GET", "/search", {"limit": "ten"}, "limit", "positive integer"),
@@ -148,14 +149,20 @@ def test_asset_hrefs_never_carry_credentials(served) -> None:
     ("GET", "/search", {"filter": "n < 3", "filter-lang": "cql3"}, "filter-lang", "cql2-text"),
     ("GET", "/search", {"q": "(iceberg"}, "q", "not closed"),
     ("GET", "/search", {"token": "abc"}, "token", "next"),
-    ("GET", "/search", {"intersects": '{"type": "Point", "coordinates": [0, 0]}'}, "intersects", "bbox"),
+    ("GET", "/search", {"intersects": '{"type": "Point", "coordinates": [0]}'}, "intersects", "position"),
+    ("GET", "/search", {"intersects": '{"type": "Point", "coordinates": [0, 0]}', "bbox": "0,0,1,1"}, "intersects",
+     "not both"),
+    ("GET", "/search", {"datetime": "2021-06-01"}, "datetime", "RFC 3339 date-time"),
+    ("GET", "/search", {"datetime": "../.."}, "datetime", "both ends open"),
+    ("POST", "/search", {"bbox": "0,0,1,1"}, "bbox", "array of numbers"),
+    ("POST", "/search", {"fields": None}, "fields", "null"),
     ("POST", "/search", {"bbox": [0, 0, 1]}, "bbox", "expected 4 numbers"),
     ("POST", "/search", {"limit": -1}, "limit", "positive integer"),
     ("POST", "/search", {"sortby": [{"field": "n", "direction": "up"}]}, "sortby", "asc, desc"),
     ("POST", "/search", {"filter": {"op": "frobnicate", "args": []}}, "filter", "CQL2"),
     ("POST", "/search", {"q": "a AND"}, "q", "AND"),
     ("POST", "/search", {"collections": "col0"}, "collections", ""),
-    ("GET", "/collections/col0/items", {"datetime": "2020-13-01"}, "datetime", ""),
+    ("GET", "/collections/col0/items", {"datetime": "2020-13-01T00:00:00Z"}, "datetime", ""),
 ])
 def test_bad_input_is_a_400_naming_the_parameter(served, method, url, payload, parameter, says) -> None:
     app, _ = served
@@ -188,12 +195,17 @@ def test_safe_href_and_fields() -> None:
     assert safe_href("https://u:p@h.example/x?X-Amz-Credential=c&X-Amz-Signature=s&v=1") == "https://h.example/x?v=1"
     assert safe_href("https://h.example/x?sv=2020&sig=abc&se=2030") == "https://h.example/x"
     assert safe_href("./relative.tif") == "./relative.tif"
-    item = {"type": "Feature", "id": "a", "links": [], "geometry": {}, "properties": {"x": 1, "y": 2},
-            "assets": {"a": {}}}
-    assert apply_fields(dict(item), ["properties.x"], []) == {"type": "Feature", "id": "a", "links": [],
-                                                              "properties": {"x": 1}}
-    assert apply_fields(dict(item), [], ["assets", "properties.y", "id"]) == {
-        "type": "Feature", "id": "a", "links": [], "geometry": {}, "properties": {"x": 1}}
+    item = {"type": "Feature", "id": "a", "links": [], "geometry": {}, "assets": {"a": {}},
+            "properties": {"datetime": "2020-01-01T00:00:00Z", "x": 1, "y": 2}}
+    assert apply_fields(item, ["properties.x"], []) == {"type": "Feature", "id": "a", "links": [],
+                                                        "properties": {"x": 1}}
+    assert apply_fields(item, [], ["assets", "geometry"]) == {"type": "Feature", "id": "a", "links": [],
+                                                              "properties": {"datetime": "2020-01-01T00:00:00Z"}}
+    assert apply_fields(item, None, ["geometry"]) == {k: v for k, v in item.items() if k != "geometry"}
+    assert apply_fields(item, ["properties.y"], ["properties"])["properties"] == {"y": 2}
+    assert apply_fields(item, ["properties"], ["properties.x"])["properties"] == {"datetime": "2020-01-01T00:00:00Z",
+                                                                                   "y": 2}
+    assert apply_fields(item, ["geometry"], ["geometry"])["geometry"] == {}
 
 
 def test_a_run_published_while_serving_appears(tmp_path: Path) -> None:

@@ -522,8 +522,8 @@ def _run(files: Mapping[str, str], query: Query, *, python_filter: bool = False)
             where.append(_in_list("collection", query.collections, "c", params))
         if query.ids is not None:
             where.append(_in_list("id", query.ids, "i", params))
-        if query.bbox is not None:
-            where.append(_bbox_sql(query.bbox, params))
+        if query.space_box is not None:
+            where.append(_bbox_sql(query.space_box, params))
         if query.has_interval:
             where.append(_datetime_sql(query.start, query.end, params))
         if query.expr is None:
@@ -535,7 +535,7 @@ def _run(files: Mapping[str, str], query: Query, *, python_filter: bool = False)
         where += sql_terms
         # the geometry, the residual filter and long phrases are decided in Python: only without them is SQL exact
         verify_text = query.text is not None and free_text.has_phrase(query.text.node)
-        exact_in_sql = residual is None and query.bbox is None and not verify_text
+        exact_in_sql = residual is None and query.space_box is None and not verify_text
         columns = "*" if not join else f"*, c.s AS {SCORE_COLUMN}"
         sql = (f"SELECT {columns} FROM {source}{join} WHERE {' AND '.join(where) or 'TRUE'} "
                f"{_order_sql(files, query, order)}"

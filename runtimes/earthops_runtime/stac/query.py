@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -101,6 +102,22 @@ def format_interval(start: datetime | None, end: datetime | None) -> str:
     return f"{bound(start)}/{bound(end)}"
 
 
+_RFC3339 = r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:[Zz]|[+-]\d{2}:\d{2})"
+_API_DATETIME = re.compile(rf"^(?:{_RFC3339}|(?:{_RFC3339}|\.\.)?/(?:{_RFC3339}|\.\.)?)$")
+
+
+def check_api_datetime(value: Any) -> None:
+    """The STAC API's ``datetime``: an RFC 3339 date-time (with seconds and a zone) or an interval of
+    them with ``..`` (or nothing) for at most one open end. Dates alone, offsets without a colon and
+    an interval open at both ends are refused (the API conformance suite asks so)."""
+    text = value.strip() if isinstance(value, str) else value
+    accepted = "an RFC 3339 date-time such as 2021-06-01T10:00:00Z, or an interval A/B with '..' for one open end"
+    if not isinstance(text, str) or not _API_DATETIME.match(text):
+        raise SearchError("datetime", f"{value!r}: expected {accepted}")
+    if "/" in text and all(end in ("", "..") for end in text.split("/")):
+        raise SearchError("datetime", f"{value!r}: both ends open; expected {accepted}")
+
+
 def item_time(value: Any) -> datetime | None:
     """An item's timestamp property as an aware UTC datetime; None when absent or unreadable (such an
     item has no time: it matches no datetime query and sorts last)."""
@@ -136,21 +153,36 @@ def item_interval(item: Mapping[str, Any]) -> tuple[datetime | None, datetime | 
 
 def parse_filter(value: Any) -> Any:
     """A CQL2 filter (dict, CQL2-JSON text or CQL2 text) as a validated ``cql2.Expr``."""
+    if isinstance(value, str) and value.strip().startswith("{"):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise SearchError("filter", f"not valid CQL2-JSON: {exc}") from None
     if isinstance(value, Mapping):
         try:
-            text = json.dumps(value, sort_keys=True)
+            text = json.dumps(_between_args(value), sort_keys=True)
         except (TypeError, ValueError) as exc:
             raise SearchError("filter", f"not valid CQL2-JSON: {exc}") from None
         return _parse_filter("json", text)
-    if isinstance(value, str) and value.strip().startswith("{"):
-        try:
-            json.loads(value)
-        except json.JSONDecodeError as exc:
-            raise SearchError("filter", f"not valid CQL2-JSON: {exc}") from None
-        return _parse_filter("json", value.strip())
     if isinstance(value, str) and value.strip():
         return _parse_filter("text", value.strip())
     raise SearchError("filter", f"{value!r}: expected CQL2 text or CQL2-JSON")
+
+
+def _between_args(node: Any) -> Any:
+    """CQL2-JSON with ``between``'s bounds as one array (``[prop, [lo, hi]]``, the filter extension's
+    draft form, which clients and the API conformance suite still send) made the standard
+    ``[prop, lo, hi]``."""
+    if isinstance(node, list):
+        return [_between_args(v) for v in node]
+    if not isinstance(node, Mapping):
+        return node
+    out = {k: _between_args(v) for k, v in node.items()}
+    args = out.get("args")
+    if str(out.get("op", "")).lower() == "between" and isinstance(args, list) and len(args) == 2 \
+            and isinstance(args[1], list) and len(args[1]) == 2:
+        out["args"] = [args[0], *args[1]]
+    return out
 
 
 @functools.lru_cache(maxsize=256)
@@ -275,6 +307,133 @@ def geometry_intersects_box(geometry: Mapping[str, Any] | None, box: Box) -> boo
 
 
 # --------------------------------------------------------------------------------------------------
+# Geometry against geometry (``intersects``), planar lon/lat, exact
+
+
+_GEOMETRY_TYPES = ("Point", "MultiPoint", "LineString", "MultiLineString", "Polygon", "MultiPolygon",
+                   "GeometryCollection")
+
+
+def parse_geometry(value: Any) -> dict[str, Any]:
+    """A GeoJSON geometry (dict or JSON text) for ``intersects``, checked: type, coordinate structure,
+    finite lon/lat in range. Raises :class:`SearchError` naming ``intersects``."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise SearchError("intersects", f"not GeoJSON: {exc}") from None
+    if not isinstance(value, Mapping) or value.get("type") not in _GEOMETRY_TYPES:
+        raise SearchError("intersects", f"{value!r}: expected a GeoJSON geometry ({', '.join(_GEOMETRY_TYPES)})")
+
+    def position(p: Any) -> None:
+        if not (isinstance(p, (list, tuple)) and len(p) in (2, 3)
+                and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in p)):
+            raise SearchError("intersects", f"position {p!r}: expected [longitude, latitude] numbers")
+        if not (-180 <= p[0] <= 180 and -90 <= p[1] <= 90):
+            raise SearchError("intersects", f"position {p!r}: longitude in [-180, 180], latitude in [-90, 90]")
+
+    def nested(c: Any, depth: int, least: int = 1) -> None:
+        if depth == 0:
+            position(c)
+            return
+        if not isinstance(c, (list, tuple)) or len(c) < least:
+            raise SearchError("intersects", f"{value.get('type')} coordinates {c!r} are not well formed")
+        for part in c:
+            nested(part, depth - 1, 2 if depth - 1 == 1 and value.get("type") in ("LineString", "MultiLineString") else 1)
+
+    kind = value["type"]
+    if kind == "GeometryCollection":
+        parts = value.get("geometries")
+        if not isinstance(parts, list):
+            raise SearchError("intersects", "a GeometryCollection needs 'geometries'")
+        return {"type": kind, "geometries": [parse_geometry(dict(g)) if isinstance(g, Mapping) else parse_geometry(g)
+                                             for g in parts]}
+    depth = {"Point": 0, "MultiPoint": 1, "LineString": 1, "MultiLineString": 2, "Polygon": 2, "MultiPolygon": 3}[kind]
+    nested(value.get("coordinates"), depth)
+    return {"type": kind, "coordinates": value["coordinates"]}
+
+
+def _parts(geometry: Mapping[str, Any]) -> tuple[list[Any], list[Any], list[Any]]:
+    """(points, segments, polygons as ring lists) of a GeoJSON geometry."""
+    points: list[Any] = []
+    segments: list[Any] = []
+    polygons: list[Any] = []
+
+    def lines(ls: Any) -> None:
+        for line in ls:
+            points.extend(line)
+            segments.extend(zip(line, line[1:]))
+
+    def walk(g: Mapping[str, Any]) -> None:
+        kind, c = g.get("type"), g.get("coordinates")
+        if kind == "Point":
+            points.append(c)
+        elif kind == "MultiPoint":
+            points.extend(c)
+        elif kind == "LineString":
+            lines([c])
+        elif kind == "MultiLineString":
+            lines(c)
+        elif kind == "Polygon":
+            lines(c)
+            polygons.append(c)
+        elif kind == "MultiPolygon":
+            for rings in c:
+                lines(rings)
+                polygons.append(rings)
+        elif kind == "GeometryCollection":
+            for part in g.get("geometries", []):
+                walk(part)
+
+    walk(geometry)
+    return points, segments, polygons
+
+
+def _orient(a: Sequence[float], b: Sequence[float], c: Sequence[float]) -> float:
+    return (b[0] - a[0]) * (c[1] - a[1]) - (b[1] - a[1]) * (c[0] - a[0])
+
+
+def _on_segment(p: Sequence[float], a: Sequence[float], b: Sequence[float]) -> bool:
+    return (_orient(a, b, p) == 0 and min(a[0], b[0]) <= p[0] <= max(a[0], b[0])
+            and min(a[1], b[1]) <= p[1] <= max(a[1], b[1]))
+
+
+def _segments_meet(a: Sequence[float], b: Sequence[float], c: Sequence[float], d: Sequence[float]) -> bool:
+    o1, o2, o3, o4 = _orient(a, b, c), _orient(a, b, d), _orient(c, d, a), _orient(c, d, b)
+    if ((o1 > 0 and o2 < 0) or (o1 < 0 and o2 > 0)) and ((o3 > 0 and o4 < 0) or (o3 < 0 and o4 > 0)):
+        return True
+    return _on_segment(c, a, b) or _on_segment(d, a, b) or _on_segment(a, c, d) or _on_segment(b, c, d)
+
+
+def _in_polygon(p: Sequence[float], rings: Sequence[Sequence[Sequence[float]]]) -> bool:
+    return bool(rings) and _in_ring(p[0], p[1], rings[0]) and not any(_in_ring(p[0], p[1], h) for h in rings[1:])
+
+
+def geometries_intersect(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    """Whether two GeoJSON geometries share a point (planar lon/lat; touching counts): a boundary
+    meets the other's, a point lies on the other, or a part lies inside the other's polygon."""
+    pa_, sa, ga = _parts(a)
+    pb, sb, gb = _parts(b)
+    if any(_segments_meet(s[0], s[1], t[0], t[1]) for s in sa for t in sb):
+        return True
+    for points, others, polygons in ((pa_, pb, gb), (pb, pa_, ga)):
+        for p in points:
+            if any(p[0] == q[0] and p[1] == q[1] for q in others):
+                return True
+            if any(_in_polygon(p, rings) for rings in polygons):
+                return True
+    return any(_on_segment(p, s[0], s[1]) for p in pa_ for s in sb) or \
+        any(_on_segment(p, s[0], s[1]) for p in pb for s in sa)
+
+
+def geometry_bounds(geometry: Mapping[str, Any]) -> Box:
+    """The bounding box of a GeoJSON geometry."""
+    points, _, _ = _parts(geometry)
+    xs, ys = [p[0] for p in points], [p[1] for p in points]
+    return float(min(xs)), float(min(ys)), float(max(xs)), float(max(ys))
+
+
+# --------------------------------------------------------------------------------------------------
 # Order
 
 
@@ -367,13 +526,23 @@ class Query:
     limit: int | None = None
     text: TextQuery | None = None
     sortby: tuple[tuple[str, bool], ...] = ()
+    intersects: Mapping[str, Any] | None = None
 
     @classmethod
     def parse(cls, *, collections: Any = None, ids: Any = None, bbox: Any = None, datetime: Any = None,
-              filter: Any = None, limit: Any = None, q: Any = None,
-              sortby: Any = None) -> Query:  # noqa: A002 - STAC API names
-        """Raises :class:`SearchError` naming the first bad argument."""
+              filter: Any = None, limit: Any = None, q: Any = None, sortby: Any = None,
+              intersects: Any = None, strict: bool = False) -> Query:  # noqa: A002 - STAC API names
+        """Raises :class:`SearchError` naming the first bad argument. ``strict``: the STAC API's own
+        reading of ``datetime`` (RFC 3339 date-times only, not both ends open) and of ``bbox`` (an
+        array, not a comma-separated text, in a POST body: the caller passes it as given)."""
+        if bbox is not None and intersects is not None:
+            raise SearchError("intersects", "give either bbox or intersects, not both")
+        if strict and isinstance(bbox, str):
+            raise SearchError("bbox", f"{bbox!r}: a bbox is an array of numbers [west, south, east, north]")
+        if strict and datetime is not None:
+            check_api_datetime(datetime)
         box = parse_bbox(bbox) if bbox is not None else None
+        geometry = parse_geometry(intersects) if intersects is not None else None
         start, end = parse_interval(datetime)
         text = TextQuery.parse(q) if q is not None else None
         expr = parse_filter(filter) if filter is not None else None
@@ -392,12 +561,20 @@ class Query:
         if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
             raise SearchError("limit", f"{limit!r}: expected a positive integer")
         order = parse_sortby(sortby) if sortby is not None else ()
-        return cls(names["collections"], names["ids"], box, start, end, expr, filter_json, limit, text, order)
+        return cls(names["collections"], names["ids"], box, start, end, expr, filter_json, limit, text, order,
+                   geometry)
 
     @property
     def boxes(self) -> list[Box]:
         """The bbox as boxes with west <= east (two across the antimeridian); none without a bbox."""
         return [] if self.bbox is None else split_box(self.bbox)
+
+    @property
+    def space_box(self) -> Box | None:
+        """The box that pre-selects items in space: the bbox, or the bounds of ``intersects``."""
+        if self.intersects is not None:
+            return geometry_bounds(self.intersects)
+        return self.bbox
 
     @property
     def has_interval(self) -> bool:
@@ -428,6 +605,17 @@ class Query:
         """Whether the item's geometry meets the bbox. The item's own bbox (when it does not cross the
         antimeridian) settles the easy cases: inside a box, the geometry meets it; disjoint from every
         box, so is the geometry."""
+        if self.intersects is not None:
+            geometry = item.get("geometry")
+            if not geometry:
+                return False
+            own, (w, s, e, n) = item_bbox(item), geometry_bounds(self.intersects)
+            if own is not None and own[0] <= own[2] and (own[0] > e or own[2] < w or own[1] > n or own[3] < s):
+                return False
+            try:
+                return geometries_intersect(geometry, self.intersects)
+            except (TypeError, ValueError, IndexError, KeyError, AttributeError, ZeroDivisionError):
+                return False
         if self.bbox is None:
             return True
         geometry = item.get("geometry")
@@ -476,6 +664,8 @@ class Query:
             body["ids"] = list(self.ids)
         if self.bbox is not None:
             body["bbox"] = list(self.bbox)
+        if self.intersects is not None:
+            body["intersects"] = dict(self.intersects)
         if self.has_interval:
             body["datetime"] = format_interval(self.start, self.end)
         if self.filter_json is not None:
@@ -489,5 +679,5 @@ class Query:
 
 
 __all__ = ["ORDER", "Box", "Query", "SearchError", "expr_matches", "format_interval", "geometry_intersects_box",
-           "item_bbox", "item_interval", "item_time", "parse_bbox", "parse_filter", "parse_instant",
-           "parse_interval", "parse_sortby", "sort_key", "sort_value", "split_box"]
+           "item_bbox", "item_interval", "item_time", "parse_bbox", "parse_filter", "parse_geometry", "parse_instant",
+           "parse_interval", "parse_sortby", "geometries_intersect", "geometry_bounds", "check_api_datetime", "sort_key", "sort_value", "split_box"]

@@ -29,7 +29,7 @@ and an S3 store, each ``s3://`` asset of the store also gets an ``alternate.http
 import threading
 import time
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Annotated, Any
 
 import attr
@@ -166,7 +166,7 @@ class SearchGetRequest(APIRequest):
     collections: Annotated[str | None, Param(description="Collection ids, comma-separated")] = attr.ib(default=None)
     ids: Annotated[str | None, Param(description="Item ids, comma-separated")] = attr.ib(default=None)
     bbox: Annotated[str | None, Param(description="W,S,E,N in WGS84 degrees")] = attr.ib(default=None)
-    intersects: Annotated[str | None, Param(description="not supported: use bbox")] = attr.ib(default=None)
+    intersects: Annotated[str | None, Param(description="GeoJSON geometry (instead of bbox)")] = attr.ib(default=None)
     datetime: Annotated[str | None, Param(description="RFC 3339 instant or interval")] = attr.ib(default=None)
     limit: Annotated[str | None, Param(description=f"Page size, 1 to {MAX_LIMIT}")] = attr.ib(default=None)
 
@@ -210,53 +210,79 @@ def _offset(token: Any) -> int:
     return offset
 
 
-def _fields(value: Any) -> tuple[list[str], list[str]]:
-    """(include, exclude) of the fields extension (GET ``a,-b``; POST ``{"include": [], "exclude": []}``)."""
+def _fields(value: Any, given: bool) -> tuple[list[str] | None, list[str]] | None:
+    """(include, exclude) of the fields extension (GET ``a,-b``; POST ``{"include": [], "exclude": []}``):
+    include None when not given, [] when given empty or null; None when the request has no ``fields``."""
+    if not given:
+        return None
     if value is None:
-        return [], []
+        raise SearchError("fields", "null: expected {\"include\": [...], \"exclude\": [...]} or leave it out")
     if isinstance(value, Mapping):
-        include, exclude = value.get("include") or [], value.get("exclude") or []
-        if not all(isinstance(v, str) for v in [*include, *exclude]):
+        include, exclude = value.get("include"), value.get("exclude") or []
+        if not value:
+            include = []  # {}: the default set
+        if (include is not None and not isinstance(include, list)) or not isinstance(exclude, list) or \
+                not all(isinstance(v, str) for v in [*(include or []), *exclude]):
             raise SearchError("fields", f"{value!r}: expected include/exclude lists of field names")
-        return list(include), list(exclude)
+        return (None if "include" not in value and value else list(include or [])), list(exclude)
     if isinstance(value, str):
         value = value.split(",")
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise SearchError("fields", f"{value!r}: expected field names such as 'id,properties.datetime,-assets'")
     include = [v.strip().lstrip("+") for v in value if v.strip() and not v.strip().startswith("-")]
     exclude = [v.strip()[1:] for v in value if v.strip().startswith("-")]
-    return include, exclude
+    return (include or (None if exclude else [])), exclude
 
 
-#: Always returned with ``fields``: what makes the object an item a client can read.
+#: What an item keeps when ``fields`` names no field to include (given empty): the extension's default set.
+DEFAULT_FIELDS = ("type", "stac_version", "id", "geometry", "bbox", "links", "assets", "properties.datetime",
+                  "properties.start_datetime", "properties.end_datetime")
+#: What an item keeps besides the fields it includes.
 ALWAYS = ("type", "stac_version", "id", "links")
 
 
-def apply_fields(item: dict[str, Any], include: list[str], exclude: list[str]) -> dict[str, Any]:
-    """The item with only the included fields (dotted paths; with the :data:`ALWAYS` ones) and without
-    the excluded ones (a field both included and excluded is included, as the extension says)."""
-    if include:
-        out: dict[str, Any] = {k: item[k] for k in ALWAYS if k in item}
-        for path in include:
-            src, dst, parts = item, out, path.split(".")
-            for i, part in enumerate(parts):
-                if not isinstance(src, dict) or part not in src:
-                    break
-                if i == len(parts) - 1:
-                    dst[part] = src[part]
-                else:
-                    src = src[part]
-                    dst = dst.setdefault(part, {})
-        item = out
-    for path in exclude:
-        if path in include or path in ALWAYS:
+def _under(path: str, prefix: str) -> bool:
+    return path == prefix or path.startswith(prefix + ".")
+
+
+def _pick(item: Mapping[str, Any], paths: Sequence[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for path in paths:
+        src: Any = item
+        dst = out
+        parts = path.split(".")
+        for i, part in enumerate(parts):
+            if not isinstance(src, dict) or part not in src:
+                break
+            if i == len(parts) - 1:
+                dst[part] = src[part]
+            else:
+                src = src[part]
+                dst = dst.setdefault(part, {})
+    return out
+
+
+def apply_fields(item: dict[str, Any], include: list[str] | None, exclude: list[str]) -> dict[str, Any]:
+    """The item as the fields extension shapes it: with fields to include, those (dotted paths) and
+    :data:`ALWAYS`; with include given empty, the default set (:data:`DEFAULT_FIELDS`); without include,
+    every field; then minus the excluded ones — but a field both included and excluded, or included
+    more specifically than an exclusion (``-properties,+properties.platform``), is kept."""
+    included = include or []
+    if include is None:
+        base = [k for k in item if k != "properties"] + [f"properties.{k}" for k in item.get("properties") or {}]
+    else:
+        base = list(ALWAYS if include else DEFAULT_FIELDS)
+    kept = [p for p in (*base, *included) if p in included or not any(_under(p, e) for e in exclude)]
+    out = _pick(item, kept)
+    for path in exclude:  # an exclusion inside an included field
+        if path in included or not any(_under(path, k) and path != k for k in kept):
             continue
-        parts, node = path.split("."), item
+        parts, node = path.split("."), out
         for part in parts[:-1]:
             node = node.get(part) if isinstance(node, dict) else None
         if isinstance(node, dict):
             node.pop(parts[-1], None)
-    return item
+    return out
 
 
 # --------------------------------------------------------------------------------------------------
@@ -360,22 +386,24 @@ class StoreClient(BaseCoreClient):
         base = get_base_url(request)
         limit = _limit(args.get("limit"))
         offset = _offset(args.get("token"))
-        include, exclude = _fields(args.get("fields"))
-        if args.get("intersects") is not None:
-            raise SearchError("intersects", "not supported by this API: give a bbox")
+        fields = _fields(args.get("fields"), "fields" in args)
         lang = args.get("filter-lang") or args.get("filter_lang")
         flt = args.get("filter")
         if lang not in (None, "cql2-text", "cql2-json"):
             raise SearchError("filter-lang", f"{lang!r}: accepted: cql2-text, cql2-json")
         if lang == "cql2-text" and not isinstance(flt, (str, type(None))):
             raise SearchError("filter", "filter-lang is cql2-text but the filter is not text")
-        query = Query.parse(collections=_split(args.get("collections")), ids=_split(args.get("ids")),
-                            bbox=_split(args.get("bbox")), datetime=args.get("datetime") or None,
-                            filter=flt, q=args.get("q"), sortby=args.get("sortby"), limit=offset + limit + 1)
+        split = _split if method == "GET" else (lambda v: v)  # a POST body is taken as it is
+        query = Query.parse(collections=split(args.get("collections")), ids=split(args.get("ids")),
+                            bbox=split(args.get("bbox")), datetime=args.get("datetime") or None,
+                            filter=flt, q=args.get("q"), sortby=args.get("sortby"), intersects=args.get("intersects"),
+                            limit=offset + limit + 1, strict=True)
         for cid in query.collections or ():
             self.catalog.collection(cid)  # 404 for an unknown collection
         found = list(search.run_query(query, self.catalog.files))
-        page = [apply_fields(self._item(it, base), include, exclude) for it in found[offset:offset + limit]]
+        page = [self._item(it, base) for it in found[offset:offset + limit]]
+        if fields is not None:
+            page = [apply_fields(it, *fields) for it in page]
         links: list[dict[str, Any]] = [{"rel": "root", "type": JSON, "href": base}]
         url = str(request.url)
         links.append({"rel": "self", "type": GEOJSON, "href": url})
