@@ -9,6 +9,7 @@ import functools
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from earthops_runtime.data.stats import DatasetStats
 from earthops_runtime.data.synthetic import s1_chip_arrays, s2_scene_arrays
@@ -74,3 +75,36 @@ def probabilities(labels: np.ndarray, classes: int = 2, confidence: float = 0.9)
     out = np.full((labels.size, classes), (1.0 - confidence) / (classes - 1), np.float32)
     out[np.arange(labels.size), labels] = confidence
     return out
+
+
+class PeakClassifier(torch.nn.Module):
+    """Ship or iceberg from the brightest HH pixel of a normalised chip (ships peak brighter): a
+    model whose predictions follow the data, trained in no time, exportable."""
+
+    def __init__(self, threshold: float = 0.0, sharpness: float = 4.0):
+        super().__init__()
+        self.register_buffer("threshold", torch.tensor(float(threshold)))
+        self.sharpness = float(sharpness)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = (x[:, 0].amax(dim=(1, 2)) - self.threshold) * self.sharpness
+        return torch.stack([z, -z], dim=1)  # class 0 (ship) when the peak is bright
+
+
+def peak_classifier(in_channels: int, num_classes: int, task: str, chip_shape: tuple[int, int],
+                    threshold: float = 0.0) -> torch.nn.Module:
+    """The zoo-style factory of :class:`PeakClassifier` (``tests.infra.drift_data:peak_classifier``)."""
+    del in_channels, num_classes, task, chip_shape
+    return PeakClassifier(threshold)
+
+
+def fitted_peak_classifier(pool: Pool) -> tuple[torch.nn.Module, float]:
+    """A :class:`PeakClassifier` whose threshold splits the normalised training peaks at their median
+    (about half ships, as in the data) and that threshold."""
+    from earthops_runtime.data.stats import normalization
+
+    mean, std = normalization(pool.stats, "train", pool.bands)
+    x, _ = _s1(11, 400)
+    peaks = ((x[:, 0] - mean[0]) / std[0]).reshape(len(x), -1).max(axis=1)
+    threshold = float(np.median(peaks))
+    return PeakClassifier(threshold), threshold
