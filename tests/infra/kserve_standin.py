@@ -238,3 +238,27 @@ def kserve_standin(api_client: Any, namespace: str, name: str, workdir: Path) ->
     if standin.errors:
         raise standin.errors[0]
 
+
+
+def register_versions(store: Any, namespace: str, run_uri: str, name: str = "iceberg") -> dict[str, str]:
+    """Two real versions of a small iceberg-cnn trained on nothing (different weights) on a published
+    ship/iceberg dataset run, registered as ``name`` v1 and v2: {version: URI}."""
+    import torch
+
+    from earthops_runtime.registry import register_model
+    from earthops_runtime.training.data import DatasetInfo
+    from tests.integration.test_registry import build, make_card
+
+    dataset = DatasetInfo.open(run_uri)
+    chips = dataset.chips("validation", shuffle=False)
+    example = torch.stack([x.clone() for (x, _), _ in zip(chips, range(2))])
+    uris = {}
+    for seed, version in ((0, "v1"), (1, "v2")):
+        torch.manual_seed(seed)
+        model = build(dataset, "iceberg-cnn", {"width": 0.25})
+        card = make_card(dataset, "iceberg-cnn", {"width": 0.25}, accuracy=0.9, store_uri=store.uri)
+        registered = register_model(store, namespace=namespace, name=name, model=model, example_input=example,
+                                    card=card)
+        assert registered.version == version, registered
+        uris[version] = store.url(f"models/{namespace}/{name}/{version}")
+    return uris

@@ -19,40 +19,12 @@ import pytest
 from earthops.core.store import Store
 from earthops_runtime import facade
 from tests.infra.earthops_kube import apply_example, condition, succeed_run, wait_status
-from tests.infra.kserve_standin import kserve_standin
+from tests.infra.kserve_standin import kserve_standin, register_versions
 from tests.infra.operator import running_operator
 from tests.infra.proc import log_tail, wait_for
 
 pytestmark = pytest.mark.integration
 KIND, NAME = "ModelDeployment", "iceberg-classifier"
-
-
-@pytest.fixture(scope="module")
-def chips_run(iceberg_dataset):
-    return iceberg_dataset.run_uri
-
-
-def _register(store: Store, namespace: str, run_uri: str) -> dict[str, str]:
-    """Two versions of a small iceberg-cnn on the session's dataset: v1 and v2 (different weights)."""
-    import torch
-
-    from earthops_runtime.registry import register_model
-    from earthops_runtime.training.data import DatasetInfo
-    from tests.integration.test_registry import build, make_card
-
-    dataset = DatasetInfo.open(run_uri)
-    chips = dataset.chips("validation", shuffle=False)
-    example = torch.stack([x.clone() for (x, _), _ in zip(chips, range(2))])
-    uris = {}
-    for seed, version in ((0, "v1"), (1, "v2")):
-        torch.manual_seed(seed)
-        model = build(dataset, "iceberg-cnn", {"width": 0.25})
-        card = make_card(dataset, "iceberg-cnn", {"width": 0.25}, accuracy=0.9, store_uri=store.uri)
-        registered = register_model(store, namespace=namespace, name="iceberg", model=model, example_input=example,
-                                    card=card)
-        assert registered.version == version
-        uris[version] = store.url(f"models/{namespace}/iceberg/{version}")
-    return uris
 
 
 def _infer(url: str, request: dict, n: int = 1) -> list[dict]:
@@ -70,10 +42,11 @@ def _patch(kube, ns, patch: dict) -> None:
     kube.kubectl("patch", "-n", ns, f"modeldeployment/{NAME}", "--type=merge", "-p", json.dumps(patch))
 
 
-def test_deployment_lifecycle_with_a_real_predictor(kube_controller_manager, kube_namespace, tmp_path, chips_run):
+def test_deployment_lifecycle_with_a_real_predictor(kube_controller_manager, kube_namespace, tmp_path,
+                                                    iceberg_dataset):
     kube, ns = kube_controller_manager, kube_namespace
     store = Store.from_uri((tmp_path / "store").as_uri())
-    uris = _register(store, ns, chips_run)
+    uris = register_versions(store, ns, iceberg_dataset.run_uri)
     sample = facade.test_request(uris["v1"])
     with running_operator(kube, ns, tmp_path, store.uri) as op:
         def wait(what, check, timeout=60):

@@ -124,7 +124,7 @@ def progress_text(runtime: RuntimeStatus | None) -> str:
 #: Ready reasons of a resource that failed on its input (a spec the data or the model refuses, a
 #: referenced resource that failed) rather than while working: ``earthops run`` exits 2 for them.
 INPUT_REASONS = ("InvalidSpec",)
-INPUT_REASON_SUFFIXES = ("NotReady", "Failed", "Unusable")
+INPUT_REASON_SUFFIXES = ("NotReady", "Failed", "Unusable", "NotFound")
 
 
 def invalid_input(status: dict[str, Any]) -> bool:

@@ -249,7 +249,7 @@ class Executor:
         try:
             server = serving.start(r, models, port=port)
         except serving.ServerError as exc:
-            observed = Observed(Execution("Failed", "PredictorFailed", str(exc), start_time=started))
+            observed = Observed(Execution("Failed", "PredictorDidNotStart", str(exc), start_time=started))
             state["status"] = deployment_status(generation=generation, previous=prev_status, observed=observed,
                                                 models=models, run=run)
             self.store.write_json(self._state_key(r), state)
