@@ -44,7 +44,7 @@ envtest-sync: ## after editing tests/envtest/versions.env: regenerate the envtes
 samples: setup ## fetch the real sample imagery and catalogue it
 	$(BIN)/earthops samples
 
-demo: setup samples ## set up, then run the main example on the embedded executor: dataset, tuning, registered model, search
+demo: setup samples ## set up, then run the main example on the embedded executor: dataset, tuning, registered model, search, one prediction from the served model
 	$(BIN)/earthops run --dry-run -f examples/ship-iceberg/
 	$(BIN)/earthops run -f examples/ship-iceberg/01-dataset.yaml -f examples/ship-iceberg/02-tuning.yaml
 	$(BIN)/earthops get
@@ -52,6 +52,7 @@ demo: setup samples ## set up, then run the main example on the embedded executo
 	$(BIN)/earthops get models
 	$(BIN)/earthops describe model iceberg-tuning
 	$(BIN)/earthops search --bbox=-56,50,-50,56 --limit 5
+	$(BIN)/earthops run -f examples/ship-iceberg/04-deployment.yaml --port 0 --predict-once
 
 test: setup lint envtest stacapi ## set up, lint, then run the unit and integration tests (CI runs exactly this)
 	$(BIN)/python -m pytest -m "not bench" $(PYTEST_ARGS)
