@@ -66,20 +66,31 @@ def install_chart_rbac(kube: Any, namespace: str) -> str:
     return account
 
 
-@contextlib.contextmanager
-def running_operator(kube: Any, namespace: str, workdir: Path, store_uri: str) -> Iterator[OperatorProcess]:
-    account = install_chart_rbac(kube, namespace)
+def start_operator(kube: Any, namespace: str, workdir: Path, store_uri: str, account: str,
+                   log_name: str = "operator.log") -> OperatorProcess:
+    """Start ``earthops operator`` for ``namespace`` as the chart's ServiceAccount ``account`` (its RBAC
+    installed: :func:`install_chart_rbac`); returns at once (see :func:`wait_live`)."""
     token = kube.service_account_token(namespace, account, create=False)
     kubeconfig = kube.write_kubeconfig(workdir / "operator.kubeconfig", user=account, token=token)
     live, metrics = free_port(), free_port()
-    log = workdir / "operator.log"
+    log = workdir / log_name
     proc = spawn([sys.executable, "-m", "earthops.control.cli", "operator", "--namespace", namespace, "--standalone",
                   "--liveness-port", str(live), "--metrics-port", str(metrics), "--store", store_uri,
                   "--log-format", "text"],
                  log_path=log, env={**os.environ, "KUBECONFIG": str(kubeconfig)})
-    op = OperatorProcess(proc, namespace, live, metrics, log)
+    return OperatorProcess(proc, namespace, live, metrics, log)
+
+
+def wait_live(op: OperatorProcess, timeout: float = 60) -> None:
+    wait_for(lambda: op.get("/healthz")[0] == 200, timeout=timeout, what="earthops operator", proc=op.proc,
+             log_path=op.log)
+
+
+@contextlib.contextmanager
+def running_operator(kube: Any, namespace: str, workdir: Path, store_uri: str) -> Iterator[OperatorProcess]:
+    op = start_operator(kube, namespace, workdir, store_uri, install_chart_rbac(kube, namespace))
     try:
-        wait_for(lambda: op.get("/healthz")[0] == 200, timeout=60, what="earthops operator", proc=proc, log_path=log)
+        wait_live(op)
         yield op
     finally:
-        stop(proc)
+        stop(op.proc)
