@@ -168,17 +168,19 @@ def test_the_chart_grants_exactly_the_declared_calls(kube_apiserver: KubeApiServ
         # what the issue found granted, and more that no code does
         refused = [("list", "", "secrets", ""), ("list", "", "secrets", ns), ("watch", "", "secrets", ns),
                    ("get", "ray.io", "rayclusters", ns), ("list", "ray.io", "rayclusters", ns),
-                   ("create", "serving.kserve.io", "inferenceservices", ns),
-                   ("get", "serving.kserve.io", "inferenceservices", ns),
+                   ("list", "serving.kserve.io", "inferenceservices", ns),
+                   ("delete", "serving.kserve.io", "inferenceservices", ns),
+                   ("patch", "serving.kserve.io", "inferenceservices", ns),
                    ("create", "events.k8s.io", "events", ns), ("patch", "", "events", ns),
                    ("update", "", "configmaps", ns), ("get", "", "configmaps", ns), ("watch", "ray.io", "rayjobs", ns),
                    ("update", "ray.io", "rayjobs", ns), ("create", "", "pods", ns), ("create", "batch", "jobs", ns),
                    ("create", "earthops.dev", "eodatasets", ns), ("update", "earthops.dev", "eodatasets", ns),
                    ("delete", "earthops.dev", "eodatasets", ns), ("update", "earthops.dev", "eodatasets/status", ns),
-                   ("update", "earthops.dev", "modeldeployments/finalizers", ns),
+                   ("update", "earthops.dev", "modeldeployments/status", ns),
                    ("deletecollection", "", "configmaps", ns), ("escalate", "rbac.authorization.k8s.io", "roles", ns)]
         if not all_namespaces:
             refused += [("get", "", "secrets", "default"), ("create", "ray.io", "rayjobs", "default"),
+                        ("create", "serving.kserve.io", "inferenceservices", "default"),
                         ("list", "earthops.dev", "eodatasets", "")]
         for verb, group, resource, where in refused:
             assert not can(sa, verb, group, resource, where), (verb, group, resource, where or "<all namespaces>")
