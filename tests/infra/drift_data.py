@@ -108,3 +108,30 @@ def fitted_peak_classifier(pool: Pool) -> tuple[torch.nn.Module, float]:
     peaks = ((x[:, 0] - mean[0]) / std[0]).reshape(len(x), -1).max(axis=1)
     threshold = float(np.median(peaks))
     return PeakClassifier(threshold), threshold
+
+
+PEAK_ARCHITECTURE = "tests.infra.drift_data:peak_classifier"
+
+
+def register_peak_model(store, namespace: str, name: str):
+    """Register a fitted :class:`PeakClassifier` on :func:`s1_pool`'s reference as ``namespace/name``
+    (its stats.json: the pool's, the drift reference a deployment of it uses by default)."""
+    from earthops_runtime.catalog.model import ModelCard
+    from earthops_runtime.data.stats import normalization
+    from earthops_runtime.registry import register_model
+
+    pool = s1_pool()
+    mean, std = normalization(pool.stats, "train", S1_BANDS)
+    model, threshold = fitted_peak_classifier(pool)
+    card = ModelCard(architecture=PEAK_ARCHITECTURE, parameters={"threshold": threshold}, task="classification",
+                     classes=list(S1_CLASSES), features=list(S1_BANDS), chip_shape=(75, 75), mean=mean.tolist(),
+                     std=std.tolist(), metrics={"val_accuracy": 0.5}, hyperparameters={"seed": 0},
+                     dataset_uri=f"{store.uri}/datasets/{namespace}/iceberg-chips/g1-test", dataset_collection=None)
+    return register_model(store, namespace=namespace, name=name, model=model,
+                          example_input=torch.zeros(2, 3, 75, 75), card=card, training_stats=pool.stats)
+
+
+def v2_bands(hh: np.ndarray, hv: np.ndarray) -> dict:
+    """An Open Inference Protocol v2 request of raw HH and HV bands (dB), ``[N, H, W]`` each."""
+    return {"inputs": [{"name": "HH", "datatype": "FP32", "shape": list(hh.shape), "data": hh.reshape(-1).tolist()},
+                       {"name": "HV", "datatype": "FP32", "shape": list(hv.shape), "data": hv.reshape(-1).tolist()}]}

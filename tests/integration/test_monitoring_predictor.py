@@ -18,36 +18,30 @@ import torch
 
 from earthops.core.monitoring import drift_status, read_latest, report_key
 from earthops.core.store import Store
-from earthops_runtime.catalog.model import ModelCard
 from earthops_runtime.data.stats import normalization
 from earthops_runtime.models import build_model
-from earthops_runtime.registry import register_model
-from tests.infra.drift_data import S1_BANDS, S1_CLASSES, PeakClassifier, fitted_peak_classifier, s1_pool
+from tests.infra.drift_data import (
+    PEAK_ARCHITECTURE,
+    S1_BANDS,
+    PeakClassifier,
+    register_peak_model,
+    s1_pool,
+    v2_bands,
+)
 from tests.infra.proc import log_tail, spawn, stop, wait_for
 
 pytestmark = pytest.mark.integration
 
-ARCHITECTURE = "tests.infra.drift_data:peak_classifier"
 NS, DEPLOYMENT, MODEL = "default", "iceberg-classifier", "iceberg-model"
 READY = re.compile(r"earthops predictor ready at (http://\S+)")
 
 
 @pytest.fixture(scope="module")
 def registered(tmp_path_factory):
-    pool = s1_pool()
-    root = tmp_path_factory.mktemp("store")
-    store = Store.from_uri(root.as_uri())
-    mean, std = normalization(pool.stats, "train", S1_BANDS)
-    model, threshold = fitted_peak_classifier(pool)
-    assert isinstance(build_model(ARCHITECTURE, {"threshold": threshold}, in_channels=3, num_classes=2,
+    store = Store.from_uri(tmp_path_factory.mktemp("store").as_uri())
+    version = register_peak_model(store, NS, MODEL)
+    assert isinstance(build_model(PEAK_ARCHITECTURE, {"threshold": 0.0}, in_channels=3, num_classes=2,
                                   task="classification", chip_shape=(75, 75)), PeakClassifier)
-    card = ModelCard(architecture=ARCHITECTURE, parameters={"threshold": threshold}, task="classification",
-                     classes=list(S1_CLASSES),
-                     features=list(S1_BANDS), chip_shape=(75, 75), mean=mean.tolist(), std=std.tolist(),
-                     metrics={"val_accuracy": 0.5}, hyperparameters={"seed": 0},
-                     dataset_uri=f"{root.as_uri()}/datasets/{NS}/iceberg-chips/g1-test", dataset_collection=None)
-    version = register_model(store, namespace=NS, name=MODEL, model=model, example_input=torch.zeros(2, 3, 75, 75),
-                             card=card, training_stats=pool.stats)
     return store, version
 
 
@@ -79,9 +73,7 @@ def start(tmp_path, args, name="predictor"):
 
 
 def infer(client, url, hh, hv):
-    body = {"inputs": [{"name": "HH", "datatype": "FP32", "shape": list(hh.shape), "data": hh.reshape(-1).tolist()},
-                       {"name": "HV", "datatype": "FP32", "shape": list(hv.shape), "data": hv.reshape(-1).tolist()}]}
-    r = client.post(f"{url}/v2/models/iceberg/infer", json=body, timeout=60)
+    r = client.post(f"{url}/v2/models/iceberg/infer", json=v2_bands(hh, hv), timeout=60)
     assert r.status_code == 200, r.text
 
 

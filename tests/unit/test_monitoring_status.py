@@ -10,8 +10,9 @@ from earthops.core.monitoring import band_rows, drift_status
 pytestmark = pytest.mark.unit
 
 
-def report(status="ok", score=0.05, band="HH", version="v3", **extra):
-    return {"status": status, "score": score, "band": band, "threshold": 0.2, "model": {"name": "m", "version": version},
+def report(status="ok", score=0.05, band="HH", version="v3", model="m", **extra):
+    return {"status": status, "score": score, "band": band, "threshold": 0.2,
+            "model": {"name": model, "version": version},
             "window": {"id": "w1", "chips": 64, "requests": 8},
             "bands": [{"name": "HH", "psi": 0.05, "wasserstein": 0.1, "mean": -20.0, "referenceMean": -20.1,
                        "pAdjusted": 0.5, "drift": False},
@@ -79,3 +80,54 @@ def test_describe_prints_the_per_band_table():
     assert lines[2].split()[:2] == ["HV", "0.61"] and lines[2].split()[-1] == "yes"
     assert lines[-1].split()[0] == "predictions"
     assert drift_table({"status": "error", "message": "no band 'VV'"}) == "Drift: monitoring failed: no band 'VV'"
+
+
+def test_deployment_status_carries_drift_and_the_condition_through_the_one_derivation():
+    from earthops.api import parse_resource
+    from earthops.control.reconcile.drift import monitoring_arguments
+    from earthops.control.reconcile.inferenceservice import Models, Observed, ServedModel, deployment_status
+    from earthops.control.status import Execution
+
+    v1 = ServedModel("ships", "v1", "file:///s/models/default/ships/v1")
+    models = Models(v1)
+    observed = Observed(Execution("Succeeded", "", "serving"), {"modelVersion": "ships/v1", "url": "http://x"})
+
+    def status(previous, report, monitored=True):
+        return deployment_status(generation=2, previous=previous, observed=observed, models=models, run="g2-x",
+                                 monitored=monitored, drift_report=report)
+
+    def drift_condition(s):
+        return next(c for c in s["conditions"] if c["type"] == "Drift")
+
+    first = status(None, None)
+    assert first["phase"] == "Ready" and "drift" not in first
+    assert drift_condition(first)["reason"] == "NoWindowYet" and drift_condition(first)["observedGeneration"] == 2
+    drifted = status(first, report("drift", 0.61, "HV", version="v1", model="ships"))
+    assert drifted["drift"] == {"detected": True, "score": 0.61, "band": "HV"}
+    assert drift_condition(drifted)["status"] == "True"
+    from earthops.core.monitoring import drift_event
+
+    assert drift_event(first["conditions"], drifted["conditions"]).type == "Warning"
+    again = status(drifted, None)  # the report cannot be read now: what the status said stays
+    assert again["drift"] == drifted["drift"] and drift_condition(again) == drift_condition(drifted)
+    thin = status(drifted, report("insufficient", None, None, version="v1", model="ships"))
+    assert thin["drift"] == drifted["drift"] and drift_condition(thin)["reason"] == "InsufficientData"
+    assert drift_event(drifted["conditions"], thin["conditions"]) is None
+    ended = status(drifted, report(version="v1", model="ships"))
+    assert ended["drift"]["detected"] is False and drift_event(drifted["conditions"], ended["conditions"]).type == "Normal"
+    kept = deployment_status(generation=2, previous=drifted, observed=observed, models=models, run="g2-x")
+    assert kept["drift"] == drifted["drift"]  # a caller that did not look (monitored None) keeps both
+    off = status(drifted, None, monitored=False)
+    assert "drift" not in off and all(c["type"] != "Drift" for c in off["conditions"])
+
+    r = parse_resource({"apiVersion": "earthops.dev/v1alpha1", "kind": "ModelDeployment",
+                        "metadata": {"name": "ships", "namespace": "ns1"},
+                        "spec": {"modelRef": {"model": "ships"}, "monitoring": {"window": 64, "interval": "90s",
+                                                                                "threshold": 0.25}}}, "t")
+    assert monitoring_arguments(r, v1.uri, None) == [
+        "--monitor-reference", v1.uri, "--monitor-window", "64", "--monitor-interval", "90s",
+        "--monitor-threshold", "0.25", "--monitor-store", "file:///s", "--monitor-deployment", "ns1/ships"]
+    assert monitoring_arguments(r, v1.uri, "file:///s/datasets/ns1/ds/g1-a")[1] == "file:///s/datasets/ns1/ds/g1-a"
+    off_spec = r.model_copy(update={"spec": r.spec.model_copy(update={
+        "monitoring": r.spec.monitoring.model_copy(update={"enabled": False})})})
+    assert monitoring_arguments(off_spec, v1.uri, None) == []

@@ -120,7 +120,12 @@ def test_the_inference_service_runs_the_predictor_command_owned_by_the_deploymen
     [container] = predictor["containers"]
     assert container["image"] == IMAGE and container["name"] == "kserve-container"
     assert container["command"] == ["python", "-m", "earthops_runtime.serving", "--model-uri", V1.uri,
-                                    "--model-name", "ships", "--http_port", "8080"]
+                                    "--model-name", "ships", "--http_port", "8080",
+                                    # drift monitoring (spec.monitoring's defaults): the version's own stats.json
+                                    # as the reference, reports in the deployment's store
+                                    "--monitor-reference", V1.uri, "--monitor-window", "500", "--monitor-interval",
+                                    "5m", "--monitor-threshold", "0.2", "--monitor-store", "s3://store/root",
+                                    "--monitor-deployment", "default/ships", "--payload-logging"]
     assert container["resources"]["limits"] == {"cpu": "2", "memory": "4Gi", "nvidia.com/gpu": "1"}
     assert container["envFrom"] == [{"secretRef": {"name": "store-creds"}}]
     assert "AWS" not in str(container.get("env", ""))  # credentials only by reference
@@ -148,7 +153,8 @@ def test_mode_defaults_are_left_to_kserve_and_knative_cpu_uses_the_hpa_class():
     grpc = desired_inference_service(_deployment(protocol="grpc-v2"), Models(V1), image=IMAGE, generation=1)
     container = grpc["spec"]["predictor"]["containers"][0]
     assert container["ports"] == [{"name": "h2c", "containerPort": 8081, "protocol": "TCP"}]
-    assert container["command"][-2:] == ["--grpc_port", "8081"]
+    command = container["command"]
+    assert command[command.index("--grpc_port") + 1] == "8081"
 
 
 def _ready(isvc, *, percent=None, previous=None):

@@ -142,6 +142,9 @@ def run(
     except Unsupported as exc:
         raise _fail(str(exc), UNSUPPORTED) from None
     try:
+        executor.on_drift_event = lambda r, event: err.print(
+            f"{r.kind} {r.namespace}/{r.name}: {event.type} {event.reason}: {event.message}", highlight=False,
+            markup=False)
         _run_with_progress(executor, planned)
         if executor.servers:
             _serve_local(executor.servers, predict_once,

@@ -151,12 +151,35 @@ def drift_status(report: Mapping[str, Any] | None, previous_conditions: Sequence
         msg = (f"{where}: drift in {', '.join(drifted) or band}; worst {band} score {_fmt(score)} "
                f"> threshold {_fmt(threshold)}")
         condition = ConditionUpdate(CONDITION, "True", "DriftDetected", msg)
-        event = None if was == "True" else Event("Warning", "DriftDetected", msg)
     else:
         msg = f"{where}: no drift; worst {band} score {_fmt(score)} <= threshold {_fmt(threshold)}"
         condition = ConditionUpdate(CONDITION, "False", "NoDrift", msg)
-        event = Event("Normal", "DriftEnded", msg) if was == "True" else None
-    return DriftOutcome(drift, condition, event)
+    return DriftOutcome(drift, condition, transition_event(was, condition))
+
+
+def transition_event(was: str | None, now: ConditionUpdate | Mapping[str, Any] | None) -> Event | None:
+    """The event of a ``Drift`` condition going from status ``was`` to ``now``: ``Warning
+    DriftDetected`` when it becomes True, ``Normal DriftEnded`` when it goes from True to False (an
+    Unknown in between neither starts nor ends drift)."""
+    if now is None:
+        return None
+    status = now.status if isinstance(now, ConditionUpdate) else now.get("status")
+    message = now.message if isinstance(now, ConditionUpdate) else str(now.get("message") or "")
+    if status == "True" and was != "True":
+        return Event("Warning", "DriftDetected", message)
+    if status == "False" and was == "True":
+        return Event("Normal", "DriftEnded", message)
+    return None
+
+
+def drift_event(previous_conditions: Sequence[Mapping[str, Any]],
+                conditions: Sequence[Mapping[str, Any]]) -> Event | None:
+    """The event between two statuses' ``Drift`` conditions (what a status patch changed)."""
+    def find(cs: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
+        return next((c for c in cs if c.get("type") == CONDITION), None)
+
+    was = find(previous_conditions)
+    return transition_event(was.get("status") if was else None, find(conditions))
 
 
 def band_rows(report: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -182,5 +205,5 @@ def band_rows(report: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 
 __all__ = ["AREA", "CONDITION", "FOLDER", "LATEST_NAME", "PREDICTIONS", "REPORT_VERSION", "STATUSES",
-           "ConditionUpdate", "DriftOutcome", "Event", "band_rows", "drift_status", "latest_key",
-           "monitoring_prefix", "read_latest", "report_key"]
+           "ConditionUpdate", "DriftOutcome", "Event", "band_rows", "drift_event", "drift_status", "latest_key",
+           "monitoring_prefix", "read_latest", "report_key", "transition_event"]

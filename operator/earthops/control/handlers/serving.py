@@ -35,6 +35,7 @@ from earthops.control.reconcile.inferenceservice import (
 from earthops.control.reconcile.rayjob import serves
 from earthops.control.status import Execution, get_condition
 from earthops.core import registry
+from earthops.core.monitoring import drift_event, read_latest
 from earthops.core.runs import run_id
 from earthops.core.store import StoreError
 
@@ -75,12 +76,13 @@ def reconcile(info: KindInfo, body: kopf.Body, meta: kopf.Meta, status: kopf.Sta
     current = k8s.get_custom(KIND, resource.namespace, name)
     models = _models(resource, current, generation)
     run = run_id(generation, resource)
+    drift = {"monitored": resource.spec.monitoring.enabled, "drift_report": _drift_report(resource)}
     if not models.ready:
         # waiting for a model: a running InferenceService of an older spec goes on serving meanwhile
         observed = Observed(Execution("Pending", models.blockers[0].reason if models.blockers else "Pending",
                                       models.blockers[0].message if models.blockers else ""))
         _write(info, body, previous, deployment_status(generation=generation, previous=previous, observed=observed,
-                                                       models=models, run=run), patch, "waiting")
+                                                       models=models, run=run, **drift), patch, "waiting")
         return
     try:
         desired = desired_inference_service(resource, models, image=rayjobs.DEFAULTS.runtime_image,
@@ -88,7 +90,7 @@ def reconcile(info: KindInfo, body: kopf.Body, meta: kopf.Meta, status: kopf.Sta
     except ValueError as exc:
         observed = Observed(Execution("Failed", "InvalidSpec", str(exc)))
         _write(info, body, previous, deployment_status(generation=generation, previous=previous, observed=observed,
-                                                       models=models, run=run), patch, "invalid")
+                                                       models=models, run=run, **drift), patch, "invalid")
         return
     if current is None:
         if k8s.create_if_absent(desired):
@@ -103,7 +105,18 @@ def reconcile(info: KindInfo, body: kopf.Body, meta: kopf.Meta, status: kopf.Sta
     if current is not None and needs_update(current, desired):
         observed = Observed(Execution("Pending", "RollingOut", f"rolling out {_serving(desired)}"), observed.fields)
     _write(info, body, previous, deployment_status(generation=generation, previous=previous, observed=observed,
-                                                   models=models, run=run), patch, "served")
+                                                   models=models, run=run, **drift), patch, "served")
+
+
+def _drift_report(resource: Resource[Any, Any]) -> dict[str, Any] | None:
+    """The deployment's latest drift report in its store (None: none yet, monitoring off, or unreadable now)."""
+    if not resource.spec.monitoring.enabled:
+        return None
+    try:
+        return read_latest(rayjobs.store_for(resource), resource.namespace, resource.name)
+    except StoreError as exc:
+        log.warning("%s/%s: the drift report cannot be read: %s", resource.namespace, resource.name, exc)
+        return None
 
 
 def _serving(isvc: dict[str, Any]) -> str:
@@ -121,6 +134,9 @@ def _write(info: KindInfo, body: kopf.Body, previous: dict[str, Any], new: dict[
     if new == previous:
         return
     patch.status.update({**dict.fromkeys(set(previous) - set(new)), **new})
+    event = drift_event(previous.get("conditions") or [], new.get("conditions") or [])
+    if event is not None:  # Warning when drift starts, Normal when it ends
+        (kopf.warn if event.type == "Warning" else kopf.info)(body, reason=event.reason, message=event.message)
     if new.get("phase") != previous.get("phase") or new.get("observedGeneration") != previous.get("observedGeneration"):
         phase = new.get("phase")
         reason = (get_condition(new.get("conditions") or [], "Ready") or {}).get("reason") or str(phase)

@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -27,12 +28,15 @@ from earthops.control.reconcile.inputs import Inputs, Lookup, resolve_inputs
 from earthops.control.status import Execution, derive
 from earthops.core import registry
 from earthops.core.inputs import input_args
+from earthops.core.monitoring import drift_event, read_latest
 from earthops.core.runs import run_id as make_run_id
 from earthops.core.runs import run_key as make_run_key
 from earthops.core.runs import spec_hash
 from earthops.core.store import Store, StoreError, run_prefix
 
 RESOURCE_FILE = "resource.json"
+#: How often the embedded executor reads a served deployment's latest drift report.
+DRIFT_POLL_S = 2.0
 
 
 class Unsupported(Exception):
@@ -127,6 +131,10 @@ class Executor:
         #: Where a served kind's predictor listens on 127.0.0.1 (the next ones take the next ports; 0: free ports).
         self.port = port
         self.servers: list[Any] = []
+        #: Told of a served resource's drift events (``earthops.core.monitoring.Event``) as the reports come.
+        self.on_drift_event: Callable[[Resource[Any, Any], Any], None] | None = None
+        self._drift_watch = threading.Event()
+        self._state_lock = threading.Lock()
 
     # --- checks before anything runs ---------------------------------------------------------------
 
@@ -258,23 +266,63 @@ class Executor:
         observed = server.observed()
         observed = Observed(dataclasses.replace(observed.execution, start_time=started), observed.fields)
         state["status"] = deployment_status(generation=generation, previous=prev_status, observed=observed,
-                                            models=models, run=run)
+                                            models=models, run=run, monitored=r.spec.monitoring.enabled,
+                                            drift_report=self._drift_report(r))
         self.store.write_json(self._state_key(r), state)
         server.state = (r, state, generation, run)
+        if r.spec.monitoring.enabled:
+            threading.Thread(target=self._watch_drift, args=(server,), name=f"drift-{r.name}", daemon=True).start()
         return Outcome(state, server=server)
+
+    # --- drift: the executor reads the reports, as the operator does ----------------------------------
+
+    def _drift_report(self, r: Resource[Any, Any]) -> dict[str, Any] | None:
+        try:
+            return read_latest(self.run_store(r), r.namespace, r.name) if r.spec.monitoring.enabled else None
+        except StoreError:
+            return None
+
+    def refresh_drift(self, server: Any) -> Any:
+        """Fold the deployment's latest drift report into its recorded status (``status.drift``, the
+        ``Drift`` condition); returns the event when drift starts or ends, else None."""
+        r, state, generation, run = server.state
+        with self._state_lock:
+            if not server.alive:
+                return None
+            before = state["status"]
+            observed = server.observed()
+            if before.get("startTime"):  # when it started serving, as _serve recorded it
+                started = datetime.fromisoformat(before["startTime"].replace("Z", "+00:00"))
+                observed = Observed(dataclasses.replace(observed.execution, start_time=started), observed.fields)
+            after = deployment_status(generation=generation, previous=before, observed=observed,
+                                      models=server.models, run=run, monitored=r.spec.monitoring.enabled,
+                                      drift_report=self._drift_report(r))
+            if after == before:
+                return None
+            state["status"] = after
+            self.store.write_json(self._state_key(r), state)
+        return drift_event(before.get("conditions") or [], after.get("conditions") or [])
+
+    def _watch_drift(self, server: Any, every: float = DRIFT_POLL_S) -> None:
+        while server.alive and not self._drift_watch.wait(every):
+            event = self.refresh_drift(server)
+            if event is not None and self.on_drift_event is not None:
+                self.on_drift_event(server.state[0], event)
 
     def record_stopped(self, server: Any, *, on_purpose: bool) -> dict[str, Any]:
         """Write a served resource's status once its predictor stopped: on purpose (Ctrl-C, SIGTERM, the
         end of ``--predict-once``) it is no longer served; by itself it Failed, with the end of its log."""
         r, state, generation, run = server.state
         observed = server.stopped() if on_purpose else server.observed()
-        state["status"] = deployment_status(generation=generation, previous=state["status"], observed=observed,
-                                            models=server.models, run=run)
-        self.store.write_json(self._state_key(r), state)
+        with self._state_lock:
+            state["status"] = deployment_status(generation=generation, previous=state["status"], observed=observed,
+                                                models=server.models, run=run)
+            self.store.write_json(self._state_key(r), state)
         return state
 
     def stop(self) -> None:
         """Stop every predictor this executor started, and record that they stopped."""
+        self._drift_watch.set()
         for server in self.servers:
             if server.alive:
                 server.stop()

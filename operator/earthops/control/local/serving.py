@@ -121,7 +121,8 @@ def start(resource: Resource[Any, Any], models: Models, *, port: int = 8080, log
         raise ValueError(f"ModelDeployment {resource.namespace}/{resource.name}: its model is not resolved")
     canary = resource.spec.canary
     argv = predictor_command(resource, models.primary, http_port=port, canary=models.canary,
-                             canary_percent=canary.traffic_percent if canary and models.canary else None)
+                             canary_percent=canary.traffic_percent if canary and models.canary else None,
+                             reference=models.reference)
     argv = [sys.executable, *argv[1:], "--host", HOST]
     log_dir = log_dir or Path(tempfile.gettempdir())
     log_path = log_dir / f"earthops-serve-{resource.namespace}-{resource.name}-{os.getpid()}.log"

@@ -29,6 +29,7 @@ from typing import Any, Literal
 from earthops.api import KINDS, Resource
 from earthops.api.common import ModelRef
 from earthops.api.runtime import RuntimeStatus
+from earthops.control.reconcile.drift import monitoring_arguments, with_drift
 from earthops.control.reconcile.inputs import Lookup, resolve_inputs
 from earthops.control.reconcile.rayjob import (
     SCRATCH_ENV,
@@ -93,6 +94,8 @@ class Models:
     canary: ServedModel | None = None
     blockers: tuple[Blocker, ...] = ()
     met: tuple[Met, ...] = ()
+    #: The drift reference: ``monitoring.referenceDatasetRef``'s published run (None: the served version's own).
+    reference: str | None = None
 
     @property
     def ready(self) -> bool:
@@ -125,7 +128,8 @@ def resolve_models(resource: Resource[Any, Any], lookup: Lookup, registry: Regis
             continue
         resolved[key] = model
         met.append(Met(condition, f"{_ref_text(ref)} is {model.label} ({model.uri})"))
-    return Models(resolved.get("model"), resolved.get("canaryModel"), tuple(blockers), tuple(met))
+    return Models(resolved.get("model"), resolved.get("canaryModel"), tuple(blockers), tuple(met),
+                  references.inputs.get("referenceDataset"))
 
 
 def pinned_models(isvc: Mapping[str, Any] | None, generation: int) -> Models | None:
@@ -166,7 +170,8 @@ def _resolve_one(ref: ModelRef, lookup: Lookup, registry: Registry) -> ServedMod
 
 
 def predictor_command(resource: Resource[Any, Any], model: ServedModel, *, http_port: int = HTTP_PORT,
-                      canary: ServedModel | None = None, canary_percent: int | None = None) -> list[str]:
+                      canary: ServedModel | None = None, canary_percent: int | None = None,
+                      reference: str | None = None) -> list[str]:
     """``python -m earthops_runtime.serving ...``: the one predictor command, in a pod and locally.
 
     ``canary``/``canary_percent``: the predictor splits requests itself (embedded mode; on a cluster
@@ -178,7 +183,7 @@ def predictor_command(resource: Resource[Any, Any], model: ServedModel, *, http_
         argv += ["--grpc_port", str(http_port + 1 if http_port not in (0, HTTP_PORT) else GRPC_PORT)]
     if canary is not None:
         argv += ["--canary-model-uri", canary.uri, "--canary-percent", str(canary_percent or 0)]
-    return argv
+    return argv + monitoring_arguments(resource, model.uri, reference)  # drift reports (reference: see Models)
 
 
 Stage = Literal["primary", "canary"]
@@ -220,7 +225,7 @@ def desired_inference_service(resource: Resource[Any, Any], models: Models, *, i
     container: dict[str, Any] = {
         "name": CONTAINER,
         "image": image,
-        "command": predictor_command(resource, model),
+        "command": predictor_command(resource, model, reference=models.reference),
         "resources": {"requests": dict(limits), "limits": limits},
         # a read-only root filesystem: /tmp is the one writable folder (caches moved there)
         "env": list(SCRATCH_ENV),
@@ -421,7 +426,8 @@ def _traffic(targets: list[Mapping[str, Any]], served: Served) -> list[dict[str,
 
 
 def deployment_status(*, generation: int | None, previous: Mapping[str, Any] | None, observed: Observed,
-                      models: Models, run: str, at: datetime | None = None) -> dict[str, Any]:
+                      models: Models, run: str, at: datetime | None = None,
+                      monitored: bool | None = None, drift_report: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The ModelDeployment's status (wire format): the one derivation of every kind
     (:func:`earthops.control.status.derive`), fed with what the serving layer reports.
 
@@ -432,5 +438,8 @@ def deployment_status(*, generation: int | None, previous: Mapping[str, Any] | N
     # the serving layer's report, checked against the status schema like a runtime's status.json
     runtime = RuntimeStatus(phase=ex.state, run_id=run, generation=generation, reason=ex.reason, message=ex.message,
                             results=observed.fields, updated_at=at or datetime.now(UTC))
-    return derive(KINDS["ModelDeployment"], generation=generation, previous=previous, execution=ex, runtime=runtime,
-                  blockers=models.blockers, met=models.met, at=at)
+    status = derive(KINDS["ModelDeployment"], generation=generation, previous=previous, execution=ex, runtime=runtime,
+                    blockers=models.blockers, met=models.met, at=at)
+    # drift (``monitored``: spec.monitoring.enabled; None keeps what the status said): the latest report,
+    # read from the store by the caller, as status.drift and the Drift condition
+    return with_drift(status, previous, drift_report, enabled=monitored, generation=generation, at=at)
