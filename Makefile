@@ -35,8 +35,9 @@ verify-crds: setup ## fail if crds/ or the chart's CRDs drifted from the models
 envtest: ## build (once, cached by version) kube-apiserver, etcd, kube-controller-manager, kubectl; fetch KubeRay/KServe CRDs
 	bash tests/envtest/build.sh
 
-stacapi: ## install PostgreSQL+PostGIS (apt, as root) and the STAC API server's own venv for the tests
+stacapi: ## install PostgreSQL+PostGIS (apt, as root), the STAC API server's own venv and the STAC API conformance suite's venv for the tests
 	bash tests/stacapi/setup.sh
+	bash tests/stacvalidator/setup.sh
 
 envtest-sync: ## after editing tests/envtest/versions.env: regenerate the envtest go.mod/go.sum
 	bash tests/envtest/sync.sh

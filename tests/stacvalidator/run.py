@@ -73,7 +73,21 @@ def fake_urlopen(request: Any, *args: Any, **kwargs: Any) -> Any:
     return urllib.response.addinfourl(io.BytesIO(data), headers, url, 200)
 
 
+def _stac_io_reader(original: Any) -> Any:
+    def read_text_from_href(self: Any, href: str) -> str:
+        data = local_schema(str(href))
+        return data.decode() if data is not None else original(self, href)
+
+    return read_text_from_href
+
+
 def patch_everywhere() -> None:
+    import pystac.stac_io
+
+    # pystac reads schemas through its StacIO (the validator installs one that retries with urllib3)
+    for cls in (pystac.stac_io.DefaultStacIO, *pystac.stac_io.DefaultStacIO.__subclasses__()):
+        if "read_text_from_href" in vars(cls):
+            cls.read_text_from_href = _stac_io_reader(vars(cls)["read_text_from_href"])
     requests.get = fake_get
     requests.Session.request = fake_session_request
     urllib.request.urlopen = fake_urlopen
@@ -85,6 +99,7 @@ def patch_everywhere() -> None:
 
 def main() -> int:
     import stac_api_validator.__main__ as validator
+    import stac_api_validator.validations  # noqa: F401 - its StacIO classes exist before patching
 
     patch_everywhere()
     try:

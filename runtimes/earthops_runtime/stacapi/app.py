@@ -504,8 +504,10 @@ class StoreFilters:
 def _extensions(catalog: StoreCatalog) -> list[ApiExtension]:
     return [
         FilterExtension(client=StoreFilters(catalog), conformance_classes=list(CQL2_CLASSES)),
-        SortExtension(conformance_classes=[SortConformanceClasses.ITEM_SEARCH_SORT,
-                                           SortConformanceClasses.FEATURES_SORT]),
+        # sort 1.0 (what pystac-client looks for) and 1.1 (what stac-fastapi and the suite name)
+        SortExtension(conformance_classes=[SortConformanceClasses.ITEM_SEARCH_SORT, SortConformanceClasses.FEATURES_SORT,
+                                           "https://api.stacspec.org/v1.0.0/item-search#sort",
+                                           "https://api.stacspec.org/v1.0.0/ogcapi-features#sort"]),
         FieldsExtension(conformance_classes=[FieldsConformanceClasses.SEARCH, FieldsConformanceClasses.ITEMS]),
         FreeTextAdvancedExtension(conformance_classes=[
             FreeTextConformanceClasses.SEARCH, FreeTextConformanceClasses.SEARCH_ADVANCED,
