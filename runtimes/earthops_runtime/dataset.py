@@ -116,7 +116,39 @@ class TaskResult:
     failures: list[dict[str, str]] = field(default_factory=list)
     dropped: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
+    cpu_seconds: float = 0.0  # CPU time of the task (its process, all threads): what load does not change
     peak_memory_mib: float = 0.0
+    #: Where the task's time went: reading and cutting chips, features, labels and splits, shard
+    #: writes, statistics (summed over tasks into the run's summary, ``stageSeconds``).
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+
+
+class _Stages:
+    """Seconds per stage of a task: ``with stages("shards"): ...``, and iterators timed per item."""
+
+    def __init__(self, into: dict[str, float]):
+        self.seconds = into
+        self._name = ""
+        self._t = 0.0
+
+    def __call__(self, name: str) -> _Stages:
+        self._name = name
+        return self
+
+    def __enter__(self) -> None:
+        self._t = time.perf_counter()
+
+    def __exit__(self, *exc: object) -> None:
+        self.seconds[self._name] = self.seconds.get(self._name, 0.0) + time.perf_counter() - self._t
+
+    def timed(self, name: str, items: Any) -> Any:
+        it = iter(items)
+        while True:
+            with self(name):
+                item = next(it, _Stages)
+            if item is _Stages:
+                return
+            yield item
 
 
 def process_scenes(scenes: list[Scene], spec_wire: dict[str, Any], run_uri: str, task_index: int,
@@ -135,7 +167,7 @@ def process_scenes(scenes: list[Scene], spec_wire: dict[str, Any], run_uri: str,
     from earthops_runtime.data.shards import ShardWriter
     from earthops_runtime.data.stats import DatasetStats
 
-    started = time.monotonic()
+    started, cpu_started = time.monotonic(), time.process_time()
     spec = EODatasetSpec.model_validate(spec_wire)
     plan = plan_features(spec.bands, spec.features.indices, spec.features.sar)
     ranges = {r.band: (r.min, r.max) for r in spec.validation.band_ranges}
@@ -145,6 +177,7 @@ def process_scenes(scenes: list[Scene], spec_wire: dict[str, Any], run_uri: str,
     block_m = split_block_size_m(spec.split.block_size, size, spec.grid.resolution)
     fractions = (spec.split.train, spec.split.validation, spec.split.test)
     result = TaskResult(shards=None, stats=stats)
+    stage = _Stages(result.stage_seconds)
     chip_filter = ChipFilter.from_spec(spec.chips)
     writer = ShardWriter(Store.from_uri(run_uri), feature_names, (size, size), labels.task, labels.classes,
                          spec.output.chips_per_shard, task_id=f"t{task_index:05d}")
@@ -158,17 +191,21 @@ def process_scenes(scenes: list[Scene], spec_wire: dict[str, Any], run_uri: str,
                             cloud = (lambda w, r=reader: r.read_asset("clouds", w, resampling="nearest") > 0)  # noqa: E731
                         elif "SCL" in scene.assets:
                             cloud = scl_cloud_mask(reader)
-                    for batch in cut_chips(reader, size, stride, chip_filter=chip_filter, cloud_mask=cloud):
+                    batches = cut_chips(reader, size, stride, chip_filter=chip_filter, cloud_mask=cloud,
+                                        extra_channels=len(plan.derived))
+                    for batch in stage.timed("read and cut chips", batches):
                         if not len(batch):
                             continue
-                        x = plan.apply(batch.arrays)
-                        try:
-                            y = labels.chip_labels(batch.labels, len(batch))
-                        except ValueError as exc:
-                            raise SceneError(scene.id, str(exc)) from None
-                        splits = np.asarray([
-                            assign_split(spec.split.method, spec.split.seed, fractions, tuple(c), block_m, cid)
-                            for c, cid in zip(batch.centres, batch.ids, strict=True)])
+                        with stage("features"):
+                            x = plan.fill(batch.arrays)  # derived features beside the bands: nothing copied
+                        with stage("labels and splits"):
+                            try:
+                                y = labels.chip_labels(batch.labels, len(batch))
+                            except ValueError as exc:
+                                raise SceneError(scene.id, str(exc)) from None
+                            splits = np.asarray([
+                                assign_split(spec.split.method, spec.split.seed, fractions, tuple(c), block_m, cid)
+                                for c, cid in zip(batch.centres, batch.ids, strict=True)])
                         for split in ("train", "validation", "test"):
                             pick = np.flatnonzero(splits == split)
                             if not pick.size:
@@ -179,14 +216,16 @@ def process_scenes(scenes: list[Scene], spec_wire: dict[str, Any], run_uri: str,
                                 pick, ys = pick[keep], ys[keep]
                                 if not pick.size:
                                     continue
-                            xs = x[pick]
-                            writer.write(split, xs, ys, [batch.ids[i] for i in pick], {
-                                "scene_id": [scene.id] * pick.size, "row": batch.rows[pick], "col": batch.cols[pick],
-                                "x": batch.centres[pick, 0], "y": batch.centres[pick, 1]})
-                            stats.update(split, xs, feature_names)
-                            if ys is not None:
-                                stats.update_labels(split, ys, task=labels.task,
-                                                    ignore_index=255 if labels.task == "segmentation" else None)
+                            xs = x if pick.size == len(x) else x[pick]  # one split: no copy
+                            with stage("shard writes"):
+                                writer.write(split, xs, ys, [batch.ids[i] for i in pick], {
+                                    "scene_id": [scene.id] * pick.size, "row": batch.rows[pick],
+                                    "col": batch.cols[pick], "x": batch.centres[pick, 0], "y": batch.centres[pick, 1]})
+                            with stage("statistics"):
+                                stats.update(split, xs, feature_names)
+                                if ys is not None:
+                                    stats.update_labels(split, ys, task=labels.task,
+                                                        ignore_index=255 if labels.task == "segmentation" else None)
                 result.scenes_done.append(scene.id)
             except SceneError as exc:
                 result.failures.append({"scene": scene.id, "reason": exc.reason})
@@ -194,8 +233,11 @@ def process_scenes(scenes: list[Scene], spec_wire: dict[str, Any], run_uri: str,
                 result.failures.append({"scene": scene.id, "reason": f"{type(exc).__name__}: {exc}"})
         for reason, count in chip_filter.counts()["dropped"].items():
             result.dropped[reason] = result.dropped.get(reason, 0) + count
+        with stage("shard writes"):
+            writer.close()
     result.shards = writer.summary.to_dict()
     result.seconds = time.monotonic() - started
+    result.cpu_seconds = time.process_time() - cpu_started
     result.peak_memory_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # the worker's peak RSS
     return result
 
@@ -329,7 +371,10 @@ def _process(resource: EODataset, store: Store, run_key: str, reporter: Any, ray
             "shards": {"files": len(index.files)},
             "seconds": round(elapsed, 3),
             "taskSeconds": round(sum(r.seconds for r in results), 3),
+            "taskCpuSeconds": round(sum(r.cpu_seconds for r in results), 3),
             "peakWorkerMemoryMiB": round(max(r.peak_memory_mib for r in results), 1),
+            "stageSeconds": {k: round(sum(r.stage_seconds.get(k, 0.0) for r in results), 3)
+                             for k in dict.fromkeys(k for r in results for k in r.stage_seconds)},
         }
         run.write_json(SUMMARY_FILE, summary)
     total_chips = sum(chips.values())

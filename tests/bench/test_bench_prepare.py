@@ -4,7 +4,10 @@
 workers. The raw limit: the same files read with rasterio in the same 512 x 512 windows by the same 2
 workers, with no processing. The pipeline: the real EODataset entrypoint (grid, chips, NDVI, split,
 Parquet shards, statistics, validation, STAC, index, atomic publication). Printed: MB/s and chips/s of
-both, their ratio (goal >= 0.7) and the peak memory per worker.
+both, their ratio (goal >= 0.7), the peak memory per worker, and the machine's busy cores during each
+(about 2 on an otherwise idle 2-core machine; more is other users' load, and the ratio then compares
+little). Both run in Ray workers, at the same niceness (Ray's ``worker_niceness``): the raw reads are
+Ray tasks too, so neither side is favoured by the scheduler.
 
 Run with ``make bench`` (or ``pytest -m bench -s tests/bench/test_bench_prepare.py``).
 """
@@ -17,6 +20,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from tests.bench.measure import measured
 
 pytestmark = pytest.mark.bench
 
@@ -34,11 +39,13 @@ def _scenes(cache: Path) -> Path:
     return out / "catalog.json"
 
 
-def _raw_read(paths: list[str]) -> tuple[int, float]:
-    """Read every band of one scene window by window; bytes read and this worker's peak RSS (MiB)."""
+def _raw_read(paths: list[str]) -> tuple[int, float, float]:
+    """Read every band of one scene window by window; bytes read, this worker's peak RSS (MiB) and the
+    task's CPU seconds."""
     import rasterio
     from rasterio.windows import Window
 
+    cpu = time.process_time()
     total = 0
     for path in paths:
         with rasterio.open(path) as src:
@@ -46,7 +53,7 @@ def _raw_read(paths: list[str]) -> tuple[int, float]:
                 for col in range(0, src.width, WINDOW):
                     a = src.read(1, window=Window(col, row, min(WINDOW, src.width - col), min(WINDOW, src.height - row)))
                     total += a.nbytes
-    return total, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return total, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, time.process_time() - cpu
 
 
 def test_preparation_throughput_against_raw_reads(tmp_path):
@@ -70,10 +77,9 @@ def test_preparation_throughput_against_raw_reads(tmp_path):
     raw_task = ray.remote(num_cpus=1)(_raw_read)
     ray.get([raw_task.remote([]) for _ in range(2)])  # warm the two workers
 
-    t = time.monotonic()
-    raw = ray.get([raw_task.remote(files) for files in band_files])
-    raw_s = time.monotonic() - t
-    raw_bytes = sum(b for b, _ in raw)
+    raw_s, raw_cores, raw = measured(lambda: ray.get([raw_task.remote(files) for files in band_files]))
+    raw_bytes = sum(b for b, _, _ in raw)
+    raw_cpu = sum(c for _, _, c in raw)
     # what the pipeline reads: the same pixels as float32 reflectance
     spec = {
         "apiVersion": "earthops.dev/v1alpha1", "kind": "EODataset",
@@ -92,24 +98,32 @@ def test_preparation_throughput_against_raw_reads(tmp_path):
     store = Store.from_uri(tmp_path.as_uri())
     resource_ = parse_resource(spec)
     reporter = Reporter(store, "datasets/bench/bench/g1", "g1", 1)
-    t = time.monotonic()
-    run(Run(resource=resource_, store=store, key="datasets/bench/bench/g1", reporter=reporter))
-    prep_s = time.monotonic() - t
+    prep_s, prep_cores, _ = measured(
+        run, Run(resource=resource_, store=store, key="datasets/bench/bench/g1", reporter=reporter))
     assert reporter.status.phase == "Succeeded", reporter.status.message
     summary = store.read_json("datasets/bench/bench/g1/summary.json")
     chips = reporter.status.results["chips"]["total"]
-    peak = max(m for _, m in raw)
+    peak = max(m for _, m, _ in raw)
 
     mb = raw_bytes / 1e6
     rows = [
-        ("raw windowed reads (uint16, no processing)", raw_s, mb / raw_s, None),
-        ("EODataset preparation (grid, chips, NDVI, shards, stats, STAC)", prep_s, mb / prep_s, chips / prep_s),
+        ("raw windowed reads (uint16, no processing)", raw_s, mb / raw_s, None, raw_cores),
+        ("EODataset preparation (grid, chips, NDVI, shards, stats, STAC)", prep_s, mb / prep_s, chips / prep_s,
+         prep_cores),
     ]
     print(f"\n{SCENES} scenes x {SIZE}x{SIZE} px x {len(BANDS)} bands = {mb:.0f} MB of pixels, 2 Ray workers")
-    print(f"{'':66s} {'seconds':>8s} {'MB/s':>8s} {'chips/s':>8s}")
-    for name, s, mbs, cps in rows:
-        print(f"{name:66s} {s:8.1f} {mbs:8.1f} {cps if cps is None else round(cps, 1)!s:>8s}")
+    print(f"{'':66s} {'seconds':>8s} {'MB/s':>8s} {'chips/s':>8s} {'busy cores':>11s}")
+    for name, s, mbs, cps, cores in rows:
+        print(f"{name:66s} {s:8.1f} {mbs:8.1f} {cps if cps is None else round(cps, 1)!s:>8s} {cores:11.2f}")
     print(f"ratio preparation / raw limit: {rows[1][2] / rows[0][2]:.2f}   (goal >= 0.7)")
+    # CPU seconds of the tasks do not depend on what else runs on the machine: the same ratio on a
+    # machine where the work is CPU-bound and nothing else competes
+    cpu = summary["taskCpuSeconds"]
+    print(f"ratio by task CPU seconds (raw {raw_cpu:.1f} s / preparation {cpu:.1f} s): {raw_cpu / cpu:.2f}")
     print(f"chips: {chips}; pipeline task time {summary['taskSeconds']:.1f} s; peak memory per worker: "
           f"pipeline {summary['peakWorkerMemoryMiB']:.0f} MiB, raw reads {peak:.0f} MiB")
+    stages = summary.get("stageSeconds", {})
+    total = sum(stages.values()) or 1.0
+    print("where the pipeline's task time goes: " + ", ".join(
+        f"{k} {v:.1f} s ({100 * v / total:.0f} %)" for k, v in sorted(stages.items(), key=lambda kv: -kv[1])))
     ray.shutdown()

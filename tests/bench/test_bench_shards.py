@@ -231,7 +231,8 @@ class TarNpy:
         return chips_of(batches(), shuffle)
 
 
-DEFAULT = f"pq/{COMPRESSION}{COMPRESSION_LEVEL or ''}"  # what ShardWriter writes unless told otherwise
+# what ShardWriter writes unless told otherwise
+DEFAULT = "pq/raw" if COMPRESSION == "none" else f"pq/{COMPRESSION}{COMPRESSION_LEVEL or ''}"
 FORMATS = [ParquetFeatures("pq/zstd1", compression="zstd", level=1),
            ParquetFeatures("pq/zstd3", compression="zstd", level=3),
            ParquetFeatures("pq/lz4", compression="lz4"),

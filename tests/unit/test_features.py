@@ -272,3 +272,18 @@ def test_float64_and_integer_reflectances_come_out_float32():
     out = plan_features(bands, ["NDVI"]).apply(chips_of({"B04": 0.1, "B08": 0.3}, bands).astype(np.float64))
     assert out.dtype == np.float32
     np.testing.assert_allclose(out[:, 2], 0.5, rtol=1e-6)
+
+
+def test_fill_writes_the_derived_channels_beside_the_bands_in_place():
+    """The pipeline's path (cut_chips with extra_channels, then fill) gives what apply gives."""
+    bands = ["B03", "B04", "B08", "B12"]
+    plan = plan_features(bands, ["NDVI", "NBR"])
+    chips = np.random.default_rng(3).uniform(0.01, 0.6, (5, 4, 8, 8)).astype(np.float32)
+    chips[0, 1, 0, 0] = np.nan
+    room = np.empty((5, len(plan.names), 8, 8), np.float32)
+    room[:, :4] = chips
+    out = plan.fill(room)
+    assert out is room
+    np.testing.assert_array_equal(out, plan.apply(chips))
+    with pytest.raises(ValueError, match="expected float32"):
+        plan.fill(chips)

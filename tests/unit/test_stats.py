@@ -307,6 +307,10 @@ def test_label_counts_for_each_task():
                                    "counts": {"0": 2, "1": 1, "2": 1}, "unlabelled": 1, "width": 3}
     assert d["seg"]["labels"] == {"task": "segmentation", "keys": "index", "samples": 2,
                                   "counts": {"0": 2, "1": 2, "2": 2}, "pixels": 6, "ignored": 2}
+    for dtype in (np.uint8, np.uint16):  # class maps as the pipeline has them: the compiled count, same result
+        masks = np.array([[[0, 0], [1, 255]], [[2, 2], [255, 1]]], dtype=dtype)
+        small = DatasetStats(seed=0).update_labels("seg", masks, ignore_index=255).to_dict()["splits"]["seg"]
+        assert small["labels"] == d["seg"]["labels"], dtype
 
 
 def test_label_counts_merge_and_refuse_mixtures():

@@ -161,12 +161,15 @@ def scl_cloud_mask(reader: Any, asset: str = "SCL", classes: Sequence[int] = S2_
 
 def cut_chips(reader: Any, size: int, stride: int | None = None, *, chip_filter: ChipFilter | None = None,
               cloud_mask: Callable[[Window], np.ndarray] | None = None,
-              chips_per_block: int = 8) -> Iterator[ChipBatch]:
+              chips_per_block: int = 8, extra_channels: int = 0) -> Iterator[ChipBatch]:
     """Chips of the reader's scene, block by block.
 
     ``reader``: a :class:`~earthops_runtime.data.readers.SceneReader` (``grid``, ``scene``,
     ``read(window)``, ``labels(window)``). ``cloud_mask``: a function of a grid window returning a
     boolean (h, w) mask (see :func:`scl_cloud_mask`). Batches with no kept chip are not yielded.
+    ``extra_channels``: room left after the bands in each batch's ``arrays`` (uninitialised), so that
+    derived features are written straight beside them (:meth:`FeaturePlan.fill`) without copying
+    the bands again.
     """
     stride = size if stride is None else int(stride)
     if chips_per_block < 1:
@@ -187,7 +190,7 @@ def cut_chips(reader: Any, size: int, stride: int | None = None, *, chip_filter:
             ids: list[str] = []
             rows: list[int] = []
             cols: list[int] = []
-            arrays: list[np.ndarray] = []
+            picked: list[tuple[slice, slice]] = []
             chip_labels: list[Any] = []
             for i in ci:
                 for j in cj:
@@ -199,7 +202,7 @@ def cut_chips(reader: Any, size: int, stride: int | None = None, *, chip_filter:
                     ids.append(chip_id(scene_id, r, c))
                     rows.append(r)
                     cols.append(c)
-                    arrays.append(chip)
+                    picked.append(sl)
                     if isinstance(labels, np.ndarray):
                         chip_labels.append(labels[sl])
                     else:
@@ -217,8 +220,10 @@ def cut_chips(reader: Any, size: int, stride: int | None = None, *, chip_filter:
                 out_labels = None
             else:
                 out_labels = chip_labels
-            yield ChipBatch(scene_id=scene_id, ids=ids, rows=rows_a, cols=cols_a,
-                            arrays=np.ascontiguousarray(np.stack(arrays)), labels=out_labels,
+            arrays = np.empty((len(picked), data.shape[0] + extra_channels, size, size), dtype=data.dtype)
+            for k_, sl in enumerate(picked):
+                arrays[k_, :data.shape[0]] = data[(slice(None), *sl)]
+            yield ChipBatch(scene_id=scene_id, ids=ids, rows=rows_a, cols=cols_a, arrays=arrays, labels=out_labels,
                             centres=np.column_stack([np.asarray(xs, dtype=np.float64),
                                                      np.asarray(ys, dtype=np.float64)]))
 

@@ -262,6 +262,18 @@ class FeaturePlan:
         n, c, h, w = x.shape
         out = np.empty((n, c + len(self.features), h, w), dtype=np.float32)
         out[:, :c] = x
+        self.fill(out)
+        return out[0] if single else out
+
+    def fill(self, out: np.ndarray) -> np.ndarray:
+        """Compute the derived channels in place: ``out`` is float32 ``(N, len(names), H, W)`` whose
+        first ``len(bands)`` channels hold the bands (:func:`~earthops_runtime.data.chips.cut_chips`
+        with ``extra_channels`` makes such batches). Returns ``out``."""
+        c = len(self.bands)
+        if out.ndim != 4 or out.shape[1] != len(self.names) or out.dtype != np.float32:
+            raise ValueError(f"chips of shape {out.shape} ({out.dtype}) do not match the plan: expected float32 "
+                             f"(N, {len(self.names)}, H, W), the bands {list(self.bands)} then room for "
+                             f"{list(self.derived)}")
         linear_cache: dict[int, np.ndarray] = {}
         db_cache: dict[int, np.ndarray] = {}
 
@@ -291,7 +303,7 @@ class FeaturePlan:
                 bad = ~np.isfinite(dst)
                 if bad.any():
                     dst[bad] = np.nan
-        return out[0] if single else out
+        return out
 
 
 @functools.lru_cache(maxsize=512)

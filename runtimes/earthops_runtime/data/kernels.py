@@ -71,3 +71,11 @@ def row_moments(rows: np.ndarray, shift: np.ndarray, lo: np.ndarray, hi: np.ndar
         rmax[r] = mx
         below[r] = nb
         above[r] = na
+
+
+@numba.njit(cache=True, nogil=True)
+def value_counts(values: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover - compiled
+    """``out[v] += 1`` for every value of ``values`` (small unsigned integers, e.g. uint8 class maps):
+    numpy's bincount would first copy them to int64 (8x the mask's memory)."""
+    for v in values:
+        out[v] += 1

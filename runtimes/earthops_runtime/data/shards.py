@@ -50,11 +50,14 @@ best of 3 rounds, chips/s (x 0.229 = MB/s decoded); reads single-threaded, no pr
 * Against WebDataset-style tars of ``.npy`` per chip: 2.8x faster full reads locally and 2.9x from
   S3, 15x and 5x for 2 of 14 features, 3.0x and 2.7x shuffled, in 0.69x the bytes. A tar can only
   be read front to back: no subset, no row group to shuffle or to split among workers.
-* LZ4 over zstd (level 1): reads 2.2x faster locally (1.4x from S3) for 19% more bytes (14% on the
-  real patches); over no compression: 0.70x the bytes, at 0.63x the local read speed, still about
-  1.8 GB/s of decoded chips per core. Shards are written once and read every epoch of every trial,
-  so decoding cost matters more than the last bytes; ``compression="zstd"`` is there for
-  network-bound setups.
+* Feature columns are stored uncompressed (``pq/raw``): against LZ4 they read 1.6x faster locally
+  and 1.06x from S3 and write 3.9x faster locally, for 1.43x the bytes (LZ4 takes 0.70x of them,
+  zstd-1 0.59x). LZ4 was the choice until preparation speed was measured against the raw read limit
+  (``tests/bench/test_bench_prepare.py``): compressing float32 reflectance at ~400 MB/s a core cost a
+  preparation worker as much time as reading its scene (LZ4 of features ~35 % of a worker's time,
+  under 6 % uncompressed). Labels, ids and metadata stay LZ4 (class maps shrink ~20x).
+  ``compression="lz4"`` or ``"zstd"`` (with ``compression_level``) are there for network-bound or
+  storage-bound setups; readers need not know (Parquet names the codec per column chunk).
 * float32 round-trips exactly. float16 takes 0.59x the bytes of float32 but rounds to about 3
   significant digits and decodes slower (the conversion): an option (``dtype="float16"``).
 
@@ -96,8 +99,10 @@ LABEL_TASKS = ("classification", "multilabel", "segmentation")
 DTYPES = ("float32", "float16")
 ROW_GROUP_CHIPS = 256
 #: The codec of feature columns (see the module docstring for why).
-COMPRESSION = "lz4"
+COMPRESSION = "none"
 COMPRESSION_LEVEL: int | None = None
+#: The codec of the other columns (labels, chip ids, metadata): small, and class maps compress well.
+OTHER_COMPRESSION = "lz4"
 #: Largest decoded (float32) row group. Above 32 MiB glibc's malloc serves every allocation with
 #: fresh mmap'd pages, page-faulted anew for each row group: 2.6x slower full reads measured at 256
 #: chips of 14x64x64 (58 MiB) than at 109 (24 MiB), where freed buffers are reused.
@@ -535,7 +540,10 @@ class ShardWriter:
         state.next_part += 1
         scalar = [f.name for f in schema if f.name not in self.features and not pa.types.is_fixed_size_binary(f.type)]
         options = dict(
-            compression=self._compression, compression_level=self._compression_level,
+            compression={f.name: self._compression if f.name in self.features else OTHER_COMPRESSION
+                         for f in schema},
+            compression_level=None if self._compression_level is None else {
+                f: self._compression_level for f in self.features},
             use_dictionary=[n for n in scalar if n not in (ID_COLUMN,)],
             write_statistics=scalar, store_schema=True,
         )

@@ -395,6 +395,9 @@ class LabelCounts:
                 arr = arr[None]
             self.samples += arr.shape[0]
             flat = arr.reshape(-1)
+            if flat.dtype in (np.uint8, np.uint16):  # class maps: one compiled counting pass
+                self._count_small(flat, ignore_index)
+                return self
             if ignore_index is not None:
                 keep = flat != ignore_index
                 self.ignored += int(flat.size - np.count_nonzero(keep))
@@ -402,6 +405,22 @@ class LabelCounts:
             self.pixels += flat.size
             self._count(flat)
         return self
+
+    def _count_small(self, flat: np.ndarray, ignore_index: int | None) -> None:
+        from earthops_runtime.data.kernels import value_counts
+
+        bc = np.zeros(1 << (8 * flat.dtype.itemsize), np.int64)
+        value_counts(flat, bc)
+        if ignore_index is not None and 0 <= ignore_index < bc.size:
+            self.ignored += int(bc[ignore_index])
+            bc[ignore_index] = 0
+        if self.keys is not None and self.keys != "index":
+            raise ValueError(f"labels given as class {_KEY_WORDS['index']} after class {_KEY_WORDS[self.keys]}")
+        self.keys = "index"
+        values = np.flatnonzero(bc)
+        self.pixels += int(bc.sum())
+        for k, v in zip(values.tolist(), bc[values].tolist(), strict=True):
+            self.counts[str(k)] = self.counts.get(str(k), 0) + int(v)
 
     def _count(self, flat: np.ndarray) -> None:
         if flat.dtype.kind in "US" or flat.dtype == object:
