@@ -691,3 +691,88 @@ def test_docs_cover_every_top_level_value() -> None:
     doc = (REPO / "docs" / "helm.md").read_text()
     missing = [key for key in values_yaml() if f"`{key}" not in doc]
     assert not missing, f"docs/helm.md does not mention {missing}"
+
+
+# ------------------------------------------------------------------------------- the STAC API
+
+
+STAC_API = {"store": {"uri": "s3://bucket/earthops", "credentialsSecret": "earthops-s3"},
+            "stacApi": {"enabled": True}}
+
+
+def stac_api_objects(docs: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
+    deployments = [d for d in of_kind(docs, "Deployment") if d["metadata"]["name"] == f"{FULLNAME}-stac-api"]
+    services = [d for d in of_kind(docs, "Service") if d["metadata"]["name"] == f"{FULLNAME}-stac-api"]
+    assert len(deployments) == 1 and len(services) == 1
+    return deployments[0], services[0]
+
+
+def test_stac_api_is_off_by_default(helm: Path) -> None:
+    assert not [d for d in render(helm) if d["metadata"]["name"].endswith("-stac-api")]
+
+
+def test_stac_api_serves_the_store_read_only_and_locked_down(helm: Path) -> None:
+    docs = render(helm, STAC_API)
+    deployment, service = stac_api_objects(docs)
+    pod = deployment["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    assert c["command"] == ["earthops", "catalog", "serve"]
+    assert c["args"] == ["--host=0.0.0.0", "--port=8000", "--store=s3://bucket/earthops"]
+    assert c["image"] == "ghcr.io/earthops/runtime:" + yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"]
+    assert c["envFrom"] == [{"secretRef": {"name": "earthops-s3"}}]
+    assert {e["name"]: e["value"] for e in c["env"]} == {"HOME": "/tmp", "EARTHOPS_CACHE": "/tmp/earthops-cache"}
+    # restricted pod security, read-only root filesystem, no API token: it reads the store only
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod["automountServiceAccountToken"] is False and "serviceAccountName" not in pod
+    sc = c["securityContext"]
+    assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False
+    assert sc["privileged"] is False and sc["runAsNonRoot"] is True and sc["capabilities"] == {"drop": ["ALL"]}
+    assert c["volumeMounts"] == [{"name": "tmp", "mountPath": "/tmp"}]
+    assert pod["volumes"] == [{"name": "tmp", "emptyDir": {}}]
+    assert c["livenessProbe"]["httpGet"] == {"path": "/_mgmt/ping", "port": "http"}
+    assert c["resources"]["requests"] and c["resources"]["limits"]["memory"]
+    # its own selector: the operator's Deployment and Service never select its pods, nor it theirs
+    selector = deployment["spec"]["selector"]["matchLabels"]
+    assert selector["app.kubernetes.io/component"] == "stac-api"
+    assert service["spec"]["selector"] == selector
+    assert all(deployment["spec"]["template"]["metadata"]["labels"][k] == v for k, v in selector.items())
+    operator = next(d for d in of_kind(docs, "Deployment") if d["metadata"]["name"] == FULLNAME)
+    assert operator["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"] == "operator"
+    assert service["spec"]["type"] == "ClusterIP"
+    assert service["spec"]["ports"] == [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}]
+
+
+def test_stac_api_values(helm: Path) -> None:
+    values = {"store": {"uri": "s3://b/ops", "credentialsSecret": ""},
+              "stacApi": {"enabled": True, "store": "s3://other/catalog", "credentialsSecret": "reader", "replicas": 3,
+                          "port": 9000, "presignSeconds": 3600, "image": "registry.example/eo/runtime:7",
+                          "service": {"port": 8080},
+                          "resources": {"requests": {"cpu": "1", "memory": "1Gi"}, "limits": {"memory": "4Gi"}}}}
+    deployment, service = stac_api_objects(render(helm, values))
+    (c,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert deployment["spec"]["replicas"] == 3
+    assert c["args"] == ["--host=0.0.0.0", "--port=9000", "--store=s3://other/catalog", "--presign=3600"]
+    assert c["image"] == "registry.example/eo/runtime:7"
+    assert c["envFrom"] == [{"secretRef": {"name": "reader"}}]
+    assert c["ports"] == [{"name": "http", "containerPort": 9000, "protocol": "TCP"}]
+    assert c["resources"] == {"requests": {"cpu": "1", "memory": "1Gi"}, "limits": {"memory": "4Gi"}}
+    assert service["spec"]["ports"][0]["port"] == 8080
+
+
+def test_stac_api_needs_a_store(helm: Path) -> None:
+    result = run_helm(helm, "template", RELEASE, str(CHART), values={"stacApi": {"enabled": True}})
+    assert result.returncode != 0
+    assert "stacApi.enabled needs a store" in result.stderr
+
+
+@pytest.mark.parametrize(("values", "key"), [
+    ({"stacApi": {"replicas": -1}}, "/stacApi/replicas"),
+    ({"stacApi": {"presignSeconds": 0}}, "/stacApi/presignSeconds"),
+    ({"stacApi": {"store": "bucket/prefix"}}, "/stacApi/store"),
+    ({"stacApi": {"port": 70000}}, "/stacApi/port"),
+    ({"stacApi": {"replica": 2}}, "/stacApi"),
+])
+def test_stac_api_schema_rejects_bad_values(helm: Path, values: dict[str, Any], key: str) -> None:
+    result = run_helm(helm, "template", RELEASE, str(CHART), "--namespace", NAMESPACE, values=values)
+    assert result.returncode != 0 and "schema" in result.stderr and key in result.stderr, result.stderr
