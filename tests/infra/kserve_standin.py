@@ -40,12 +40,13 @@ ROOT = Path(__file__).resolve().parents[2]
 READY = re.compile(rb"earthops predictor ready at (http://\S+)")
 
 
-@dataclass
+@dataclass(eq=False)
 class Revision:
     generation: int
     proc: Any
     port: int
     log: Path
+    container: dict[str, Any]
     ready: bool = False
 
     @property
@@ -156,7 +157,11 @@ class InferenceServiceStandIn:
         generation = int(isvc["metadata"]["generation"])
         predictor = isvc["spec"]["predictor"]
         if generation not in self.revisions:
-            self.revisions[generation] = self._start(generation, predictor["containers"][0])
+            # a spec change that leaves the container as it is (a new canary share) makes no new Knative
+            # revision: the running one serves on
+            container = predictor["containers"][0]
+            same = next((r for r in self.revisions.values() if r.container == container), None)
+            self.revisions[generation] = same or self._start(generation, container)
         revision = self.revisions[generation]
         if not revision.ready:
             if revision.proc.poll() is not None:
@@ -176,8 +181,9 @@ class InferenceServiceStandIn:
             weights, percent = [(revision.url, 100)], None
             self.rolled_out = generation
         self.router.route(weights)
+        kept = {id(self.revisions[g]) for g in (generation, previous if percent is not None else None) if g in self.revisions}
         for old, rev in list(self.revisions.items()):  # revisions without traffic are scaled down
-            if old not in (generation, previous if percent is not None else None):
+            if id(rev) not in kept:
                 stop(rev.proc)
                 del self.revisions[old]
         status = isvc.get("status") or {}
@@ -202,7 +208,7 @@ class InferenceServiceStandIn:
         env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "runtimes"), str(ROOT / "operator"),
                                              os.environ.get("PYTHONPATH", "")])
         log = self.workdir / f"{self.name}-predictor-{generation:05d}.log"
-        return Revision(generation, spawn(argv, log_path=log, env=env, cwd=ROOT), port, log)
+        return Revision(generation, spawn(argv, log_path=log, env=env, cwd=ROOT), port, log, container)
 
     def follow(self, interval: float = 0.3) -> None:
         while not self._stop.is_set():
@@ -215,7 +221,7 @@ class InferenceServiceStandIn:
 
     def close(self) -> None:
         self._stop.set()
-        for rev in self.revisions.values():
+        for rev in {id(r): r for r in self.revisions.values()}.values():
             stop(rev.proc)
         self.router.close()
 

@@ -61,7 +61,11 @@ def test_deployment_lifecycle_with_a_real_predictor(kube_controller_manager, kub
         assert st["phase"] == "Pending" and condition(st, "TuningExperimentReady")["status"] == "False"
         assert kube.kubectl("get", "inferenceservices", "-n", ns, "-o", "name").stdout.strip() == ""
 
-        succeed_run(kube, store, "EODataset", ns, "iceberg-chips", op, chips={"train": 1, "validation": 1, "test": 1})
+        dataset = succeed_run(kube, store, "EODataset", ns, "iceberg-chips", op,
+                              chips={"train": 1, "validation": 1, "test": 1})
+        # the deployment's drift reference (monitoring.referenceDatasetRef): the played run has the real statistics
+        Store.from_uri(dataset["results"]).write_json("stats.json",
+                                                      Store.from_uri(iceberg_dataset.run_uri).read_json("stats.json"))
         succeed_run(kube, store, "TuningExperiment", ns, "iceberg-tuning", op,
                     registeredModel={"name": "iceberg", "version": "v1", "uri": uris["v1"]})
 
@@ -119,3 +123,27 @@ def test_deployment_lifecycle_with_a_real_predictor(kube_controller_manager, kub
                      timeout=60, what="the InferenceService garbage-collected")
         log = log_tail(op.log, 400)
         assert "Forbidden" not in log and "403" not in log, log
+
+
+def test_a_model_that_fails_to_load_fails_the_deployment_naming_its_uri(kube_apiserver, kube_namespace, tmp_path,
+                                                                       iceberg_dataset):
+    kube, ns = kube_apiserver, kube_namespace
+    store = Store.from_uri((tmp_path / "store").as_uri())
+    uris = register_versions(store, ns, iceberg_dataset.run_uri)
+    # v2's files are damaged after registration: its item is there, its program is not a program
+    store.write_bytes(f"models/{ns}/iceberg/v2/model.pt2", b"not a program")
+    with running_operator(kube, ns, tmp_path, store.uri) as op, kserve_standin(kube.admin, ns, NAME, tmp_path):
+        doc = {"apiVersion": "earthops.dev/v1alpha1", "kind": KIND, "metadata": {"name": NAME, "namespace": ns},
+               "spec": {"modelRef": {"model": "iceberg"}}}  # the newest version: v2
+        kube.apply(doc)
+        st = wait_status(kube, KIND, ns, NAME, op, "Failed", lambda s: s.get("phase") == "Failed", timeout=180)
+        ready = condition(st, "Ready")
+        assert ready["status"] == "False" and ready["reason"] == "ModelLoadFailed", ready
+        assert uris["v2"] in st["message"] and st["modelVersion"] == "iceberg/v2" and st["readyReplicas"] == 0
+        events = kube.kubectl("get", "events", "-n", ns, "--field-selector", f"involvedObject.name={NAME}").stdout
+        assert "ModelLoadFailed" in events
+
+        # pinning the good version rolls it out and the deployment recovers
+        _patch(kube, ns, {"spec": {"modelRef": {"version": "v1"}}})
+        st = wait_status(kube, KIND, ns, NAME, op, "Ready on v1", lambda s: s.get("phase") == "Ready", timeout=180)
+        assert st["modelVersion"] == "iceberg/v1" and condition(st, "Ready")["observedGeneration"] == 2
