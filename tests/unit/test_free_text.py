@@ -187,3 +187,24 @@ def test_a_run_without_a_text_index_gets_one_built(tmp_path: Path, monkeypatch: 
     got = [it["id"] for it in search.search(store, q="iceberg OR snow")]
     assert got == [it["id"] for it in Query.parse(q="iceberg OR snow").select(items)] and got
     assert list((tmp_path / "cache" / "text").glob("*.parquet"))
+
+
+def test_posting_blocks_are_read_for_the_rows_the_other_criteria_select(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Small blocks (16 rows, tokenized 64 rows at a time): queries with a bbox read only the blocks of
+    the rows it selects and still answer as the semantics does."""
+    monkeypatch.setattr(textindex, "BLOCK_ROWS", 16)
+    monkeypatch.setattr(textindex, "CHUNK_ROWS", 64)
+    items = make_items(random.Random(9), 300, "blocks")
+    store = Store.from_uri(tmp_path.as_uri())
+    with store.publish("datasets/ns/blocks/g1-run") as run:
+        index.write_index(run, index.INDEX_NAME, items)
+    table, json_columns = index.items_table(items)
+    inverted = textindex.text_index_table(index.sorted_table(table), json_columns=frozenset(json_columns),
+                                          core=frozenset(index.CORE_COLUMNS))
+    assert max(inverted.column("block").to_pylist()) == 299 // 16
+    rng = random.Random(4)
+    for _ in range(30):
+        q, box = random_q(rng), [rng.uniform(-10, 0), rng.uniform(-10, 0), rng.uniform(0, 10), rng.uniform(0, 10)]
+        got = [it["id"] for it in search.search(store, q=q, bbox=box)]
+        assert got == [it["id"] for it in Query.parse(q=q, bbox=box).select(items)], (q, box)

@@ -408,30 +408,50 @@ def _in_list(column: str, values: Sequence[str], prefix: str, params: dict[str, 
 
 
 @functools.lru_cache(maxsize=1024)
-def _items_of(path: str, size: int, mtime_ns: int) -> int:
-    return textindex.items_of(path)
+def _text_facts(path: str, size: int, mtime_ns: int) -> tuple[int, int]:
+    return textindex.facts(path)
 
 
-def _postings(cur: Any, text_files: Mapping[str, str], terms: Sequence[str]) -> dict[tuple[str, str], tuple[Any, Any]]:
-    """(index file, term) -> (docs, tf) numpy arrays, for the terms present."""
+def _postings(cur: Any, text_files: Mapping[str, str], terms: Sequence[str],
+              blocks: Any = None) -> dict[tuple[str, str], tuple[Any, Any]]:
+    """(index file, term) -> (docs, tf) numpy arrays for the terms present, only from ``blocks`` (row
+    number // BLOCK_ROWS) when given."""
     import numpy as np
 
-    if not terms:
+    if not terms or (blocks is not None and not len(blocks)):
         return {}
     by_text = {t: p for p, t in text_files.items()}
-    params = {f"t{i}": term for i, term in enumerate(terms)}
+    params: dict[str, Any] = {f"t{i}": term for i, term in enumerate(terms)}
+    where = f"term IN ({', '.join('$' + k for k in params)})"
+    if blocks is not None:
+        where += f" AND block IN ({', '.join(str(int(b)) for b in blocks)})"
     sql = (f"SELECT filename, term, docs, tf FROM read_parquet([{', '.join(_sql_string(t) for t in by_text)}], "
-           f"filename = true) WHERE term IN ({', '.join('$' + k for k in params)})")
-    out = {}
+           f"filename = true) WHERE {where} ORDER BY filename, term, block")
     table = cur.sql(sql, params=params).to_arrow_table()
-    for f, term, docs, tf in zip(table.column("filename").to_pylist(), table.column("term").to_pylist(),
-                                 table.column("docs").combine_chunks(), table.column("tf").combine_chunks()):
-        out[(by_text[f], term)] = (np.asarray(docs.values, dtype=np.int64), np.asarray(tf.values, dtype=np.int64))
-    return out
+    parts: dict[tuple[str, str], list[tuple[Any, Any]]] = {}
+    docs_col, tf_col = table.column("docs").combine_chunks(), table.column("tf").combine_chunks()
+    for i, (f, term) in enumerate(zip(table.column("filename").to_pylist(), table.column("term").to_pylist())):
+        parts.setdefault((by_text[f], term), []).append((docs_col[i].values, tf_col[i].values))
+    return {key: (np.concatenate([np.asarray(d, dtype=np.int64) for d, _ in chunks]),
+                  np.concatenate([np.asarray(t, dtype=np.int64) for _, t in chunks]))
+            for key, chunks in parts.items()}
 
 
-def _evaluate(node: free_text.Node, path: str, n: int, postings: Mapping[tuple[str, str], tuple[Any, Any]]) -> Any:
-    """The rows of one index file satisfying a query tree (phrases of 3+ tokens: their bigrams)."""
+def _document_frequencies(cur: Any, text_files: Mapping[str, str], tokens: Sequence[str]) -> dict[str, int]:
+    """How many items of all the index files hold each token."""
+    if not tokens:
+        return {}
+    params = {f"t{i}": token for i, token in enumerate(tokens)}
+    sql = (f"SELECT term, sum(df) FROM read_parquet([{', '.join(_sql_string(t) for t in text_files.values())}]) "
+           f"WHERE term IN ({', '.join('$' + k for k in params)}) GROUP BY term")
+    found = {term: int(n) for term, n in cur.sql(sql, params=params).fetchall()}
+    return {t: found.get(t, 0) for t in tokens}
+
+
+def _evaluate(node: free_text.Node, path: str, universe: Any,
+              postings: Mapping[tuple[str, str], tuple[Any, Any]]) -> Any:
+    """The rows of one index file (among ``universe``, sorted row numbers) satisfying a query tree
+    (phrases of 3+ tokens: their bigrams)."""
     import numpy as np
 
     empty = np.zeros(0, dtype=np.int64)
@@ -442,44 +462,56 @@ def _evaluate(node: free_text.Node, path: str, n: int, postings: Mapping[tuple[s
             rows = docs if rows is None else np.intersect1d(rows, docs, assume_unique=True)
         return rows
     if isinstance(node, free_text.Optional):
-        return np.arange(n, dtype=np.int64)
+        return universe
     if isinstance(node, free_text.Not):
-        return np.setdiff1d(np.arange(n, dtype=np.int64), _evaluate(node.arg, path, n, postings), assume_unique=True)
+        return np.setdiff1d(universe, _evaluate(node.arg, path, universe, postings), assume_unique=True)
     if isinstance(node, free_text.Or):
         rows = empty
         for arg in node.args:
-            rows = np.union1d(rows, _evaluate(arg, path, n, postings))
+            rows = np.union1d(rows, _evaluate(arg, path, universe, postings))
         return rows
     positive = [a for a in node.args if not isinstance(a, (free_text.Not, free_text.Optional))]
     rows = None
     for arg in positive:
-        part = _evaluate(arg, path, n, postings)
+        part = _evaluate(arg, path, universe, postings)
         rows = part if rows is None else np.intersect1d(rows, part, assume_unique=True)
     if rows is None:
-        rows = np.arange(n, dtype=np.int64)
+        rows = universe
     for arg in node.args:
         if isinstance(arg, free_text.Not):
-            rows = np.setdiff1d(rows, _evaluate(arg.arg, path, n, postings), assume_unique=True)
+            rows = np.setdiff1d(rows, _evaluate(arg.arg, path, universe, postings), assume_unique=True)
     return rows
 
 
-def _text_candidates(cur: Any, files: Mapping[str, str], text: free_text.TextQuery) -> Any:
-    """An Arrow table (file, row, relevance) of the rows matching ``text`` in every index file."""
+def _text_candidates(cur: Any, files: Mapping[str, str], text: free_text.TextQuery,
+                     selected: Mapping[str, Any] | None = None) -> Any:
+    """An Arrow table (file, row, relevance) of the rows matching ``text`` in every index file; among
+    the ``selected`` rows of each file only, when given (the other criteria's rows)."""
     import numpy as np
     import pyarrow as pa
 
+    searched = files if selected is None else {p: files[p] for p in selected if p in files}
+    if not searched:
+        return None
     text_files = {path: text_file(path) for path in files}
-    sizes = {}
+    sizes, block_rows = {}, {}
     for path, tpath in text_files.items():
         st = os.stat(tpath)
-        sizes[path] = _items_of(tpath, st.st_size, st.st_mtime_ns)
+        sizes[path], block_rows[path] = _text_facts(tpath, st.st_size, st.st_mtime_ns)
     n_docs = sum(sizes.values())
     tokens = text.tokens
-    postings = _postings(cur, text_files, list(dict.fromkeys([*free_text.index_terms(text.node), *tokens])))
-    df = {t: sum(len(postings.get((path, t), ((),))[0]) for path in files) for t in tokens}
+    df = _document_frequencies(cur, text_files, tokens)
+    blocks = None
+    if selected is not None:
+        blocks = np.unique(np.concatenate([rows // block_rows[path] for path, rows in selected.items()]))
+    wanted = list(dict.fromkeys([*free_text.index_terms(text.node), *tokens]))
+    postings = _postings(cur, {p: text_files[p] for p in searched}, wanted, blocks)
     paths, rows, scores = [], [], []
-    for path in files:
-        found = _evaluate(text.node, path, sizes[path], postings)
+    for path in searched:
+        universe = selected[path] if selected is not None else np.arange(sizes[path], dtype=np.int64)
+        found = _evaluate(text.node, path, universe, postings)
+        if selected is not None:
+            found = np.intersect1d(found, universe, assume_unique=True)
         if not len(found):
             continue
         total = np.zeros(len(found), dtype=np.float64)
@@ -509,14 +541,6 @@ def _run(files: Mapping[str, str], query: Query, *, python_filter: bool = False)
     try:
         params: dict[str, Any] = {}
         where: list[str] = []
-        join = order = ""
-        if query.text is not None:
-            candidates = _text_candidates(cur, files, query.text)
-            if candidates is None:
-                return
-            cur.register("earthops_text_candidates", candidates)
-            join = (f" JOIN earthops_text_candidates c ON {FILE_COLUMN} = c.f AND {ROW_COLUMN} = c.r")
-            order = "c.s DESC"
         source = _source(files, row_numbers=query.text is not None)
         if query.collections is not None:
             where.append(_in_list("collection", query.collections, "c", params))
@@ -533,11 +557,22 @@ def _run(files: Mapping[str, str], query: Query, *, python_filter: bool = False)
         else:
             sql_terms, residual = _split_filter(cur, source, query.expr)
         where += sql_terms
+        condition = " AND ".join(where) or "TRUE"
+        join = order = ""
+        if query.text is not None:
+            # the other criteria first (row numbers only, cheap), then the posting blocks of those rows
+            selected = _selected_rows(cur, source, condition, params) if where else None
+            candidates = _text_candidates(cur, files, query.text, selected)
+            if candidates is None:
+                return
+            cur.register("earthops_text_candidates", candidates)
+            join = f" JOIN earthops_text_candidates c ON {FILE_COLUMN} = c.f AND {ROW_COLUMN} = c.r"
+            order = "c.s DESC"
         # the geometry, the residual filter and long phrases are decided in Python: only without them is SQL exact
         verify_text = query.text is not None and free_text.has_phrase(query.text.node)
         exact_in_sql = residual is None and query.space_box is None and not verify_text
         columns = "*" if not join else f"*, c.s AS {SCORE_COLUMN}"
-        sql = (f"SELECT {columns} FROM {source}{join} WHERE {' AND '.join(where) or 'TRUE'} "
+        sql = (f"SELECT {columns} FROM {source}{join} WHERE {condition} "
                f"{_order_sql(files, query, order)}"
                + (f" LIMIT {int(query.limit)}" if exact_in_sql and query.limit is not None else ""))
         rows = _Rows(files)
@@ -555,6 +590,23 @@ def _run(files: Mapping[str, str], query: Query, *, python_filter: bool = False)
         yield from _take(batches, rows, query, residual, verify_text)
     finally:
         cur.close()
+
+
+def _selected_rows(cur: Any, source: str, condition: str, params: Mapping[str, Any]) -> dict[str, Any]:
+    """Index file -> sorted row numbers of the rows meeting ``condition`` (no item is built)."""
+    import numpy as np
+
+    table = cur.sql(f"SELECT {FILE_COLUMN} AS f, {ROW_COLUMN} AS r FROM {source} WHERE {condition}",
+                    params=dict(params)).to_arrow_table()
+    out: dict[str, Any] = {}
+    if not table.num_rows:
+        return out
+    f = table.column("f").combine_chunks().dictionary_encode()
+    r = table.column("r").to_numpy()
+    codes = f.indices.to_numpy(zero_copy_only=False)
+    for i, path in enumerate(f.dictionary.to_pylist()):
+        out[path] = np.sort(r[codes == i].astype(np.int64))
+    return out
 
 
 def _next_batch(reader: Any) -> Any:

@@ -5,28 +5,31 @@ at publication with the search index (same staging folder, so both appear at onc
 DuckDB. What a term is and which texts of an item count are :mod:`earthops_runtime.stac.text`'s rules
 (:func:`~earthops_runtime.stac.text.value_terms` per text value); this module only stores them.
 
-Schema, one row per index term, rows sorted by term (row groups of :data:`TERMS_PER_ROW_GROUP`
-terms, so the ``term`` statistics let a lookup read one row group per term):
+Schema, one row per index term and block of :data:`BLOCK_ROWS` index rows that holds it, sorted by
+term then block (row groups of :data:`TERMS_PER_ROW_GROUP` rows; the ``term`` and ``block``
+statistics let a lookup read only the row groups of its terms):
 
 =========== ================ ==========================================================================
 column      type             content
 =========== ================ ==========================================================================
 ``term``    string           a token, or two neighbouring tokens of one value joined by a space (bigram)
-``df``      uint32           how many items hold the term
-``docs``    list<uint32>     the items holding it: row numbers in ``index.parquet``, ascending
+``block``   uint32           index row number // BLOCK_ROWS
+``df``      uint32           how many items of the block hold the term (df of the term: their sum)
+``docs``    list<uint32>     those items: row numbers in ``index.parquet``, ascending
 ``tf``      list<uint16>     how often each of those items holds it (capped at 65535)
 =========== ================ ==========================================================================
 
-The file metadata names the number of items (``earthops:text`` -> ``items``): N of the relevance.
+The file metadata (``earthops:text``) names the number of items (``items``: N of the relevance) and
+the block size it was cut with (``block_rows``).
 
-Building is column-wise: each distinct text value is tokenized once (ids are distinct; platform,
-keywords and titles repeat), the (term, row) pairs are gathered with numpy and counted by sorting.
+Building is column-wise, a million rows at a time: ASCII values are tokenized by Arrow's kernels
+(the same tokens as the semantics' Python, which handles the rest), (term, row) pairs are counted by
+sorting with numpy, and posting rows are cut per block.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -39,10 +42,13 @@ TEXT_NAME = "text.parquet"
 TERMS_PER_ROW_GROUP = 1024
 META_KEY = b"earthops:text"
 FORMAT_VERSION = 1
-#: Rows tokenized per step (bounds the memory of the (term, row) pairs).
-CHUNK_ROWS = 1_000_000
-SCHEMA = pa.schema([("term", pa.string()), ("df", pa.uint32()), ("docs", pa.list_(pa.uint32())),
-                    ("tf", pa.list_(pa.uint16()))])
+#: Posting lists are cut into blocks of this many index rows: a query whose other criteria select
+#: a few rows (a bbox over the Hilbert-sorted index) reads only the blocks holding them.
+BLOCK_ROWS = 65_536
+#: Rows tokenized per step (a multiple of BLOCK_ROWS; bounds the memory of the (term, row) pairs).
+CHUNK_ROWS = 16 * BLOCK_ROWS
+SCHEMA = pa.schema([("term", pa.string()), ("block", pa.uint32()), ("df", pa.uint32()),
+                    ("docs", pa.list_(pa.uint32())), ("tf", pa.list_(pa.uint16()))])
 
 
 def _text_columns(table: pa.Table, json_columns: frozenset[str], core: frozenset[str]) -> list[tuple[str, str]]:
@@ -89,113 +95,104 @@ def _values(column: pa.ChunkedArray | pa.Array, how: str, name: str) -> tuple[np
     return np.array(rows, dtype=np.int64), pa.array(values, type=pa.string())
 
 
-class _Terms:
-    """Term ids in first-seen order, and the terms of each distinct text value."""
-
-    def __init__(self) -> None:
-        self.ids: dict[str, int] = {}
-        self.value_cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-
-    def of_value(self, text: str) -> tuple[np.ndarray, np.ndarray]:
-        hit = self.value_cache.get(text)
-        if hit is None:
-            counts = value_terms(text)
-            ids = np.fromiter((self.ids.setdefault(t, len(self.ids)) for t in counts), dtype=np.int64,
-                              count=len(counts))
-            hit = (ids, np.fromiter(counts.values(), dtype=np.int64, count=len(counts)))
-            if len(self.value_cache) < 200_000:  # repeated values (platform, title) are cached
-                self.value_cache[text] = hit
-        return hit
-
-
-def _pairs(rows: np.ndarray, values: pa.Array, terms: _Terms) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """(term id, row, count) arrays of the given text values, distinct values tokenized once."""
+def _occurrences(values: pa.Array) -> tuple[pa.Array, np.ndarray]:
+    """(term, index of its value) of every token and bigram of the given text values, tokenized as
+    :func:`~earthops_runtime.stac.text.value_terms` does. ASCII values (nearly all) go through Arrow's
+    kernels — for ASCII, lower-casing and runs of ``[a-z0-9]`` are exactly the semantics' ``str.lower``
+    and ``[^\\W_]+`` —, the others through the semantics' own Python."""
     if not len(values):
-        return
-    encoded = values.dictionary_encode()
-    uniques = encoded.dictionary.to_pylist()
-    codes = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
-    per_value = [terms.of_value(u) for u in uniques]
-    lengths = np.array([len(p[0]) for p in per_value], dtype=np.int64)
-    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-    flat_ids = np.concatenate([p[0] for p in per_value]) if per_value else np.zeros(0, np.int64)
-    flat_counts = np.concatenate([p[1] for p in per_value]) if per_value else np.zeros(0, np.int64)
-    n = lengths[codes]
-    total = int(n.sum())
-    if not total:
-        return
-    # position of each pair in the flat per-value arrays: start of its value + index within it
-    ends = np.cumsum(n)
-    within = np.arange(total, dtype=np.int64) - np.repeat(ends - n, n)
-    gather = np.repeat(starts[codes], n) + within
-    yield flat_ids[gather], np.repeat(rows, n), flat_counts[gather]
+        return pa.array([], type=pa.string()), np.zeros(0, dtype=np.int64)
+    ascii_mask = pc.string_is_ascii(values).to_numpy(zero_copy_only=False)
+    terms, owners = [], []
+    where = np.flatnonzero(ascii_mask)
+    if len(where):
+        part = values.take(pa.array(where)) if len(where) < len(values) else values
+        split = pc.split_pattern_regex(pc.ascii_lower(part), pattern="[^a-z0-9]+")
+        flat = pc.list_flatten(split)
+        parent = where[np.asarray(pc.list_parent_indices(split))]
+        keep = pc.not_equal(pc.binary_length(flat), 0)
+        flat, parent = flat.filter(keep), parent[keep.to_numpy(zero_copy_only=False)]
+        terms.append(flat)
+        owners.append(parent)
+        if len(flat) > 1:
+            same = parent[1:] == parent[:-1]
+            pairs = pc.binary_join_element_wise(flat.slice(0, len(flat) - 1), flat.slice(1), " ")
+            terms.append(pairs.filter(pa.array(same)))
+            owners.append(parent[:-1][same])
+    others = np.flatnonzero(~ascii_mask)
+    if len(others):
+        texts, idx = [], []
+        for i, value in zip(others, values.take(pa.array(others)).to_pylist()):
+            for term, count in value_terms(value).items():
+                texts += [term] * count
+                idx += [i] * count
+        terms.append(pa.array(texts, type=pa.string()))
+        owners.append(np.array(idx, dtype=np.int64))
+    return pa.concat_arrays([t.cast(pa.string()) for t in terms]), np.concatenate(owners).astype(np.int64)
+
+
+def _chunk_postings(table: pa.Table, lo: int, columns: list[tuple[str, str]]) -> pa.Table | None:
+    """Posting rows (term, block, df, docs, tf) of the rows of ``table`` (a slice starting at row
+    ``lo``, a multiple of :data:`BLOCK_ROWS`), sorted by term then block."""
+    terms, rows = [], []
+    for name, how in columns:
+        value_rows, values = _values(table.column(name), how, name)
+        found, owner = _occurrences(values)
+        terms.append(found)
+        rows.append(value_rows[owner] + lo)
+    if not terms or not sum(len(t) for t in terms):
+        return None
+    encoded = pc.dictionary_encode(pa.concat_arrays(terms))
+    names = encoded.dictionary
+    order = np.asarray(pc.sort_indices(names))
+    rank = np.empty(len(names), dtype=np.int64)
+    rank[order] = np.arange(len(names))
+    span = max(table.num_rows, 1)
+    key = rank[encoded.indices.to_numpy(zero_copy_only=False)] * span + (np.concatenate(rows) - lo)
+    key, tf = np.unique(key, return_counts=True)  # sorted by term rank, then row; tf = occurrences
+    term_rank, docs = key // span, key % span + lo
+    block = docs // BLOCK_ROWS
+    starts = np.flatnonzero(np.concatenate([[True], (term_rank[1:] != term_rank[:-1]) | (block[1:] != block[:-1])]))
+    offsets = np.concatenate([starts, [len(key)]]).astype(np.int32)
+    return pa.table({
+        "term": names.take(pa.array(order[term_rank[starts]])),
+        "block": pa.array(block[starts].astype(np.uint32)),
+        "df": pa.array(np.diff(offsets).astype(np.uint32)),
+        "docs": pa.ListArray.from_arrays(pa.array(offsets), pa.array(docs.astype(np.uint32))),
+        "tf": pa.ListArray.from_arrays(pa.array(offsets), pa.array(np.minimum(tf, 65535).astype(np.uint16))),
+    }, schema=SCHEMA)
 
 
 def text_index_table(table: pa.Table, *, json_columns: frozenset[str] = frozenset(),
                      core: frozenset[str] = frozenset()) -> pa.Table:
     """The inverted index of an index table whose rows are already in their final order."""
-    n_rows = table.num_rows
-    terms = _Terms()
-    keys, counts = [], []
     columns = _text_columns(table, json_columns, core)
-    for lo in range(0, max(n_rows, 1), CHUNK_ROWS):
-        part = table.slice(lo, CHUNK_ROWS)
-        ids, rows, cnt = [], [], []
-        for name, how in columns:
-            r, values = _values(part.column(name), how, name)
-            for t, rr, c in _pairs(r + lo, values, terms):
-                ids.append(t)
-                rows.append(rr)
-                cnt.append(c)
-        if not ids:
-            continue
-        key = np.concatenate(ids) * max(n_rows, 1) + np.concatenate(rows)
-        c = np.concatenate(cnt)
-        order = np.argsort(key, kind="stable")
-        key, c = key[order], c[order]
-        first = np.flatnonzero(np.concatenate([[True], key[1:] != key[:-1]]))
-        keys.append(key[first])
-        counts.append(np.add.reduceat(c, first))
-    if not keys:
+    parts = [p for lo in range(0, table.num_rows, CHUNK_ROWS)
+             if (p := _chunk_postings(table.slice(lo, CHUNK_ROWS), lo, columns)) is not None]
+    if not parts:
         return SCHEMA.empty_table()
-    # term ids -> ranks in sorted term order, then one sort of all (term, row) pairs
-    names = np.array(list(terms.ids), dtype=object)
-    rank = np.empty(len(names), dtype=np.int64)
-    by_name = np.argsort(names.astype(str), kind="stable")
-    rank[by_name] = np.arange(len(names))
-    key = np.concatenate(keys)
-    tf = np.concatenate(counts)
-    term_rank = rank[key // max(n_rows, 1)]
-    docs = key % max(n_rows, 1)
-    order = np.lexsort((docs, term_rank))
-    term_rank, docs, tf = term_rank[order], docs[order], tf[order]
-    bounds = np.flatnonzero(np.concatenate([[True], term_rank[1:] != term_rank[:-1]]))
-    offsets = np.concatenate([bounds, [len(term_rank)]]).astype(np.int64)
-    return pa.table({
-        "term": pa.array(names[by_name][term_rank[bounds]].tolist(), type=pa.string()),
-        "df": pa.array(np.diff(offsets).astype(np.uint32)),
-        "docs": pa.LargeListArray.from_arrays(offsets, pa.array(docs.astype(np.uint32))).cast(pa.list_(pa.uint32())),
-        "tf": pa.LargeListArray.from_arrays(offsets, pa.array(np.minimum(tf, 65535).astype(np.uint16)))
-        .cast(pa.list_(pa.uint16())),
-    }, schema=SCHEMA)
+    merged = pa.concat_tables(parts)
+    # chunks are in row order, so a stable sort by term keeps each term's blocks ascending
+    return merged.take(pc.sort_indices(merged, sort_keys=[("term", "ascending")]))
 
 
 def text_index_bytes(table: pa.Table, *, json_columns: frozenset[str] = frozenset(),
                      core: frozenset[str] = frozenset()) -> bytes:
     """Parquet bytes of the inverted index of an index table (rows in their final order)."""
     terms = text_index_table(table, json_columns=json_columns, core=core)
-    terms = terms.replace_schema_metadata({META_KEY: json.dumps({"version": FORMAT_VERSION,
-                                                                 "items": table.num_rows}).encode()})
+    terms = terms.replace_schema_metadata({META_KEY: json.dumps({
+        "version": FORMAT_VERSION, "items": table.num_rows, "block_rows": BLOCK_ROWS}).encode()})
     sink = pa.BufferOutputStream()
     pq.write_table(terms, sink, row_group_size=TERMS_PER_ROW_GROUP, compression="snappy",
                    write_statistics=["term"])
     return sink.getvalue().to_pybytes()
 
 
-def items_of(path: str) -> int:
-    """N of a text index file: the number of items of its search index."""
-    meta = pq.read_schema(path).metadata or {}
-    return int(json.loads(meta[META_KEY])["items"])
+def facts(path: str) -> tuple[int, int]:
+    """(N, block rows) of a text index file: the number of items of its search index, and the rows
+    per posting block it was written with."""
+    meta = json.loads((pq.read_schema(path).metadata or {})[META_KEY])
+    return int(meta["items"]), int(meta["block_rows"])
 
 
 def text_path(index_path: str) -> str:
@@ -203,4 +200,4 @@ def text_path(index_path: str) -> str:
     return index_path.rsplit("/", 1)[0] + "/" + TEXT_NAME if "/" in index_path else TEXT_NAME
 
 
-__all__ = ["TEXT_NAME", "items_of", "text_index_bytes", "text_index_table", "text_path"]
+__all__ = ["BLOCK_ROWS", "TEXT_NAME", "facts", "text_index_bytes", "text_index_table", "text_path"]
