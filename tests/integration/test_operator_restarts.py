@@ -35,7 +35,8 @@ from earthops.api import KINDS, parse_resource
 from earthops.control.reconcile.rayjob import LABEL_KIND, LABEL_NAME, child_name, runs_as_rayjob
 from earthops.core.runs import run_id
 from earthops.core.store import Store
-from tests.infra.earthops_kube import API, write_runtime
+from tests.infra.earthops_kube import API, status, wait_status, write_runtime
+from tests.infra.earthops_kube import operator_env as env  # noqa: F401 - the fixture
 from tests.infra.operator import install_chart_rbac, start_operator, wait_live
 from tests.infra.peers import KubeRaySimulator
 from tests.infra.proc import stop, wait_for
@@ -300,3 +301,51 @@ def test_the_operator_killed_20_times_converges_to_what_an_uninterrupted_run_giv
     uninterrupted = resources(kube, reference)
     for key, obj in resources(kube, ns).items():
         assert normalized(obj, ns) == normalized(uninterrupted[key], reference), key
+
+
+def test_a_resource_recreated_under_its_name_gets_children_of_its_own(env: Any) -> None:  # noqa: F811
+    """Deleted and created again with the same spec (a GitOps re-sync) before the garbage collector has
+    removed the old one's children: their names are the new one's too (one per generation and spec), so
+    the operator must not take them for its own — they go when the collector gets to them. Found by the
+    restart test above: the new resource ended Failed (RayJobMissing). A finalizer holds the old RayJob
+    and ConfigMap here until the new resource has been seen, so the race is the same every run."""
+    kube, ns, store, op = env
+    hold = {"metadata": {"finalizers": ["earthops.dev/test-hold"]}}
+    first = kube.apply({**manifest("examples/ship-iceberg/01-dataset.yaml", "chips"),
+                        "metadata": {"name": "chips", "namespace": ns}})[0]
+    st = wait_for_status(kube, ns, op, lambda s: s.get("rayJobName"))
+    job_name = st["rayJobName"]
+    api, core = CustomObjectsApi(kube.admin), CoreV1Api(kube.admin)
+    api.patch_namespaced_custom_object("ray.io", "v1", ns, "rayjobs", job_name, hold)
+    core.patch_namespaced_config_map(f"{job_name}-resource", ns, hold)
+    kube.delete(API, "EODataset", "chips", ns)
+    wait_for(lambda: api.get_namespaced_custom_object("ray.io", "v1", ns, "rayjobs", job_name)["metadata"]
+             .get("deletionTimestamp"), timeout=60, what="the old RayJob being collected")
+    second = kube.apply({**manifest("examples/ship-iceberg/01-dataset.yaml", "chips"),
+                         "metadata": {"name": "chips", "namespace": ns}})[0]
+    assert second["metadata"]["uid"] != first["metadata"]["uid"]
+    # the operator has handled the new resource: taken the old children for its own (the bug), or waits
+    wait_for(lambda: status(kube, "EODataset", ns, "chips").get("rayJobName") or "still being removed" in op.log.read_text(),
+             timeout=60, what="the operator handling the new resource", proc=op.proc, log_path=op.log)
+    release = {"metadata": {"finalizers": None}}
+    api.patch_namespaced_custom_object("ray.io", "v1", ns, "rayjobs", job_name, release)
+    core.patch_namespaced_config_map(f"{job_name}-resource", ns, release)
+
+    def owned_by_the_new_one() -> bool:
+        job = api.get_namespaced_custom_object("ray.io", "v1", ns, "rayjobs", job_name)
+        cm = core.read_namespaced_config_map(f"{job_name}-resource", ns)
+        return (job["metadata"]["ownerReferences"][0]["uid"] == second["metadata"]["uid"]
+                and cm.metadata.owner_references[0].uid == second["metadata"]["uid"])
+
+    wait_for(owned_by_the_new_one, timeout=60, what="a RayJob and ConfigMap of the new resource", proc=op.proc,
+             log_path=op.log)
+    st = wait_for_status(kube, ns, op, lambda s: s.get("rayJobName") == job_name)
+    assert st["phase"] == "Pending", st
+    KubeRaySimulator(kube.admin).job_running(ns, job_name)
+    write_runtime(store, "EODataset", ns, "chips", st["runId"], "Succeeded", results=RESULTS["EODataset"])
+    KubeRaySimulator(kube.admin).job_succeeded(ns, job_name)
+    assert wait_for_status(kube, ns, op, lambda s: s.get("phase") in ("Succeeded", "Failed"))["phase"] == "Succeeded"
+
+
+def wait_for_status(kube: Any, ns: str, op: Any, check: Any) -> dict[str, Any]:
+    return wait_status(kube, "EODataset", ns, "chips", op, "the dataset's status", check, timeout=60)

@@ -110,15 +110,22 @@ def delete_custom(kind: str, namespace: str, name: str) -> None:
             raise
 
 
-def delete_config_maps(namespace: str, selector: str, keep: str | None) -> None:
+def delete_config_maps(namespace: str, selector: str, keep: str | None, owner_uid: str | None = None) -> bool:
+    """Delete the ConfigMaps matching ``selector`` but ``keep``, and ``keep`` too if it is not owned by
+    ``owner_uid`` (a deleted namesake's, not collected yet); whether ``keep`` was such a one."""
     api = client.CoreV1Api()
+    stale = False
     for cm in api.list_namespaced_config_map(namespace, label_selector=selector).items:
-        if cm.metadata.name != keep:
-            try:
-                api.delete_namespaced_config_map(cm.metadata.name, namespace)
-            except ApiException as exc:
-                if exc.status != 404:
-                    raise
+        if cm.metadata.name == keep:
+            if owner_uid is None or any(ref.uid == owner_uid for ref in cm.metadata.owner_references or []):
+                continue
+            stale = True
+        try:
+            api.delete_namespaced_config_map(cm.metadata.name, namespace)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+    return stale
 
 
 def secret_env(namespace: str, name: str) -> dict[str, str]:

@@ -143,8 +143,14 @@ def _start(info: KindInfo, body: kopf.Body, meta: kopf.Meta, status: kopf.Status
         RECONCILES.labels(info.kind, "invalid").inc()
         return
     config_map, rayjob = children
-    _stop_other_runs(body, resource, keep=rayjob["metadata"]["name"])
-    k8s.delete_config_maps(resource.namespace, _selector(resource), keep=config_map["metadata"]["name"])
+    stale = _stop_other_runs(body, resource, keep=rayjob["metadata"]["name"])
+    stale = k8s.delete_config_maps(resource.namespace, _selector(resource), keep=config_map["metadata"]["name"],
+                                   owner_uid=resource.metadata.uid) or stale
+    if stale:
+        # a resource deleted and created again under its name before the garbage collector removed its
+        # children: theirs have this run's names, and would be taken for this resource's, then collected
+        raise kopf.TemporaryError(f"the RayJob {rayjob['metadata']['name']} or its ConfigMap of a deleted {info.kind} "
+                                  "of the same name is still being removed", delay=2)
     k8s.create_if_absent(config_map)
     if k8s.create_if_absent(rayjob):
         kopf.info(body, reason="RayJobCreated", message=f"created RayJob {rayjob['metadata']['name']} for run {run}")
@@ -158,12 +164,22 @@ def _start(info: KindInfo, body: kopf.Body, meta: kopf.Meta, status: kopf.Status
     RECONCILES.labels(info.kind, "started").inc()
 
 
-def _stop_other_runs(body: kopf.Body, resource: Resource[Any, Any], keep: str | None) -> None:
-    """A spec change stops the previous generation's run: delete every RayJob of this resource but ``keep``."""
+def _stop_other_runs(body: kopf.Body, resource: Resource[Any, Any], keep: str | None) -> bool:
+    """A spec change stops the previous generation's run: delete every RayJob of this resource but ``keep``.
+    A RayJob named ``keep`` that another object owns (a deleted resource of the same name whose children
+    the garbage collector has not removed yet) is deleted too; returns whether there was one."""
+    stale = False
     for old in k8s.list_custom("RayJob", resource.namespace, _selector(resource)):
-        if old["metadata"]["name"] != keep:
-            k8s.delete_custom("RayJob", resource.namespace, old["metadata"]["name"])
-            kopf.info(body, reason="RunSuperseded", message=f"deleted RayJob {old['metadata']['name']} of an older spec")
+        name = old["metadata"]["name"]
+        if name == keep:
+            owners = old["metadata"].get("ownerReferences") or []
+            if any(ref.get("uid") == resource.metadata.uid for ref in owners):
+                continue
+            stale = True
+        k8s.delete_custom("RayJob", resource.namespace, name)
+        if name != keep:
+            kopf.info(body, reason="RunSuperseded", message=f"deleted RayJob {name} of an older spec")
+    return stale
 
 
 def _waiting(info: KindInfo, previous: dict[str, Any], generation: int) -> bool:
