@@ -175,7 +175,15 @@ def wait_settled(kube: Any, ns: str, op: Any, expected: set[tuple[str, str]], ti
         objs = resources(kube, ns)
         return set(objs) == expected and all(settled(o) for o in objs.values())
 
-    wait_for(done, timeout=timeout, what=f"every resource of {ns} settled", proc=op.proc, log_path=op.log)
+    try:
+        wait_for(done, timeout=timeout, what=f"every resource of {ns} settled", proc=op.proc, log_path=op.log)
+    except TimeoutError as exc:
+        objs = resources(kube, ns)
+        unsettled = {f"{k[0]}/{k[1]} gen {o['metadata']['generation']}": o.get("status")
+                     for k, o in objs.items() if not settled(o)}
+        raise AssertionError(f"not settled: {json.dumps(unsettled, indent=1)[:3000]}; resources "
+                             f"{sorted(objs)} != {sorted(expected)}" if set(objs) != expected else
+                             f"not settled: {json.dumps(unsettled, indent=1)[:3000]}") from exc
 
 
 def normalized(obj: dict[str, Any], ns: str) -> dict[str, Any]:
