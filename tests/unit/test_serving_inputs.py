@@ -142,3 +142,52 @@ def test_linear_sar_and_digital_numbers_are_calibrated_as_the_readers_do():
 def test_bad_parameters_are_named(raw, match):
     with pytest.raises(BadInput, match=match):
         forms.parse_parameters(raw)
+
+
+# --- v2 REST bodies (protocol.py) ---------------------------------------------------------------------------
+
+
+@settings(max_examples=300, deadline=None)
+@given(head=json_values | st.fixed_dictionaries({"inputs": st.lists(st.fixed_dictionaries(
+    {"name": st.sampled_from(["chips", "HH", "HV", "scene"]), "shape": shapes, "datatype": datatypes},
+    optional={"data": st.lists(json_scalars, max_size=20) | json_scalars,
+              "parameters": st.fixed_dictionaries({}, optional={"binary_data_size": st.integers(-2, 80) | json_scalars})}),
+    max_size=3)}, optional={"outputs": json_values, "parameters": parameters}),
+       tail=st.binary(max_size=80), declared=st.none() | st.integers(-5, 2000) | st.just("x"))
+def test_any_v2_body_is_decoded_or_refused(head, tail, declared):
+    import json
+
+    from earthops_runtime.serving.protocol import decode_request
+
+    text = json.dumps(head).encode()
+    headers = {} if declared is None else {"inference-header-content-length": str(len(text) if declared == 0 else declared)}
+
+    def run():
+        request = decode_request(text + tail, headers, "iceberg")
+        model_input(*forms.decode_v2(request.inputs, CARD, request.parameters))
+    outcome(run)
+
+
+def test_binary_v2_bodies_round_trip():
+    import json
+
+    from kserve.protocol.infer_type import InferOutput, InferResponse
+
+    from earthops_runtime.serving.protocol import decode_request, encode_response
+
+    x = np.arange(2 * 3 * 4 * 4, dtype=np.float32).reshape(2, 3, 4, 4)
+    head = json.dumps({"inputs": [{"name": "chips", "shape": [2, 3, 4, 4], "datatype": "FP32",
+                                   "parameters": {"binary_data_size": x.nbytes}}],
+                       "outputs": [{"name": "probabilities", "parameters": {"binary_data": True}}, {"name": "class_index"}]}).encode()
+    request = decode_request(head + x.tobytes(), {"inference-header-content-length": str(len(head))}, "m")
+    np.testing.assert_array_equal(request.inputs[0].as_numpy(), x)
+    probs = np.full((2, 2), 0.5, np.float32)
+    response = InferResponse("id", "m", [InferOutput("probabilities", [2, 2], "FP32", data=probs),
+                                         InferOutput("class_index", [2], "INT64", data=np.array([0, 1]))], model_version="v1")
+    body, length = encode_response(response, request)
+    meta = json.loads(body[:length])
+    assert meta["model_version"] == "v1" and [o["name"] for o in meta["outputs"]] == ["probabilities", "class_index"]
+    assert meta["outputs"][1]["data"] == [0, 1]
+    np.testing.assert_array_equal(np.frombuffer(body[length:], np.float32).reshape(2, 2), probs)
+    with pytest.raises(BadInput, match="bytes after"):
+        decode_request(head + x.tobytes() + b"extra", {"inference-header-content-length": str(len(head))}, "m")

@@ -20,16 +20,17 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import orjson
-from fastapi import FastAPI
+from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, ORJSONResponse
-from kserve.errors import InvalidInput, ModelNotFound
+from kserve.errors import InvalidInput, ModelNotFound, ModelNotReady
 from kserve.model_repository import ModelRepository
 from kserve.protocol.dataplane import DataPlane
 from kserve.protocol.model_repository_extension import ModelRepositoryExtension
 from kserve.protocol.rest.server import RESTServer
+from starlette.concurrency import run_in_threadpool
 
-from earthops_runtime.serving import metrics
+from earthops_runtime.serving import metrics, protocol
 from earthops_runtime.serving.errors import BadInput
 from earthops_runtime.serving.loaded import LoadedModel
 from earthops_runtime.serving.model import PIN_HEADER, EOModel
@@ -38,6 +39,8 @@ from earthops_runtime.serving.observe import Observers
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_PAYLOAD_BYTES = 64 << 20
+#: Bodies up to this size are decoded on the event loop (a thread hop costs more than parsing them).
+_DECODE_INLINE_BYTES = 256 << 10
 _VERSIONED = re.compile(r"^/v2/models/(?P<name>[^/]+)/versions/(?P<version>[^/]+)(?P<rest>/infer|/ready)?$")
 _MODEL_IN_PATH = re.compile(r"^/v[12]/models/(?P<name>[^/:]+)")
 
@@ -204,6 +207,8 @@ class App:
         self.extension = ModelRepositoryExtension(model_registry=self.repository)
         rest = RESTServer("earthops_runtime.serving:app", self.dataplane, self.extension, http_port=0)
         app = FastAPI(title="earthops predictor", docs_url=None, redoc_url=None, default_response_class=ORJSONResponse)
+        # v2 inference decoded and encoded from numpy (protocol.py); before KServe's route for the same path
+        app.add_api_route("/v2/models/{model_name}/infer", self.v2_infer, methods=["POST"])
         rest._register_endpoints(app)  # noqa: SLF001 - KServe's routes on an app of our own (one per App)
         rest._add_exception_handlers(app)  # noqa: SLF001
         for exc, handler in _handlers(self.repository).items():
@@ -213,6 +218,26 @@ class App:
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         await self.asgi(scope, receive, send)
+
+    async def v2_infer(self, request: Request, model_name: str) -> Response:
+        """``POST /v2/models/NAME/infer``: KServe's v2 endpoint, with the body decoded and the answer
+        encoded by :mod:`.protocol` (large bodies off the event loop)."""
+        body = await request.body()
+        headers = dict(request.headers)
+        if len(body) > _DECODE_INLINE_BYTES:
+            infer_request = await run_in_threadpool(protocol.decode_request, body, headers, model_name)
+        else:
+            infer_request = protocol.decode_request(body, headers, model_name)
+        if not await self.dataplane.model_ready(model_name, True):  # ModelNotFound for an unknown name
+            raise ModelNotReady(model_name)
+        response, response_headers = await self.dataplane.infer(model_name=model_name, request=infer_request,
+                                                                headers=headers)
+        content, json_length = protocol.encode_response(response, infer_request)
+        out = {k: v for k, v in response_headers.items() if k.lower() not in ("content-length", "content-type")}
+        if json_length is None:
+            return Response(content, headers=out, media_type="application/json")
+        out[protocol.HEADER_LENGTH] = str(json_length)
+        return Response(content, headers=out, media_type="application/octet-stream")
 
     def close(self) -> None:
         for m in self.models:
