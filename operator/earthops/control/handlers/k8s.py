@@ -41,8 +41,13 @@ def _plural(kind: str, among: tuple[str, ...] = tuple(CHILDREN)) -> tuple[str, s
     return child.group, child.version, child.plural
 
 
+class KindNotServed(LookupError):
+    """The API server does not serve a child's kind: its operator (KubeRay, KServe) is not installed."""
+
+
 def create_if_absent(obj: dict[str, Any]) -> bool:
-    """Create ``obj``; True if created, False if it already existed (children are immutable per run)."""
+    """Create ``obj``; True if created, False if it already existed (children are immutable per run).
+    :class:`KindNotServed` when the cluster has no such kind (404 on the collection)."""
     ns = obj["metadata"]["namespace"]
     try:
         if obj["kind"] == "ConfigMap":
@@ -55,6 +60,10 @@ def create_if_absent(obj: dict[str, Any]) -> bool:
     except ApiException as exc:
         if exc.status == 409:
             return False
+        if exc.status == 404 and obj["kind"] in CHILDREN:
+            child = CHILDREN[obj["kind"]]
+            raise KindNotServed(f"this cluster does not serve {child.plural}.{child.group}/{child.version}: "
+                                f"install {'KServe' if child.group == 'serving.kserve.io' else 'KubeRay'}") from None
         raise
 
 

@@ -93,7 +93,14 @@ def reconcile(info: KindInfo, body: kopf.Body, meta: kopf.Meta, status: kopf.Sta
                                                        models=models, run=run, **drift), patch, "invalid")
         return
     if current is None:
-        if k8s.create_if_absent(desired):
+        try:
+            created = k8s.create_if_absent(desired)
+        except k8s.KindNotServed as exc:  # no KServe: say so in the status, and try again on the next tick
+            observed = Observed(Execution("Pending", "KServeNotInstalled", str(exc)))
+            _write(info, body, previous, deployment_status(generation=generation, previous=previous,
+                                                           observed=observed, models=models, run=run), patch, "waiting")
+            return
+        if created:
             kopf.info(body, reason="InferenceServiceCreated",
                       message=f"created InferenceService {name} serving {_serving(desired)}")
         current = k8s.get_custom(KIND, resource.namespace, name)
