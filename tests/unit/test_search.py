@@ -444,3 +444,26 @@ def test_cli_says_when_nothing_matches(corpus) -> None:
     result = CliRunner().invoke(app, ["search", "--store", store.uri, "--collection", "nope"])
     assert result.exit_code == 0
     assert "No items found" in result.output
+
+
+def test_cli_free_text_and_sortby(corpus) -> None:
+    store, items = corpus
+    result = CliRunner().invoke(app, ["search", "--store", store.uri, "--q", "sentinel OR 2a", "--sortby", "-gsd",
+                                      "-o", "json"])
+    assert result.exit_code == 0, result.output
+    want = Query.parse(q="sentinel OR 2a", sortby="-gsd").select(items)
+    assert ids_of(json.loads(result.stdout)["features"]) == [it["id"] for it in want] and want
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    (["search", "--q", "(iceberg"], "--q: "),
+    (["search", "--q", "a AND"], "--q: "),
+    (["search", "--sortby", "-geometry"], "--sortby: "),
+    (["catalog", "serve", "--port", "0"], "--port 0"),
+    (["catalog", "serve", "--log-level", "loud"], "--log-level"),
+])
+def test_cli_bad_discovery_input_exits_2_naming_the_option(corpus, args, says) -> None:
+    store, _ = corpus
+    result = CliRunner().invoke(app, [*args, "--store", store.uri])
+    assert result.exit_code == 2, result.output
+    assert says in result.output
