@@ -506,7 +506,8 @@ def operator(
     store: StoreOpt = None,
     runtime_image: Annotated[str, typer.Option("--runtime-image", envvar="EARTHOPS_RUNTIME_IMAGE",
                                                help="Ray image with earthops_runtime, for resources that name "
-                                               "none in spec.compute.image.")] = DEFAULT_RUNTIME_IMAGE,
+                                               "none in spec.compute.image, and of ModelDeployments' predictor "
+                                               "containers.")] = DEFAULT_RUNTIME_IMAGE,
     log_level: Annotated[str, typer.Option("--log-level", help="debug, info, warning or error.")] = "info",
     log_format: Annotated[str, typer.Option("--log-format", help="text or json.")] = "text",
 ) -> None:
