@@ -297,3 +297,10 @@ def test_the_local_command_splits_by_the_canary_percent():
     argv = predictor_command(r, V1, http_port=18080, canary=V2, canary_percent=20)
     assert argv[argv.index("--canary-model-uri") + 1] == V2.uri and argv[argv.index("--canary-percent") + 1] == "20"
     assert argv[argv.index("--http_port") + 1] == "18080"
+
+
+def test_names_kserve_cannot_take_are_refused_naming_the_field():
+    dotted = _deployment()
+    dotted = dotted.model_copy(update={"metadata": dotted.metadata.model_copy(update={"name": "ships.v1"})})
+    with pytest.raises(ValueError, match=r"metadata.name 'ships.v1': .*DNS-1035 labels only"):
+        desired_inference_service(dotted, Models(V1), image=IMAGE, generation=1)

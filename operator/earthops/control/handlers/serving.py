@@ -72,10 +72,16 @@ def reconcile(info: KindInfo, body: kopf.Body, meta: kopf.Meta, status: kopf.Sta
     resource = rayjobs.resource_of(body)
     generation = int(meta.get("generation") or 1)
     previous = {k: v for k, v in dict(status).items() if k != "kopf"}
-    name = inference_service_name(resource)
+    run = run_id(generation, resource)
+    try:
+        name = inference_service_name(resource)
+    except ValueError as exc:
+        _write(info, body, previous, deployment_status(generation=generation, previous=previous, models=Models(),
+                                                       observed=Observed(Execution("Failed", "InvalidSpec", str(exc))),
+                                                       run=run), patch, "invalid")
+        return
     current = k8s.get_custom(KIND, resource.namespace, name)
     models = _models(resource, current, generation)
-    run = run_id(generation, resource)
     drift = {"monitored": resource.spec.monitoring.enabled, "drift_report": _drift_report(resource)}
     if not models.ready:
         # waiting for a model: a running InferenceService of an older spec goes on serving meanwhile

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -272,9 +273,21 @@ def desired_inference_service(resource: Resource[Any, Any], models: Models, *, i
     }
 
 
+#: KServe's InferenceService names are DNS-1035 labels (they become Service and host names).
+_ISVC_NAME = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+
+
 def inference_service_name(resource: Resource[Any, Any]) -> str:
-    """The deployment's name: clients reach ``<name>-<namespace>.<domain>`` (Knative) or ``<name>-predictor``."""
-    return resource.name
+    """The deployment's name: clients reach ``<name>-<namespace>.<domain>`` (Knative) or ``<name>-predictor``.
+
+    A ModelDeployment name that KServe cannot take (a DNS-1035 label: lower-case letters, digits and
+    '-', starting with a letter, at most 63 characters; no dots) is refused here, naming it."""
+    name = resource.name
+    if len(name) > 63 or not _ISVC_NAME.match(name):
+        raise ValueError(f"metadata.name {name!r}: a ModelDeployment's InferenceService takes its name, and KServe "
+                         "accepts DNS-1035 labels only: lower-case letters, digits and '-', starting with a letter, "
+                         "at most 63 characters (no dots)")
+    return name
 
 
 #: Predictor fields earthops sets or leaves out on purpose: one that is there and should not be (a canary
