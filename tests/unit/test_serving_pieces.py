@@ -214,3 +214,19 @@ def test_missing_bands_are_named():
         plan_for_features(["HH", "HV", "band_avg"], ["HH"])
     with pytest.raises(SpecError, match="NDVI.*B08"):
         plan_for_features(["B04", "NDVI"], ["B04"])
+
+
+def test_a_canary_of_another_model_with_the_same_version_is_labelled_by_model():
+    from earthops_runtime.serving.loaded import Card, LoadedModel
+    from earthops_runtime.serving.model import EOModel
+
+    def loaded(model: str) -> LoadedModel:
+        card = Card(name=model, version="v1", task="classification", features=("HH",), mean=np.zeros(1, np.float32),
+                    std=np.ones(1, np.float32), classes=("a", "b"), num_outputs=2, chip_shape=(2, 2), batch=-1)
+        return LoadedModel(f"file:///store/models/default/{model}/v1", card, module=None, device="cpu")
+
+    served = EOModel("ships", [loaded("ships"), loaded("ships-b")], weights=[90, 10])
+    assert list(served.versions) == ["ships-v1", "ships-b-v1"]
+    assert served.versions["ships-b-v1"].version == "ships-b-v1"
+    with pytest.raises(ValueError, match="must differ"):
+        EOModel("ships", [loaded("ships"), loaded("ships")], weights=[90, 10])

@@ -107,11 +107,10 @@ class LoadedModel:
         self.card = card
         self.module = module
         self.device = device
+        #: The label answers carry (``model_version``): the registry version, or ``<model>-<version>``
+        #: when a canary of another model has the same version number (set by the served model).
+        self.version = card.version
         self._lock = threading.Lock()  # one forward at a time per model (the GPU or the CPU's threads)
-
-    @property
-    def version(self) -> str:
-        return self.card.version
 
     @classmethod
     def load(cls, uri: str, device: str = "auto") -> LoadedModel:

@@ -73,9 +73,13 @@ class EOModel(Model):
         if not versions:
             raise ValueError("a served model needs at least one version")
         tags = [v.version for v in versions]
-        if len(set(tags)) != len(tags):
-            raise ValueError(f"versions served under {name!r} must differ, got {', '.join(tags)} "
-                             "(the canary must be another registry version)")
+        if len(set(tags)) != len(tags):  # a canary of another model with the same version number
+            tags = [f"{v.card.name}-{v.card.version}" for v in versions]
+            if len(set(tags)) != len(tags):
+                raise ValueError(f"versions served under {name!r} must differ, got {', '.join(tags)} "
+                                 "(the canary must be another registry version)")
+            for v, tag in zip(versions, tags, strict=True):
+                v.version = tag
         self.versions = {v.version: v for v in versions}
         self.router = Router(dict(zip(tags, weights or [100 // len(tags)] * len(tags), strict=True)))
         self.observers = observers or Observers()
