@@ -226,7 +226,7 @@ def test_a_canary_of_another_model_with_the_same_version_is_labelled_by_model():
         return LoadedModel(f"file:///store/models/default/{model}/v1", card, module=None, device="cpu")
 
     served = EOModel("ships", [loaded("ships"), loaded("ships-b")], weights=[90, 10])
-    assert list(served.versions) == ["ships-v1", "ships-b-v1"]
+    assert list(served.versions) == ["v1", "ships-b-v1"]
     assert served.versions["ships-b-v1"].version == "ships-b-v1"
     with pytest.raises(ValueError, match="must differ"):
         EOModel("ships", [loaded("ships"), loaded("ships")], weights=[90, 10])

@@ -74,7 +74,8 @@ class EOModel(Model):
             raise ValueError("a served model needs at least one version")
         tags = [v.version for v in versions]
         if len(set(tags)) != len(tags):  # a canary of another model with the same version number
-            tags = [f"{v.card.name}-{v.card.version}" for v in versions]
+            # the primary keeps its registry version (what a drift monitor of it filters on)
+            tags = tags[:1] + [f"{v.card.name}-{v.card.version}" for v in versions[1:]]
             if len(set(tags)) != len(tags):
                 raise ValueError(f"versions served under {name!r} must differ, got {', '.join(tags)} "
                                  "(the canary must be another registry version)")
