@@ -113,9 +113,10 @@ def fitted_peak_classifier(pool: Pool) -> tuple[torch.nn.Module, float]:
 PEAK_ARCHITECTURE = "tests.infra.drift_data:peak_classifier"
 
 
-def register_peak_model(store, namespace: str, name: str):
+def register_peak_model(store, namespace: str, name: str, *, without: str | None = None):
     """Register a fitted :class:`PeakClassifier` on :func:`s1_pool`'s reference as ``namespace/name``
-    (its stats.json: the pool's, the drift reference a deployment of it uses by default)."""
+    (its stats.json: the pool's, the drift reference a deployment of it uses by default; ``without``:
+    a band left out of the training split's statistics, a reference the model cannot use)."""
     from earthops_runtime.catalog.model import ModelCard
     from earthops_runtime.data.stats import normalization
     from earthops_runtime.registry import register_model
@@ -127,8 +128,13 @@ def register_peak_model(store, namespace: str, name: str):
                      classes=list(S1_CLASSES), features=list(S1_BANDS), chip_shape=(75, 75), mean=mean.tolist(),
                      std=std.tolist(), metrics={"val_accuracy": 0.5}, hyperparameters={"seed": 0},
                      dataset_uri=f"{store.uri}/datasets/{namespace}/iceberg-chips/g1-test", dataset_collection=None)
+    stats = pool.stats
+    if without is not None:
+        train = stats["splits"]["train"]
+        stats = {**stats, "splits": {**stats["splits"], "train": {
+            **train, "features": {k: v for k, v in train["features"].items() if k != without}}}}
     return register_model(store, namespace=namespace, name=name, model=model,
-                          example_input=torch.zeros(2, 3, 75, 75), card=card, training_stats=pool.stats)
+                          example_input=torch.zeros(2, 3, 75, 75), card=card, training_stats=stats)
 
 
 def v2_bands(hh: np.ndarray, hv: np.ndarray) -> dict:

@@ -88,3 +88,23 @@ def test_embedded_status_shows_drift_starting_and_ending(tmp_path):
     assert f"ModelDeployment {NS}/{NAME}: Warning DriftDetected: " in text and "drift in HV" in text
     assert f"ModelDeployment {NS}/{NAME}: Normal DriftEnded: " in text
     assert text.index("Warning DriftDetected") < text.index("Normal DriftEnded")
+
+
+def test_a_reference_without_a_model_band_fails_the_deployment_naming_it(tmp_path):
+    store = Store.from_uri((tmp_path / "store").as_uri())
+    register_peak_model(store, NS, MODEL, without="HV")
+    manifest = tmp_path / "deployment.yaml"
+    manifest.write_text(yaml.safe_dump({
+        "apiVersion": "earthops.dev/v1alpha1", "kind": "ModelDeployment", "metadata": {"name": NAME, "namespace": NS},
+        "spec": {"modelRef": {"model": MODEL}}}))
+    result = subprocess.run([sys.executable, "-m", "earthops.control.cli", "run", "-f", str(manifest), "--port", "0",
+                             "--predict-once", "--store", store.uri], cwd=ROOT, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 1, result.stdout + result.stderr
+    status = store.read_json(f"deployments/{NS}/{NAME}/resource.json")["status"]
+    ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+    drift = next(c for c in status["conditions"] if c["type"] == "Drift")
+    assert status["phase"] == "Failed" and ready["reason"] == "PredictorDidNotStart"
+    assert "no statistics for band 'HV'" in status["message"]
+    assert drift["status"] == "Unknown" and drift["reason"] == "MonitoringFailed"
+    assert f"models/{NS}/{MODEL}/v1/stats.json" in drift["message"] and "'HV'" in drift["message"]

@@ -259,7 +259,8 @@ class Executor:
         except serving.ServerError as exc:
             observed = Observed(Execution("Failed", "PredictorDidNotStart", str(exc), start_time=started))
             state["status"] = deployment_status(generation=generation, previous=prev_status, observed=observed,
-                                                models=models, run=run)
+                                                models=models, run=run, monitored=r.spec.monitoring.enabled,
+                                                drift_report=self._drift_report(r))  # an unusable drift reference
             self.store.write_json(self._state_key(r), state)
             return Outcome(state)
         self.servers.append(server)
