@@ -72,13 +72,14 @@ class EOModel(Model):
         super().__init__(name, return_response_headers=True)
         if not versions:
             raise ValueError("a served model needs at least one version")
+        named = [f"{v.card.name}/{v.card.version}" for v in versions]
+        if len(set(named)) != len(named):
+            raise ValueError(f"versions served under {name!r} must differ, got {', '.join(named)} "
+                             "(the canary must be another registry version)")
         tags = [v.version for v in versions]
         if len(set(tags)) != len(tags):  # a canary of another model with the same version number
             # the primary keeps its registry version (what a drift monitor of it filters on)
             tags = tags[:1] + [f"{v.card.name}-{v.card.version}" for v in versions[1:]]
-            if len(set(tags)) != len(tags):
-                raise ValueError(f"versions served under {name!r} must differ, got {', '.join(tags)} "
-                                 "(the canary must be another registry version)")
             for v, tag in zip(versions, tags, strict=True):
                 v.version = tag
         self.versions = {v.version: v for v in versions}
