@@ -173,17 +173,20 @@ def test_an_observer_needs_observe():
         Observers([object()])
 
 
-def test_publish_returns_before_a_slow_observer_finishes():
+def test_publish_returns_before_a_slow_observer_finishes_and_drops_beyond_the_bound():
     release = threading.Event()
 
     class Slow:
         def observe(self, batch):
             release.wait(10)
 
-    observers = Observers([Slow()])
-    observers.publish(model_name="m", model_version="v1", features=np.zeros((1, 1, 1, 1), np.float32),
-                      feature_names=["a"], outputs=np.zeros((1, 2), np.float32), class_names=["x", "y"],
-                      task="classification", request_id=None)
+    observers = Observers([Slow()], max_pending=3)
+    dropped = metrics.OBSERVER_DROPPED.labels(model="m")._value.get()
+    for _ in range(5):  # the first waits in observe, two more queue, two are dropped
+        observers.publish(model_name="m", model_version="v1", features=np.zeros((1, 1, 1, 1), np.float32),
+                          feature_names=["a"], outputs=np.zeros((1, 2), np.float32), class_names=["x", "y"],
+                          task="classification", request_id=None)
+    assert metrics.OBSERVER_DROPPED.labels(model="m")._value.get() == dropped + 2
     release.set()
     observers.drain(timeout=10)
     observers.close()

@@ -8,6 +8,7 @@
   every class over 0.5; segmentation: pixels).
 * ``earthops_serving_errors_total{model,reason}``: refused requests by reason (``shape``, ``dtype``...).
 * ``earthops_serving_observer_errors_total{observer}``: observers that raised.
+* ``earthops_serving_observer_dropped_total{model}``: batches dropped while observers were behind.
 """
 
 from __future__ import annotations
@@ -28,5 +29,7 @@ PREDICTIONS = Counter(
     ["model", "version", "class"])
 ERRORS = Counter("earthops_serving_errors_total", "Refused or failed requests by reason", ["model", "reason"])
 OBSERVER_ERRORS = Counter("earthops_serving_observer_errors_total", "Observers that raised", ["observer"])
+OBSERVER_DROPPED = Counter("earthops_serving_observer_dropped_total",
+                           "Batches not handed to observers: too many were waiting for them", ["model"])
 
-__all__ = ["BATCH_SIZE", "ERRORS", "OBSERVER_ERRORS", "PREDICTIONS", "STAGES", "STAGE_SECONDS"]
+__all__ = ["BATCH_SIZE", "ERRORS", "OBSERVER_DROPPED", "OBSERVER_ERRORS", "PREDICTIONS", "STAGES", "STAGE_SECONDS"]

@@ -4,8 +4,10 @@ After a request's (or a scene chunk's) outputs are computed, the predictor hands
 :class:`ObservedBatch` to :meth:`Observers.publish`, which calls each configured observer's
 ``observe(batch)`` on a worker thread of its own: the response never waits for an observer, and an
 observer that raises is logged and counted (``earthops_serving_observer_errors_total``), never failing
-a request. An observer is any object with ``observe(batch) -> None`` (duck-typed: a monitoring
-package does not import serving).
+a request. Observers slower than the traffic lose batches rather than memory: beyond
+``MAX_PENDING`` waiting batches new ones are dropped and counted
+(``earthops_serving_observer_dropped_total``). An observer is any object with ``observe(batch) ->
+None`` (duck-typed: a monitoring package does not import serving).
 
 What an observer gets (frozen, arrays read-only):
 
@@ -31,6 +33,8 @@ import numpy as np
 from earthops_runtime.serving import metrics
 
 log = logging.getLogger(__name__)
+#: Batches waiting for slow observers at most; more are dropped (and counted), never queued without bound.
+MAX_PENDING = 64
 
 
 @dataclass(frozen=True)
@@ -63,8 +67,10 @@ def _frozen(a: np.ndarray) -> np.ndarray:
 class Observers:
     """The configured observers and the one thread that calls them, in order, batch after batch."""
 
-    def __init__(self, observers: Iterable[object] = ()):
+    def __init__(self, observers: Iterable[object] = (), *, max_pending: int = MAX_PENDING):
         self.observers: tuple[object, ...] = tuple(observers)
+        self.max_pending = max_pending
+        self._pending = 0
         for o in self.observers:
             if not callable(getattr(o, "observe", None)):
                 raise TypeError(f"observer {o!r} has no observe(batch) method")
@@ -84,9 +90,20 @@ class Observers:
                               feature_names=tuple(feature_names), outputs=_frozen(outputs),
                               class_names=tuple(class_names), task=task, request_id=request_id)
         with self._lock:
+            if self._pending >= self.max_pending:
+                metrics.OBSERVER_DROPPED.labels(model=model_name).inc()
+                return
+            self._pending += 1
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="earthops-observers")
-            self._pool.submit(self.notify, batch)
+            self._pool.submit(self._deliver, batch)
+
+    def _deliver(self, batch: ObservedBatch) -> None:
+        try:
+            self.notify(batch)
+        finally:
+            with self._lock:
+                self._pending -= 1
 
     def notify(self, batch: ObservedBatch) -> None:
         """Call every observer with ``batch`` (on the caller's thread); failures are logged and counted."""
