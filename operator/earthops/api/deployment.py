@@ -62,15 +62,18 @@ class Monitoring(ApiModel):
     enabled: bool = True
     """Watch incoming data for drift."""
     reference_dataset_ref: LocalRef | None = None
-    """EODataset whose training statistics are the reference (default: the model's training dataset)."""
+    """EODataset whose training split's statistics are the reference, per band (default: the served model
+    version's copy of its training dataset's `stats.json`)."""
     threshold: Annotated[float, Field(gt=0, le=1)] = 0.2
-    """Drift score (population stability per band, worst band) above which drift is reported."""
+    """Population stability index above which a band (or the predicted class shares) drifts; the status
+    shows the worst."""
     window: Annotated[int, Field(ge=10, le=1_000_000)] = 500
-    """Requests per drift window."""
+    """Requests per drift window (a window with fewer than 30 chips reports insufficient data, no score)."""
     interval: Duration = "5m"
-    """How often drift is computed."""
+    """A window also closes after this long, whichever comes first."""
     payload_logging: bool = False
-    """Also keep the request payloads in the store."""
+    """Also keep a sample of the requests (5% of the chips, at most 500 per window, values up to 256 KiB a
+    chip) and the model's answers in the store, as Parquet beside the drift reports."""
 
 
 #: KServe's deployment modes (the ``serving.kserve.io/deploymentMode`` annotation, KServe 0.16 and later):
