@@ -9,7 +9,7 @@ For each model — ``iceberg-cnn`` (the paper's SAR chip classifier: HH, HV, ban
   keep-alive connection (bodies encoded before the clock starts), at batch 1 and batch 32: requests/s,
   chips/s and their ratio to the raw forward; p50/p99 latency at batch 1 and the p99 overhead over the
   raw forward's p99.
-* **scene** — a whole GeoTIFF (``EARTHOPS_BENCH_SCENE_CHIPS`` chips, default 100) by file URI through
+* **scene** — a whole GeoTIFF (``EARTHOPS_BENCH_SCENE_CHIPS`` chips, default 64) by file URI through
   the server (windows read, features derived, normalised, batched, predicted, GeoJSON) against the same
   work in this process with rasterio windowed reads + the dataset's feature code + the forward.
 
@@ -47,9 +47,9 @@ from tests.infra.proc import spawn, stop, wait_for
 pytestmark = pytest.mark.bench
 
 ROOT = Path(__file__).resolve().parents[2]
-REQUESTS_1 = int(os.environ.get("EARTHOPS_BENCH_SERVING_REQUESTS", "200"))
-REQUESTS_32 = int(os.environ.get("EARTHOPS_BENCH_SERVING_BATCHES", "15"))
-SCENE_CHIPS = int(os.environ.get("EARTHOPS_BENCH_SCENE_CHIPS", "100"))
+REQUESTS_1 = int(os.environ.get("EARTHOPS_BENCH_SERVING_REQUESTS", "100"))
+REQUESTS_32 = int(os.environ.get("EARTHOPS_BENCH_SERVING_BATCHES", "8"))
+SCENE_CHIPS = int(os.environ.get("EARTHOPS_BENCH_SCENE_CHIPS", "64"))
 #: torch's intra-op threads in the server and for the raw forward alike (OpenMP threads beside other
 #: load slow down by far more than the load: the same count on both sides keeps the comparison fair)
 THREADS = int(os.environ.get("EARTHOPS_BENCH_THREADS", "1"))

@@ -282,3 +282,51 @@ def test_port_zero_and_canary_flags_are_checked(local_model):
     with pytest.raises(ValueError, match="must differ"):
         build_models(local_model, NAME, canary_model_uri=local_model, canary_percent=10)
     assert free_port() > 0
+
+
+class Branchy(torch.nn.Module):
+    """Data-dependent control flow: torch.export refuses it, so the registry keeps a TorchScript trace."""
+
+    def __init__(self, channels: int, classes: int):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(channels, 4, 3, padding=1)
+        self.head = torch.nn.Linear(4, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scores = self.head(torch.relu(self.conv(x)).mean(dim=(2, 3)))
+        return scores if x.sum() > -1e9 else -scores
+
+
+@pytest.mark.parametrize("kind", ["torchscript", "multilabel"])
+def test_torchscript_artifacts_and_multilabel_models_are_served(kind, tmp_path):
+    store = Store.from_uri(tmp_path.as_uri())
+    torch.manual_seed(5)
+    classes = ["ship", "iceberg", "ice"]
+    task = "multilabel" if kind == "multilabel" else "classification"
+    module = Branchy(2, 3) if kind == "torchscript" else build_model(
+        "iceberg-cnn", {"width": 0.25}, in_channels=2, num_classes=3, task=task, chip_shape=(16, 16))
+    card = ModelCard(architecture="tests.integration.test_serving_scenes:Branchy" if kind == "torchscript" else "iceberg-cnn",
+                     parameters={} if kind == "torchscript" else {"width": 0.25}, task=task, classes=classes,
+                     features=["HH", "HV"], chip_shape=(16, 16), mean=[-20.0, -25.0], std=[3.0, 3.0], metrics={},
+                     hyperparameters={}, dataset_uri=f"{store.uri}/none", dataset_collection=None)
+    uri = register_model(store, namespace="default", name="m", model=module, example_input=torch.randn(2, 2, 16, 16),
+                         card=card, training_stats={"splits": {}}).uri
+    item = store.read_json("models/default/m/v1/item.json")
+    assert item["assets"]["model"]["href"] == ("./model.ts" if kind == "torchscript" else "./model.pt2")
+    application = create_app(build_models(uri, "m", device="cpu"))
+    try:
+        x = np.random.default_rng(0).normal(0, 1, (3, 2, 16, 16)).astype(np.float32)
+        r = call(application, "POST", "/v1/models/m:predict", json={"instances": x.tolist()})
+        assert r.status_code == 200, r.text
+        with torch.no_grad():
+            logits = module.eval()(torch.from_numpy(x))
+        want = torch.sigmoid(logits) if task == "multilabel" else torch.softmax(logits, 1)
+        np.testing.assert_allclose(r.json()["predictions"], want.numpy(), atol=1e-5)
+        if task == "multilabel":
+            assert r.json()["labels"] == [[c for c, p in zip(classes, row, strict=True) if p > 0.5] for row in want.numpy()]
+            out = call(application, "POST", "/v2/models/m/infer", json={"inputs": [
+                {"name": "chips", "shape": [3, 2, 16, 16], "datatype": "FP32", "data": x.ravel().tolist()}]}).json()
+            index = next(o for o in out["outputs"] if o["name"] == "class_index")
+            assert index["shape"] == [3, 3] and index["data"] == (want.numpy() > 0.5).astype(int).ravel().tolist()
+    finally:
+        application.close()
