@@ -421,13 +421,13 @@ def _postings(cur: Any, text_files: Mapping[str, str], terms: Sequence[str],
     if not terms or (blocks is not None and not len(blocks)):
         return {}
     by_text = {t: p for p, t in text_files.items()}
-    params: dict[str, Any] = {f"t{i}": term for i, term in enumerate(terms)}
-    where = f"term IN ({', '.join('$' + k for k in params)})"
+    # literals, not parameters: DuckDB prunes the Parquet row groups by constant filters only
+    where = f"term IN ({', '.join(_sql_string(t) for t in terms)})"
     if blocks is not None:
         where += f" AND block IN ({', '.join(str(int(b)) for b in blocks)})"
     sql = (f"SELECT filename, term, docs, tf FROM read_parquet([{', '.join(_sql_string(t) for t in by_text)}], "
            f"filename = true) WHERE {where} ORDER BY filename, term, block")
-    table = cur.sql(sql, params=params).to_arrow_table()
+    table = cur.sql(sql).to_arrow_table()
     parts: dict[tuple[str, str], list[tuple[Any, Any]]] = {}
     docs_col, tf_col = table.column("docs").combine_chunks(), table.column("tf").combine_chunks()
     for i, (f, term) in enumerate(zip(table.column("filename").to_pylist(), table.column("term").to_pylist())):
@@ -441,10 +441,9 @@ def _document_frequencies(cur: Any, text_files: Mapping[str, str], tokens: Seque
     """How many items of all the index files hold each token."""
     if not tokens:
         return {}
-    params = {f"t{i}": token for i, token in enumerate(tokens)}
     sql = (f"SELECT term, sum(df) FROM read_parquet([{', '.join(_sql_string(t) for t in text_files.values())}]) "
-           f"WHERE term IN ({', '.join('$' + k for k in params)}) GROUP BY term")
-    found = {term: int(n) for term, n in cur.sql(sql, params=params).fetchall()}
+           f"WHERE term IN ({', '.join(_sql_string(t) for t in tokens)}) GROUP BY term")
+    found = {term: int(n) for term, n in cur.sql(sql).fetchall()}
     return {t: found.get(t, 0) for t in tokens}
 
 

@@ -6,8 +6,8 @@ DuckDB. What a term is and which texts of an item count are :mod:`earthops_runti
 (:func:`~earthops_runtime.stac.text.value_terms` per text value); this module only stores them.
 
 Schema, one row per index term and block of :data:`BLOCK_ROWS` index rows that holds it, sorted by
-term then block (row groups of :data:`TERMS_PER_ROW_GROUP` rows; the ``term`` and ``block``
-statistics let a lookup read only the row groups of its terms):
+term then block; row groups cut by postings (:func:`row_group_bounds`), so the ``term`` and ``block``
+statistics let a lookup decode little more than the blocks it asks for:
 
 =========== ================ ==========================================================================
 column      type             content
@@ -39,7 +39,9 @@ import pyarrow.parquet as pq
 from earthops_runtime.stac.text import NOT_TEXT, text_values, value_terms
 
 TEXT_NAME = "text.parquet"
-TERMS_PER_ROW_GROUP = 1024
+#: Row groups hold about this many postings, and at most ROWS_PER_ROW_GROUP rows (see row_group_bounds).
+POSTINGS_PER_ROW_GROUP = 65_536
+ROWS_PER_ROW_GROUP = 8192
 META_KEY = b"earthops:text"
 FORMAT_VERSION = 1
 #: Posting lists are cut into blocks of this many index rows: a query whose other criteria select
@@ -176,6 +178,22 @@ def text_index_table(table: pa.Table, *, json_columns: frozenset[str] = frozense
     return merged.take(pc.sort_indices(merged, sort_keys=[("term", "ascending")]))
 
 
+def row_group_bounds(df: np.ndarray, *, postings: int = POSTINGS_PER_ROW_GROUP,
+                     max_rows: int = ROWS_PER_ROW_GROUP) -> list[tuple[int, int]]:
+    """Row ranges of the row groups: a new group when the postings would pass ``postings`` or the
+    rows ``max_rows``, so a lookup decodes about one block's postings of its term, not its neighbours'
+    (a frequent term's block gets a row group of its own; rare terms share one by thousands)."""
+    bounds, start, held = [], 0, 0
+    for i, n in enumerate(df.tolist()):
+        if i > start and (held + n > postings or i - start >= max_rows):
+            bounds.append((start, i))
+            start, held = i, 0
+        held += n
+    if start < len(df):
+        bounds.append((start, len(df)))
+    return bounds
+
+
 def text_index_bytes(table: pa.Table, *, json_columns: frozenset[str] = frozenset(),
                      core: frozenset[str] = frozenset()) -> bytes:
     """Parquet bytes of the inverted index of an index table (rows in their final order)."""
@@ -183,8 +201,11 @@ def text_index_bytes(table: pa.Table, *, json_columns: frozenset[str] = frozense
     terms = terms.replace_schema_metadata({META_KEY: json.dumps({
         "version": FORMAT_VERSION, "items": table.num_rows, "block_rows": BLOCK_ROWS}).encode()})
     sink = pa.BufferOutputStream()
-    pq.write_table(terms, sink, row_group_size=TERMS_PER_ROW_GROUP, compression="snappy",
-                   write_statistics=["term"])
+    with pq.ParquetWriter(sink, terms.schema, compression="snappy", write_statistics=["term", "block"]) as writer:
+        for lo, hi in row_group_bounds(terms.column("df").to_numpy()):
+            writer.write_table(terms.slice(lo, hi - lo), row_group_size=hi - lo)
+        if not terms.num_rows:
+            writer.write_table(terms)
     return sink.getvalue().to_pybytes()
 
 
