@@ -32,7 +32,7 @@ from starlette.concurrency import run_in_threadpool
 
 from earthops_runtime.serving import metrics, protocol
 from earthops_runtime.serving.errors import BadInput
-from earthops_runtime.serving.loaded import LoadedModel
+from earthops_runtime.serving.loaded import LoadedModel, ModelLoadError
 from earthops_runtime.serving.model import PIN_HEADER, EOModel
 from earthops_runtime.serving.observe import Observers
 
@@ -71,8 +71,6 @@ def _check_compatible(main: LoadedModel, canary: LoadedModel) -> None:
     for what, x, y in (("features", a.features, b.features), ("chip size", a.chip_shape, b.chip_shape),
                        ("task", a.task, b.task), ("classes", a.classes, b.classes)):
         if x != y:
-            from earthops_runtime.serving.loaded import ModelLoadError
-
             raise ModelLoadError(f"canary {canary.uri}: its {what} {y} differ from {main.uri}'s {x}; "
                                  "a canary must take the same requests and answer with the same classes")
 
