@@ -88,7 +88,7 @@ def _input(i: int, spec: Any, rest: memoryview) -> tuple[InferInput, int]:
         raise _bad(f"inputs[{i}].name must be a non-empty string")
     if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
         raise BadInput("shape", f"inputs[{i}] ({name}).shape {shape!r}", accepted="a list of whole numbers >= 0")
-    if datatype not in DATATYPES:
+    if not isinstance(datatype, str) or datatype not in DATATYPES:  # a list or object is not hashable
         raise BadInput("dtype", f"inputs[{i}] ({name}).datatype {datatype!r}", accepted=", ".join(DATATYPES))
     params = spec.get("parameters")
     if params is not None and not isinstance(params, dict):
