@@ -210,7 +210,15 @@ def footprints(ds: Any, layout: Layout, windows: Sequence[tuple[int, int]], prob
     features = []
     for (row, col), p, label in zip(windows, probs, labels, strict=True):
         corners = [t @ (col, row), t @ (col + cw, row), t @ (col + cw, row + ch), t @ (col, row + ch)]
-        xs, ys = rasterio.warp.transform(ds.crs, "EPSG:4326", [c[0] for c in corners], [c[1] for c in corners])
+        try:
+            xs, ys = rasterio.warp.transform(ds.crs, "EPSG:4326", [c[0] for c in corners], [c[1] for c in corners])
+        except Exception as exc:  # noqa: BLE001 - GDAL's errors vary (CPLE_AppDefinedError: reprojection failed)
+            xs, ys, error = [], [], gdal_message(exc)[:200]
+        if len(xs) != 4 or not np.all(np.isfinite(xs)) or not np.all(np.isfinite(ys)):
+            # a geotransform that puts the scene where its CRS has no longitude and latitude
+            raise BadInput("geotiff", f"the chip at row {row}, column {col} has corners {corners} in {ds.crs} that have "
+                                      f"no longitude and latitude{': ' + error if not xs else ''}",
+                           accepted="a geotransform placing the scene inside its CRS's area of use")
         ring = [[float(x), float(y)] for x, y in zip(xs, ys, strict=True)]
         xs_native, ys_native = [c[0] for c in corners], [c[1] for c in corners]
         properties: dict[str, Any] = {
