@@ -274,6 +274,13 @@ def test_the_in_process_app_limits_payloads(app):
              headers={"content-type": "application/json"})
     assert r.status_code == 413 and r.json()["reason"] == "too_large"
     assert call(application, "GET", "/v2/health/ready").status_code == 200
+    # refusals before the model (the v2 body decoder) are counted by reason too
+    from earthops_runtime.serving import metrics
+
+    before = metrics.ERRORS.labels(NAME, "json")._value.get()
+    r = call(application, "POST", f"/v2/models/{NAME}/infer", content=b'{"inputs": [', headers={"content-type": "application/json"})
+    assert r.status_code == 400 and r.json()["reason"] == "json"
+    assert metrics.ERRORS.labels(NAME, "json")._value.get() == before + 1
 
 
 def test_port_zero_and_canary_flags_are_checked(local_model):

@@ -19,6 +19,7 @@ class BadInput(InvalidInput):
         self.message = message
         self.accepted = accepted
         self.status = status
+        self.counted = False  # in earthops_serving_errors_total already (by the model that refused it)
         super().__init__(f"{message}; accepted: {accepted}" if accepted else message)
 
     def body(self) -> dict[str, object]:

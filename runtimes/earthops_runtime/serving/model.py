@@ -145,6 +145,7 @@ class EOModel(Model):
             response = await self._predict(model, payload, (headers or {}).get("x-request-id"))
         except BadInput as exc:
             metrics.ERRORS.labels(self.name, exc.code).inc()
+            exc.counted = True
             raise
         if response_headers is not None:
             response_headers[VERSION_HEADER] = model.version

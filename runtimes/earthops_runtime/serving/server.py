@@ -93,7 +93,9 @@ def _handlers(repository: ModelRepository) -> dict[Any, Callable[..., Any]]:
         return ", ".join(repository.get_models()) or "(none)"
 
     async def bad_input(request: Any, exc: InvalidInput) -> JSONResponse:
-        if isinstance(exc, BadInput):  # counted by the model already
+        if isinstance(exc, BadInput):
+            if not exc.counted:  # refused before the model saw it (the v2 body decoder)
+                metrics.ERRORS.labels(_model_of(request), exc.code).inc()
             return JSONResponse(status_code=exc.status, content=exc.body())
         return _error(400, {"error": str(exc), "reason": "invalid_input"}, _model_of(request))
 
