@@ -304,3 +304,17 @@ def test_names_kserve_cannot_take_are_refused_naming_the_field():
     dotted = dotted.model_copy(update={"metadata": dotted.metadata.model_copy(update={"name": "ships.v1"})})
     with pytest.raises(ValueError, match=r"metadata.name 'ships.v1': .*DNS-1035 labels only"):
         desired_inference_service(dotted, Models(V1), image=IMAGE, generation=1)
+
+
+def test_serve_refuses_bad_arguments_before_starting_anything(tmp_path):
+    from typer.testing import CliRunner
+
+    from earthops.control.cli import app
+
+    runner = CliRunner()
+    half = runner.invoke(app, ["serve", "ships", "--canary", "v2", "--store", tmp_path.as_uri()])
+    assert half.exit_code == 2 and "--canary and --canary-percent go together" in half.stderr
+    bad = runner.invoke(app, ["serve", "Ships_1", "--store", tmp_path.as_uri()])
+    assert bad.exit_code == 2 and "spec.modelRef.model" in bad.stderr
+    missing = runner.invoke(app, ["serve", "ships", "--store", tmp_path.as_uri()])
+    assert missing.exit_code == 1 and "no model 'ships' in namespace 'default'" in missing.stderr
