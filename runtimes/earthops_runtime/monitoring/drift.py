@@ -36,7 +36,7 @@ from earthops_runtime.monitoring.sketch import WindowSketch
 DEFAULT_THRESHOLD = 0.2
 PSEUDO_COUNT = 0.5
 #: A window scores a band from this many chips with values in it on (pixels of a chip are correlated:
-#: with fewer chips in-distribution windows of the ship/iceberg data pass PSI 0.2 one time in four)
+#: in-distribution ship/iceberg windows of 10 chips pass PSI 0.2 one time in four, of 30 two in 100)
 MIN_CHIPS = 30
 #: ...and this many values (about 15 per reference bin).
 MIN_VALUES = 1000
