@@ -337,3 +337,20 @@ def test_torchscript_artifacts_and_multilabel_models_are_served(kind, tmp_path):
             assert index["shape"] == [3, 3] and index["data"] == (want.numpy() > 0.5).astype(int).ravel().tolist()
     finally:
         application.close()
+
+
+def test_scene_uris_outside_the_allowed_prefixes_are_refused(local_model, tmp_path):
+    allowed = tmp_path / "scenes"
+    allowed.mkdir()
+    (allowed / "s.tif").write_bytes(geotiff(scene_dn(40, 40)))
+    (tmp_path / "secret.tif").write_bytes(geotiff(scene_dn(40, 40)))
+    application = create_app(build_models(local_model, NAME, device="cpu", scene_uri_prefixes=[allowed.as_uri() + "/"]))
+    try:
+        ok = call(application, "POST", f"/v1/models/{NAME}:predict",
+                  json={"instances": [{"scene": {"uri": (allowed / "s.tif").as_uri()}}]})
+        assert ok.status_code == 200, ok.text
+        r = call(application, "POST", f"/v1/models/{NAME}:predict",
+                 json={"instances": [{"scene": {"uri": (tmp_path / "secret.tif").as_uri()}}]})
+        assert r.status_code == 403 and r.json()["reason"] == "scene" and allowed.as_uri() in r.json()["accepted"]
+    finally:
+        application.close()

@@ -6,7 +6,8 @@ command, and what ``earthops serve`` / ``earthops run -f`` start on 127.0.0.1).
     python -m earthops_runtime.serving --model-uri URI --model-name NAME
         [--http_port P] [--host H] [--grpc_port G | --enable_grpc true]
         [--device auto|cpu|cuda] [--max-batch-size N] [--max-batch-wait-ms MS]
-        [--max-payload-bytes N] [--canary-model-uri URI --canary-percent P]
+        [--max-payload-bytes N] [--scene-uri-prefix PREFIX ...]
+        [--canary-model-uri URI --canary-percent P]
 
 ``--model-uri``: a registry version folder (``file:///.../models/<ns>/<model>/<vN>``, a path, or
 ``s3://bucket/prefix/models/<ns>/<model>/<vN>``); S3 credentials and endpoint come from the
@@ -20,6 +21,11 @@ spellings are accepted too). gRPC v2 is served only when asked: ``--grpc_port G`
 ``--enable_grpc true`` (port 8081).
 ``--host``: the REST bind address (default 0.0.0.0 as in a pod; ``earthops serve`` uses 127.0.0.1).
 ``--http_port 0`` picks a free port (the ready line says which).
+
+``--scene-uri-prefix``: scenes sent by URI (``{"scene": {"uri": ...}}``, ``scene_uri``) must start
+with one of these (e.g. the store's ``s3://bucket/scenes/``); others get 403. Without it any
+``file://`` or ``s3://`` GeoTIFF the process can read is served: restrict it wherever clients are
+not trusted with the predictor's files and credentials.
 
 ``--canary-model-uri`` / ``--canary-percent``: one server loads both versions and answers
 ``--canary-percent`` of the requests for NAME with the canary (a smooth weighted round robin:
@@ -91,6 +97,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    default=2.0, help="how long a micro-batch waits for more requests after its first (0: never)")
     g.add_argument("--max-payload-bytes", "--max_payload_bytes", dest="max_payload_bytes", type=_positive(int),
                    default=64 << 20, help="larger request bodies get 413")
+    g.add_argument("--scene-uri-prefix", "--scene_uri_prefix", dest="scene_uri_prefixes", action="append", default=[],
+                   metavar="PREFIX", help="scene URIs clients may ask for must start with one of these (repeatable; "
+                                          "default: any file:// or s3:// URI this process can read)")
     g.add_argument("--canary-model-uri", "--canary_model_uri", dest="canary_model_uri",
                    help="a second registry version answering --canary-percent of the requests")
     g.add_argument("--canary-percent", "--canary_percent", dest="canary_percent", type=_percent,
@@ -136,7 +145,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         models = build_models(args.model_uri, args.model_name, canary_model_uri=args.canary_model_uri,
                               canary_percent=args.canary_percent, device=args.device, observers=observers_from(args),
-                              max_batch_size=args.max_batch_size, max_batch_wait_ms=args.max_batch_wait_ms)
+                              max_batch_size=args.max_batch_size, max_batch_wait_ms=args.max_batch_wait_ms,
+                              scene_uri_prefixes=args.scene_uri_prefixes)
     except (ModelLoadError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return EXIT_LOAD_FAILED

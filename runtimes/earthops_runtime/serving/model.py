@@ -23,8 +23,9 @@ import uuid
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 
 import numpy as np
 from kserve import Model
@@ -68,7 +69,7 @@ class EOModel(Model):
 
     def __init__(self, name: str, versions: Sequence[LoadedModel], *, weights: Sequence[int] | None = None,
                  observers: Observers | None = None, max_batch_size: int = 32, max_batch_wait_ms: float = 2.0,
-                 max_scene_bytes: int = DEFAULT_MAX_SCENE_BYTES):
+                 max_scene_bytes: int = DEFAULT_MAX_SCENE_BYTES, scene_uri_prefixes: Sequence[str] = ()):
         super().__init__(name, return_response_headers=True)
         if not versions:
             raise ValueError("a served model needs at least one version")
@@ -86,6 +87,8 @@ class EOModel(Model):
         self.router = Router(dict(zip(tags, weights or [100 // len(tags)] * len(tags), strict=True)))
         self.observers = observers or Observers()
         self.max_scene_bytes = max_scene_bytes
+        #: Scene URIs a client may ask for (none: any file:// or s3:// URI the process can read)
+        self.scene_uri_prefixes = tuple(scene_uri_prefixes)
         self.max_batch_size = max_batch_size
         self._io = ThreadPoolExecutor(max_workers=4, thread_name_prefix="earthops-decode")
         self.batchers = {v.version: MicroBatcher(v.forward, max_batch_size=max_batch_size,
@@ -280,27 +283,29 @@ class EOModel(Model):
             opened.close()
 
     def _read_uri(self, uri: str) -> bytes:
+        """A scene's bytes from ``file://`` or ``s3://`` (the store's credentials), within the allowed
+        prefixes and the size limit."""
+        if self.scene_uri_prefixes and not any(uri.startswith(p) for p in self.scene_uri_prefixes):
+            raise BadInput("scene", f"scene {uri}: not under an allowed prefix",
+                           accepted=f"URIs under {', '.join(self.scene_uri_prefixes)}", status=403)
         parent, _, name = uri.rstrip("/").rpartition("/")
         try:
-            store = Store.from_uri(parent) if urlparse(uri).scheme == "s3" else None
-            if store is None:
-                path = urlparse(uri).path
-                import os
-
-                if not os.path.isfile(path):
-                    raise BadInput("scene", f"scene {uri}: no such file", accepted="an existing file:// or s3:// GeoTIFF", status=404)
-                size = os.path.getsize(path)
-                if size > self.max_scene_bytes:
-                    raise BadInput("too_large", f"scene {uri}: {size} bytes", accepted=f"at most {self.max_scene_bytes} bytes", status=413)
-                with open(path, "rb") as f:
-                    return f.read()
-            if not store.exists(name):
-                raise BadInput("scene", f"scene {uri}: not found", accepted="an existing s3:// GeoTIFF", status=404)
-            size = store.fs.size(store._path(name))  # noqa: SLF001 - the store's own path of a key
-            if size > self.max_scene_bytes:
-                raise BadInput("too_large", f"scene {uri}: {size} bytes", accepted=f"at most {self.max_scene_bytes} bytes", status=413)
-            return store.read_bytes(name)
-        except StoreError as exc:
+            if urlparse(uri).scheme == "file":
+                path = Path(unquote(urlparse(uri).path))
+                size = path.stat().st_size if path.is_file() else None
+            else:
+                store = Store.from_uri(parent)
+                size = store.fs.size(f"{store.uri.removeprefix('s3://')}/{name}") if store.exists(name) else None
+        except (StoreError, OSError) as exc:
+            raise BadInput("scene", f"scene {uri}: {exc}") from None
+        if size is None:
+            raise BadInput("scene", f"scene {uri}: no such file", accepted="an existing file:// or s3:// GeoTIFF", status=404)
+        if size > self.max_scene_bytes:
+            raise BadInput("too_large", f"scene {uri}: {size} bytes", accepted=f"at most {self.max_scene_bytes} bytes",
+                           status=413)
+        try:
+            return path.read_bytes() if urlparse(uri).scheme == "file" else store.read_bytes(name)
+        except (StoreError, OSError) as exc:
             raise BadInput("scene", f"scene {uri}: {exc}") from None
 
     def _scene_geojson(self, model: LoadedModel, fc: dict[str, Any], payload: Any, request_id: str | None) -> Any:
