@@ -111,7 +111,8 @@ def s3_predictor(s3, tmp_path_factory):
     log = tmp_path_factory.mktemp("s3-predictor") / "predictor.log"
     env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("AWS_")} | s3["env"]
     proc = spawn([sys.executable, "-m", "earthops_runtime.serving", "--model-uri", uri, "--model-name", NAME,
-                  "--host", "127.0.0.1", "--http_port", "0", "--max-batch-size", "4"], log_path=log, env=env, cwd=ROOT)
+                  "--host", "127.0.0.1", "--http_port", "0", "--max-batch-size", "4",
+                  "--output-uri-prefix", f"{s3['root']}/predictions/"], log_path=log, env=env, cwd=ROOT)
     try:
         wait_for(lambda: "earthops predictor ready at" in log.read_text(), timeout=120, what="predictor", proc=proc,
                  log_path=log)
@@ -131,6 +132,11 @@ def test_a_scene_on_s3_becomes_a_cog_of_classes_in_its_grid_on_s3(s3, s3_predict
             "parameters": {"overlap": 8, "output_uri": f"{s3['root']}/predictions/s2-classes.tif"}})
     assert r.status_code == 200, r.text
     assert r.json()["predictions"][0]["cog"] == {"uri": f"{s3['root']}/predictions/s2-classes.tif"}
+    with httpx.Client(base_url=s3_predictor["url"], timeout=120) as c:  # results go only where allowed
+        r = c.post(f"/v1/models/{NAME}:predict", json={
+            "instances": [{"scene": {"uri": f"{s3['root']}/scenes/s2.tif"}}],
+            "parameters": {"output_uri": f"{s3['root']}/models/default/{NAME}/v1/model.pt2"}})
+    assert r.status_code == 403 and r.json()["reason"] == "output_uri", r.text
     with MemoryFile(s3["store"].read_bytes("predictions/s2-classes.tif")) as m, m.open() as cog:
         assert cog.crs.to_epsg() == 32631 and cog.transform == TRANSFORM and cog.shape == dn.shape[1:]
         assert cog.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"

@@ -6,7 +6,7 @@ command, and what ``earthops serve`` / ``earthops run -f`` start on 127.0.0.1).
     python -m earthops_runtime.serving --model-uri URI --model-name NAME
         [--http_port P] [--host H] [--grpc_port G | --enable_grpc true]
         [--device auto|cpu|cuda] [--max-batch-size N] [--max-batch-wait-ms MS]
-        [--max-payload-bytes N] [--scene-uri-prefix PREFIX ...]
+        [--max-payload-bytes N] [--scene-uri-prefix PREFIX ...] [--output-uri-prefix PREFIX ...]
         [--canary-model-uri URI --canary-percent P]
 
 ``--model-uri``: a registry version folder (``file:///.../models/<ns>/<model>/<vN>``, a path, or
@@ -25,7 +25,9 @@ spellings are accepted too). gRPC v2 is served only when asked: ``--grpc_port G`
 ``--scene-uri-prefix``: scenes sent by URI (``{"scene": {"uri": ...}}``, ``scene_uri``) must start
 with one of these (e.g. the store's ``s3://bucket/scenes/``); others get 403. Without it any
 ``file://`` or ``s3://`` GeoTIFF the process can read is served: restrict it wherever clients are
-not trusted with the predictor's files and credentials.
+not trusted with the predictor's files and credentials. ``--output-uri-prefix``: where a client may
+have a result written (the ``output_uri`` parameter; 403 elsewhere); without it results only come
+back inline.
 
 ``--canary-model-uri`` / ``--canary-percent``: one server loads both versions and answers
 ``--canary-percent`` of the requests for NAME with the canary (a smooth weighted round robin:
@@ -100,6 +102,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--scene-uri-prefix", "--scene_uri_prefix", dest="scene_uri_prefixes", action="append", default=[],
                    metavar="PREFIX", help="scene URIs clients may ask for must start with one of these (repeatable; "
                                           "default: any file:// or s3:// URI this process can read)")
+    g.add_argument("--output-uri-prefix", "--output_uri_prefix", dest="output_uri_prefixes", action="append", default=[],
+                   metavar="PREFIX", help="where clients may have results written (output_uri); repeatable; "
+                                          "default: nowhere (results come back inline)")
     g.add_argument("--canary-model-uri", "--canary_model_uri", dest="canary_model_uri",
                    help="a second registry version answering --canary-percent of the requests")
     g.add_argument("--canary-percent", "--canary_percent", dest="canary_percent", type=_percent,
@@ -146,7 +151,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         models = build_models(args.model_uri, args.model_name, canary_model_uri=args.canary_model_uri,
                               canary_percent=args.canary_percent, device=args.device, observers=observers_from(args),
                               max_batch_size=args.max_batch_size, max_batch_wait_ms=args.max_batch_wait_ms,
-                              scene_uri_prefixes=args.scene_uri_prefixes)
+                              scene_uri_prefixes=args.scene_uri_prefixes,
+                              output_uri_prefixes=args.output_uri_prefixes)
     except (ModelLoadError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return EXIT_LOAD_FAILED

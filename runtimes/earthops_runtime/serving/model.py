@@ -69,7 +69,8 @@ class EOModel(Model):
 
     def __init__(self, name: str, versions: Sequence[LoadedModel], *, weights: Sequence[int] | None = None,
                  observers: Observers | None = None, max_batch_size: int = 32, max_batch_wait_ms: float = 2.0,
-                 max_scene_bytes: int = DEFAULT_MAX_SCENE_BYTES, scene_uri_prefixes: Sequence[str] = ()):
+                 max_scene_bytes: int = DEFAULT_MAX_SCENE_BYTES, scene_uri_prefixes: Sequence[str] = (),
+                 output_uri_prefixes: Sequence[str] = ()):
         super().__init__(name, return_response_headers=True)
         if not versions:
             raise ValueError("a served model needs at least one version")
@@ -89,6 +90,8 @@ class EOModel(Model):
         self.max_scene_bytes = max_scene_bytes
         #: Scene URIs a client may ask for (none: any file:// or s3:// URI the process can read)
         self.scene_uri_prefixes = tuple(scene_uri_prefixes)
+        #: Where clients may have results written (none: nowhere, results come back inline)
+        self.output_uri_prefixes = tuple(output_uri_prefixes)
         self.max_batch_size = max_batch_size
         self._io = ThreadPoolExecutor(max_workers=4, thread_name_prefix="earthops-decode")
         self.batchers = {v.version: MicroBatcher(v.forward, max_batch_size=max_batch_size,
@@ -319,6 +322,10 @@ class EOModel(Model):
                          request_id: str | None) -> Any:
         if params.output_uri:
             uri = params.output_uri if "://" in params.output_uri else f"file://{params.output_uri}"
+            if not any(uri.startswith(p) for p in self.output_uri_prefixes):
+                allowed = ", ".join(self.output_uri_prefixes) or "none: the predictor was started without --output-uri-prefix"
+                raise BadInput("output_uri", f"parameter output_uri {params.output_uri}: not under an allowed prefix",
+                               accepted=f"URIs under {allowed}; or leave output_uri out for the result inline", status=403)
             parent, _, name = uri.rpartition("/")
             try:
                 await asyncio.get_running_loop().run_in_executor(self._io, lambda: Store.from_uri(parent).write_bytes(name, cog))
