@@ -307,7 +307,7 @@ def test_label_counts_for_each_task():
                                    "counts": {"0": 2, "1": 1, "2": 1}, "unlabelled": 1, "width": 3}
     assert d["seg"]["labels"] == {"task": "segmentation", "keys": "index", "samples": 2,
                                   "counts": {"0": 2, "1": 2, "2": 2}, "pixels": 6, "ignored": 2}
-    for dtype in (np.uint8, np.uint16):  # class maps as the pipeline has them: the compiled count, same result
+    for dtype in (np.uint8, np.uint16):  # class maps as the pipeline has them (counted in slices): same result
         masks = np.array([[[0, 0], [1, 255]], [[2, 2], [255, 1]]], dtype=dtype)
         small = DatasetStats(seed=0).update_labels("seg", masks, ignore_index=255).to_dict()["splits"]["seg"]
         assert small["labels"] == d["seg"]["labels"], dtype
@@ -351,9 +351,9 @@ def test_normalization_from_the_train_split():
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64", "float16", ">f4", "uint16", "int16", "int32", "bool"])
-def test_the_compiled_moment_pass_matches_numpy_for_every_value_type(dtype):
-    """The one-pass kernel reads each type as it is (or one float64 copy of the types it does not
-    compile for): the same counts, extremes, out-of-range counts and float64 moments as numpy."""
+def test_the_moment_pass_matches_numpy_for_every_value_type(dtype):
+    """Every value type the pipeline may hand over: the same counts, extremes, out-of-range counts and
+    float64 moments as numpy on a float64 copy."""
     rng = np.random.default_rng(5)
     x = rng.normal(300.0, 40.0, (3, 2, 33, 31))  # rows longer than a block, not a multiple of it
     if np.dtype(dtype).kind == "f":

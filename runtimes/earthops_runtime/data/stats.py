@@ -49,12 +49,9 @@ import numpy as np
 DEFAULT_SAMPLE_SIZE = 65_536
 PERCENTILES: tuple[int, ...] = (1, 5, 25, 50, 75, 95, 99)
 HISTOGRAM_BINS = 64
-#: Elements per chunk of :meth:`FeatureStats.update` (one feature's values as rows of the kernel).
+#: Elements per chunk of the moment pass: the float64 working buffer (1 MiB) stays in cache.
 _CHUNK_ELEMENTS = 1 << 17
 FORMAT_VERSION = 1
-#: Value types the compiled moment kernel reads as they are (one compiled version each, on first use).
-_KERNEL_DTYPES = tuple(np.dtype(t) for t in ("float32", "float64", "uint8", "int8", "uint16", "int16",
-                                               "uint32", "int32", "int64", "uint64"))
 TASKS = ("classification", "multilabel", "segmentation")
 
 
@@ -176,8 +173,7 @@ def _moments(x3: np.ndarray, feats: Sequence[FeatureStats]) -> None:
     n, c, p = x3.shape
     if n == 0 or p == 0:
         return
-    from earthops_runtime.data.kernels import row_moments  # numba: compiled on first use
-
+    floating = np.issubdtype(x3.dtype, np.floating)
     # The shift keeps the float64 sums of squares free of cancellation: the running mean, else the
     # mean of the batch's first chip.
     shift = np.empty(c)
@@ -188,23 +184,44 @@ def _moments(x3: np.ndarray, feats: Sequence[FeatureStats]) -> None:
             first = x3[0, i].astype(np.float64)
             ok = np.isfinite(first)
             shift[i] = first[ok].mean() if ok.any() else 0.0
+    rows = x3.reshape(n * c, p)
     nrows = n * c
-    rows = x3.reshape(nrows, p)
-    if rows.dtype not in _KERNEL_DTYPES:  # float16, bool, big-endian: one copy the kernel reads
-        rows = rows.astype(np.float64)
-    lo = np.array([-math.inf if fs.value_range is None else fs.value_range[0] for fs in feats])
-    hi = np.array([math.inf if fs.value_range is None else fs.value_range[1] for fs in feats])
-    s1, s2, rmin, rmax = (np.empty(nrows) for _ in range(4))
-    rcount, rbelow, rabove = (np.empty(nrows, np.int64) for _ in range(3))
-    row_moments(rows, np.tile(shift, n), np.tile(lo, n), np.tile(hi, n), s1, s2, rcount, rmin, rmax, rbelow,
-                rabove)
+    row_shift = np.tile(shift, n)
+    s1 = np.empty(nrows)
+    s2 = np.empty(nrows)
+    rmin = np.empty(nrows)
+    rmax = np.empty(nrows)
+    step = max(1, _CHUNK_ELEMENTS // p)
+    buf = np.empty((min(step, nrows), p))
+    for i in range(0, nrows, step):
+        j = min(i + step, nrows)
+        chunk = rows[i:j]
+        b = buf[: j - i]
+        np.subtract(chunk, row_shift[i:j, None], out=b)  # the float64 copy and the shift in one pass
+        s1[i:j] = b.sum(axis=1)
+        s2[i:j] = np.einsum("ij,ij->i", b, b)
+        rmin[i:j] = chunk.min(axis=1)
+        rmax[i:j] = chunk.max(axis=1)
+    rcount = np.full(nrows, p, dtype=np.int64)
+    # rows holding NaN or inf have sums that are not finite: redo them with their finite values only
+    bad = np.flatnonzero(~np.isfinite(s1)) if floating else np.empty(0, np.int64)
+    for r in bad:
+        v = rows[r]
+        good = v[np.isfinite(v)]
+        rcount[r] = good.size
+        if good.size:
+            d = good.astype(np.float64) - row_shift[r]
+            s1[r], s2[r] = d.sum(), d @ d
+            rmin[r], rmax[r] = good.min(), good.max()
+        else:
+            s1[r] = s2[r] = 0.0
+            rmin[r], rmax[r] = math.inf, -math.inf
     cnt = rcount.reshape(n, c).sum(axis=0)
     S1 = s1.reshape(n, c).sum(axis=0)
     S2 = s2.reshape(n, c).sum(axis=0)
     mins = rmin.reshape(n, c).min(axis=0)
     maxs = rmax.reshape(n, c).max(axis=0)
-    below = rbelow.reshape(n, c).sum(axis=0)
-    above = rabove.reshape(n, c).sum(axis=0)
+    bad_channels = set((bad % c).tolist())
     for i, fs in enumerate(feats):
         k = int(cnt[i])
         if not k:
@@ -212,8 +229,16 @@ def _moments(x3: np.ndarray, feats: Sequence[FeatureStats]) -> None:
             continue
         mean_off = S1[i] / k
         fs._absorb(k, n * p - k, mins[i], maxs[i], shift[i] + mean_off, max(S2[i] - S1[i] * mean_off, 0.0))
-        fs.below += int(below[i])
-        fs.above += int(above[i])
+        if fs.value_range is not None and (mins[i] < fs.value_range[0] or maxs[i] > fs.value_range[1]):
+            v = x3[:, i]
+            lo, hi = fs.value_range
+            below, above = v < lo, v > hi
+            if i in bad_channels:  # -inf < lo and +inf > hi: nodata, not out of range
+                fin = np.isfinite(v)
+                below &= fin
+                above &= fin
+            fs.below += int(np.count_nonzero(below))
+            fs.above += int(np.count_nonzero(above))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -395,7 +420,7 @@ class LabelCounts:
                 arr = arr[None]
             self.samples += arr.shape[0]
             flat = arr.reshape(-1)
-            if flat.dtype in (np.uint8, np.uint16):  # class maps: one compiled counting pass
+            if flat.dtype in (np.uint8, np.uint16):  # class maps: counted in slices
                 self._count_small(flat, ignore_index)
                 return self
             if ignore_index is not None:
@@ -407,10 +432,10 @@ class LabelCounts:
         return self
 
     def _count_small(self, flat: np.ndarray, ignore_index: int | None) -> None:
-        from earthops_runtime.data.kernels import value_counts
-
+        # bincount copies its input to int64: in slices, so a scene's class map is never 8x in memory
         bc = np.zeros(1 << (8 * flat.dtype.itemsize), np.int64)
-        value_counts(flat, bc)
+        for i in range(0, flat.size, _CHUNK_ELEMENTS * 8):
+            bc += np.bincount(flat[i:i + _CHUNK_ELEMENTS * 8], minlength=bc.size)
         if ignore_index is not None and 0 <= ignore_index < bc.size:
             self.ignored += int(bc[ignore_index])
             bc[ignore_index] = 0
