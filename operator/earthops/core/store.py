@@ -332,19 +332,38 @@ class Store:
                 with open(posixpath.join(self._path(staging_key), MARKER), "w") as f:
                     json.dump(manifest, f, indent=2)
                 os.makedirs(posixpath.dirname(target), exist_ok=True)
-                if os.path.isdir(target):
-                    os.rmdir(target)  # emptied above; a concurrent writer's file makes this fail loudly
-                os.rename(self._path(staging_key), target)
+                try:
+                    if os.path.isdir(target):
+                        os.rmdir(target)  # emptied above; a concurrent writer's file makes this fail loudly
+                    os.rename(self._path(staging_key), target)
+                except OSError:
+                    self._refuse_if_published(run_key)
+                    raise
             else:
                 # no rename on S3: clear what an interrupted attempt left (it was never visible,
                 # having no marker) but the run's status.json, copy the files, write the marker last
+                self._refuse_if_published(run_key)  # by another writer of the same run while this one ran
                 leftovers = [p for p, info in self.fs.find(target, detail=True).items()
                              if info.get("type") == "file" and not p.endswith(f"/{STATUS_FILE}")]
                 if leftovers:
                     self.fs.rm(leftovers)
                 for rel in files:
                     self.fs.copy(f"{self._path(staging_key)}/{rel}", f"{target}/{rel}")
-                self.fs.pipe_file(f"{target}/{MARKER}", json.dumps(manifest, indent=2).encode())
+                marker = json.dumps(manifest, indent=2).encode()
+                try:  # only one writer's marker: a conditional PUT (If-None-Match, S3 since 2024)
+                    self.fs.pipe_file(f"{target}/{MARKER}", marker, IfNoneMatch="*")
+                except Exception as exc:
+                    self._refuse_if_published(run_key)
+                    if "NotImplemented" not in str(exc):
+                        raise
+                    self.fs.pipe_file(f"{target}/{MARKER}", marker)  # a server without conditional writes
+
+    def _refuse_if_published(self, run_key: str) -> None:
+        """Two executors racing on one run (one generation of one spec): the second to publish is told."""
+        self.fs.invalidate_cache()
+        if self.fs.exists(f"{self._path(run_key)}/{MARKER}"):
+            raise StoreError(f"publish {self.url(run_key)}: already published by another writer of the same run; "
+                             "published runs are immutable")
 
     def _find_all(self, prefix: str) -> list[str]:
         base = self._path(prefix)
