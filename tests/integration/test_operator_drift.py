@@ -67,3 +67,20 @@ def test_drift_condition_appears_and_clears_on_the_api_server(kube_apiserver, ku
                               "-o", "json").stdout
         seen = {(e["type"], e["reason"]) for e in json.loads(events)["items"]}
         assert {("Warning", "DriftDetected"), ("Normal", "DriftEnded")} <= seen, seen
+
+
+def test_a_reference_without_a_model_band_shows_in_the_drift_condition(kube_apiserver, kube_namespace, tmp_path):
+    kube, ns = kube_apiserver, kube_namespace
+    store = Store.from_uri((tmp_path / "store").as_uri())
+    register_peak_model(store, ns, MODEL, without="HV")
+    with running_operator(kube, ns, tmp_path, store.uri) as op, kserve_standin(kube.admin, ns, NAME, tmp_path):
+        kube.apply({"apiVersion": "earthops.dev/v1alpha1", "kind": KIND, "metadata": {"name": NAME, "namespace": ns},
+                    "spec": {"modelRef": {"model": MODEL}}})
+        st = wait_status(kube, KIND, ns, NAME, op, "Drift MonitoringFailed",
+                         lambda s: any(c["type"] == "Drift" and c["reason"] == "MonitoringFailed"
+                                       for c in s.get("conditions") or []), timeout=240)
+        drift = condition(st, "Drift")
+        assert drift["status"] == "Unknown" and "no statistics for band 'HV'" in drift["message"]
+        assert f"models/{ns}/{MODEL}/v1/stats.json" in drift["message"]
+        st = wait_status(kube, KIND, ns, NAME, op, "Failed", lambda s: s.get("phase") == "Failed", timeout=120)
+        assert "no statistics for band 'HV'" in st["message"]  # the predictor's own words, through KServe's status
