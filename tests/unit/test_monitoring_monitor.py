@@ -82,8 +82,10 @@ def test_windows_close_after_n_requests_and_write_report_plot_payloads_and_lates
     assert all(r["truncated"] and r["values"] is None for r in rows)  # 3 x 75 x 75 x 4 bytes > 40,000
     assert set(rows[0]) == {"time", "request_id", "model", "model_version", "chip", "shape", "bands", "band_means",
                             "output", "classes", "values", "truncated"}
-    assert rows[0]["band_means"][1] == pytest.approx(float(np.nanmean(shifted[rows[0]["chip"], 1])), rel=1e-4) \
-        or rows[0]["request_id"] is not None
+    for row in rows:  # each record is the chip it names: request r<first chip of the batch>, chip in the batch
+        chip = shifted[int(row["request_id"][1:]) + row["chip"]]
+        assert row["band_means"] == pytest.approx([float(np.nanmean(band)) for band in chip], rel=1e-5)
+        assert row["model_version"] == "v1" and row["bands"] == ["HH", "HV", "band_avg"] and len(row["output"]) == 2
     # gauges of the last window
     labels = {"model": "iceberg-model", "version": "v1"}
     assert gauge("earthops_drift_detected", **labels) == 1.0
