@@ -170,3 +170,21 @@ def test_flags(tmp_path):
     with pytest.raises(ReferenceError, match="model .*/no-model/item.json: not found"):
         monitor_from_arguments(p.parse_args(["--monitor-reference", "x"]), model_uri=str(tmp_path / "no-model"))
     assert not (tmp_path / "no-model").exists()
+
+
+def test_payload_records_keep_values_that_fit_and_stop_at_the_cap(store):
+    from earthops_runtime.monitoring.payload import PayloadLog
+
+    pool = s1_pool()
+    log = PayloadLog(PayloadSettings(rate=1.0, max_bytes=3 * 75 * 75 * 4, max_records=3))
+    for b in batches(pool.chips[:16], pool.labels[:16]):
+        log.add(b)
+    assert len(log.records) == 3  # the cap, although every chip was sampled
+    key = log.flush(store, NS, NAME, "w1")
+    rows = pq.read_table(io.BytesIO(store.read_bytes(key))).to_pylist()
+    assert [r["chip"] for r in rows] == [0, 1, 2] and not any(r["truncated"] for r in rows)
+    values = np.frombuffer(rows[1]["values"], "<f4").reshape(rows[1]["shape"])
+    np.testing.assert_array_equal(values, pool.chips[1])
+    assert log.records == [] and log.flush(store, NS, NAME, "w2") is None
+    with pytest.raises(ValueError, match="sample rate 0"):
+        PayloadSettings(rate=0)
