@@ -53,9 +53,9 @@ best of 3 rounds, chips/s (x 0.229 = MB/s decoded); reads single-threaded, no pr
 * Feature columns are stored uncompressed (``pq/raw``): against LZ4 they read 1.6x faster locally
   and 1.06x from S3 and write 3.9x faster locally, for 1.43x the bytes (LZ4 takes 0.70x of them,
   zstd-1 0.59x). LZ4 was the choice until preparation speed was measured against the raw read limit
-  (``tests/bench/test_bench_prepare.py``): compressing float32 reflectance at ~400 MB/s a core cost a
-  preparation worker as much time as reading its scene (LZ4 of features ~35 % of a worker's time,
-  under 6 % uncompressed). Labels, ids and metadata stay LZ4 (class maps shrink ~20x).
+  (``tests/bench/test_bench_prepare.py``): LZ4 wrote float32 reflectance at 110 MB/s on the loaded
+  machine (670 MB/s uncompressed, the same moment), which cost a preparation worker as much time as
+  reading its scene (writes with LZ4 ~35 % of a worker's time in one profile, 14-17 % uncompressed). Labels, ids and metadata stay LZ4 (small; class maps compress well).
   ``compression="lz4"`` or ``"zstd"`` (with ``compression_level``) are there for network-bound or
   storage-bound setups; readers need not know (Parquet names the codec per column chunk).
 * float32 round-trips exactly. float16 takes 0.59x the bytes of float32 but rounds to about 3
