@@ -32,6 +32,8 @@ from kserve import Model
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 
 from earthops.core.store import Store, StoreError
+from earthops_runtime.data.features import plan_for_features
+from earthops_runtime.errors import SpecError
 from earthops_runtime.serving import inputs as forms
 from earthops_runtime.serving import metrics
 from earthops_runtime.serving.batching import MicroBatcher
@@ -236,9 +238,6 @@ class EOModel(Model):
             opened = await loop.run_in_executor(self._io, OpenScene, data, label)
         try:
             names = opened.band_names(params)
-            from earthops_runtime.data.features import plan_for_features
-            from earthops_runtime.errors import SpecError
-
             try:
                 plan_for_features(card.features, names)
             except SpecError as exc:
