@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import pyarrow.fs
 from ray import tune
 from ray.tune.experiment import Trial
 
@@ -246,10 +247,24 @@ def tune_location(store: Store, run_key: str) -> tuple[str, str, Any]:
         path = store.local_path(tune_key)
         path.mkdir(parents=True, exist_ok=True)
         return str(path), run_id, None
-    import pyarrow.fs
-
-    fs = pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(store.fs))
+    fs = pyarrow.fs.PyFileSystem(StoreHandler(store.uri))
     return store.url(tune_key).split("://", 1)[1], run_id, fs
+
+
+class StoreHandler(pyarrow.fs.FSSpecHandler):
+    """pyarrow's handler of the store's fsspec filesystem, pickled as the store's URI alone.
+
+    Ray Tune pickles its storage filesystem into its state files in the store (the searcher's state,
+    the trials) and into every trial: an s3fs filesystem pickles with its key and secret, which then
+    lay in the bucket. This one is opened again in each process with that process's own credentials
+    (the environment or the mounted Secret, as the driver's store was)."""
+
+    def __init__(self, uri: str) -> None:
+        self.uri = uri
+        super().__init__(Store.from_uri(uri).fs)
+
+    def __reduce__(self) -> tuple[type, tuple[str]]:
+        return StoreHandler, (self.uri,)
 
 
 def trainer_options() -> dict[str, Any]:
