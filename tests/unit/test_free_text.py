@@ -208,3 +208,13 @@ def test_posting_blocks_are_read_for_the_rows_the_other_criteria_select(
         q, box = random_q(rng), [rng.uniform(-10, 0), rng.uniform(-10, 0), rng.uniform(0, 10), rng.uniform(0, 10)]
         got = [it["id"] for it in search.search(store, q=q, bbox=box)]
         assert got == [it["id"] for it in Query.parse(q=q, bbox=box).select(items)], (q, box)
+
+
+def test_a_filter_that_fails_on_the_data_falls_back_to_the_semantics(corpus) -> None:
+    """A CQL2 term DuckDB binds but cannot run on these rows (text compared with a number) is decided
+    in Python, with free text as without."""
+    store, items = corpus
+    for flt in ("title = 3", "title > 3 OR n < 50"):
+        for kwargs in ({"q": "iceberg"}, {"q": "iceberg", "bbox": [-5, -5, 5, 5]}, {}):
+            got = [it["id"] for it in search.search(store, filter=flt, **kwargs)]
+            assert got == [it["id"] for it in Query.parse(filter=flt, **kwargs).select(items)], (flt, kwargs)

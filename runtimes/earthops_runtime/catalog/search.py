@@ -560,7 +560,13 @@ def _run(files: Mapping[str, str], query: Query, *, python_filter: bool = False)
         join = order = ""
         if query.text is not None:
             # the other criteria first (row numbers only, cheap), then the posting blocks of those rows
-            selected = _selected_rows(cur, source, condition, params) if where else None
+            try:
+                selected = _selected_rows(cur, source, condition, params) if where else None
+            except duckdb.Error:
+                if not sql_terms:
+                    raise
+                yield from _run(files, query, python_filter=True)  # as below: a filter term failing on the data
+                return
             candidates = _text_candidates(cur, files, query.text, selected)
             if candidates is None:
                 return
