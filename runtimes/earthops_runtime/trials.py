@@ -21,10 +21,12 @@ metrics, and raise :class:`TrialOutOfMemory` for a trial out of (GPU) memory.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import posixpath
 import time
+import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -251,20 +253,57 @@ def tune_location(store: Store, run_key: str) -> tuple[str, str, Any]:
     return store.url(tune_key).split("://", 1)[1], run_id, fs
 
 
+#: Namespace of Ray's internal key-value store where a driver leaves its store credentials for the
+#: processes of its trials (:class:`StoreHandler`).
+CREDENTIALS_NAMESPACE = "earthops-store-credentials"
+
+
 class StoreHandler(pyarrow.fs.FSSpecHandler):
-    """pyarrow's handler of the store's fsspec filesystem, pickled as the store's URI alone.
+    """pyarrow's handler of the store's fsspec filesystem that never pickles a credential.
 
     Ray Tune pickles its storage filesystem into its state files in the store (the searcher's state,
     the trials) and into every trial: an s3fs filesystem pickles with its key and secret, which then
-    lay in the bucket. This one is opened again in each process with that process's own credentials
-    (the environment or the mounted Secret, as the driver's store was)."""
+    lay in the bucket. This one pickles as the store URI and a reference: each process opens the store
+    with the driver's credentials, which the driver left in the Ray cluster's internal key-value store
+    under that reference (Ray's own memory, never the store), or else with its own (the environment or
+    the mounted Secret, as a RayJob's pods have them: a Tune state read by a later driver whose
+    reference is gone)."""
 
-    def __init__(self, uri: str) -> None:
+    def __init__(self, uri: str, reference: str | None = None) -> None:
         self.uri = uri
-        super().__init__(Store.from_uri(uri).fs)
+        if reference is None:  # the driver
+            reference = _share_credentials()
+        self.reference = reference
+        super().__init__(_open_store(uri, reference).fs)
 
-    def __reduce__(self) -> tuple[type, tuple[str]]:
-        return StoreHandler, (self.uri,)
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:
+        return StoreHandler, (self.uri, self.reference)
+
+
+def _share_credentials() -> str:
+    import ray
+    from ray.experimental import internal_kv
+
+    from earthops.core.store import credentials
+
+    creds = credentials()
+    if not creds or not ray.is_initialized():
+        return ""
+    reference = uuid.uuid4().hex
+    internal_kv._internal_kv_put(reference, json.dumps(creds).encode(), namespace=CREDENTIALS_NAMESPACE)
+    return reference
+
+
+def _open_store(uri: str, reference: str) -> Store:
+    """The driver's credentials where it left them, else this process's own."""
+    import ray
+    from ray.experimental import internal_kv
+
+    if reference and ray.is_initialized():
+        shared = internal_kv._internal_kv_get(reference, namespace=CREDENTIALS_NAMESPACE)
+        if shared:
+            return Store.from_uri(uri, env=json.loads(shared))
+    return Store.from_uri(uri)
 
 
 def trainer_options() -> dict[str, Any]:
