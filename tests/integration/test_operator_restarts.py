@@ -197,6 +197,7 @@ def normalized(obj: dict[str, Any], ns: str) -> dict[str, Any]:
     return json.loads(text)
 
 
+@pytest.mark.slow
 def test_the_operator_killed_20_times_converges_to_what_an_uninterrupted_run_gives(
         kube_controller_manager: Any, kube_namespace: str, tmp_path: Path) -> None:
     kube, ns = kube_controller_manager, kube_namespace

@@ -68,6 +68,7 @@ def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
                           env={**os.environ, **env, "COLUMNS": "200"}, timeout=600, cwd=ROOT)
 
 
+@pytest.mark.slow
 def test_no_credential_in_any_output_report_stac_item_or_store_object_embedded(canary_s3: SeaweedS3,
                                                                               tmp_path: Path) -> None:
     bucket = canary_s3.create_bucket("canary-embedded")

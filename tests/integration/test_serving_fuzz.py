@@ -25,7 +25,7 @@ from rasterio.transform import Affine
 
 from tests.integration.test_serving import NAME, client, normalise, predictor, registry  # noqa: F401 - fixtures
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 CASES = {"json": 200, "binary": 150, "geotiff": 150}
 FUZZ_CASES = sum(CASES.values())
