@@ -621,11 +621,21 @@ def _next_batch(reader: Any) -> Any:
         return None
 
 
+def _rows_of(batch: Any, first: int = 32) -> Iterator[dict[str, Any]]:
+    """The rows of a record batch as dicts, converted a slice at a time (32 rows, then doubling): a
+    page of 10 converts 32 rows, not the 2,048 of a batch."""
+    start, size = 0, first
+    while start < batch.num_rows:
+        yield from batch.slice(start, size).to_pylist()
+        start += size
+        size = min(size * 2, BATCH_ROWS)
+
+
 def _take(batches: Iterable[Any], rows: _Rows, query: Query, residual: Any,
           verify_text: bool = False) -> Iterator[dict[str, Any]]:
     n = 0
     for batch in batches:
-        for row in batch.to_pylist():
+        for row in _rows_of(batch):
             item = rows.item(row)
             # the bbox pre-selected in SQL; the geometry decides
             if not query.matches_space(item):
