@@ -121,6 +121,8 @@ def test_the_inference_service_runs_the_predictor_command_owned_by_the_deploymen
     assert container["image"] == IMAGE and container["name"] == "kserve-container"
     assert container["command"] == ["python", "-m", "earthops_runtime.serving", "--model-uri", V1.uri,
                                     "--model-name", "ships", "--http_port", "8080",
+                                    # scenes by URI only from the deployment's store (the pod holds its credentials)
+                                    "--scene-uri-prefix", "s3://store/root/",
                                     # drift monitoring (spec.monitoring's defaults): the version's own stats.json
                                     # as the reference, reports in the deployment's store
                                     "--monitor-reference", V1.uri, "--monitor-window", "500", "--monitor-interval",

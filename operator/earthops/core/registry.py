@@ -83,6 +83,11 @@ def pick_version(existing: Sequence[str], version: str, *, model: str) -> str:
     return version
 
 
+def store_of(version_uri: str) -> str:
+    """The store a registry version's URI lies in (``<store>/models/<ns>/<model>/<vN>``)."""
+    return version_uri.rsplit(f"/{AREA}/", 1)[0]
+
+
 def version_key(namespace: str, name: str, version: str) -> str:
     """``models/<ns>/<name>/<vN>``."""
     return f"{run_prefix(AREA, namespace, name)}/{version}"

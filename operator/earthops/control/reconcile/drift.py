@@ -17,6 +17,7 @@ from typing import Any
 from earthops.api import Resource
 from earthops.control.status import now, set_condition
 from earthops.core.monitoring import CONDITION, drift_status
+from earthops.core.registry import store_of
 
 
 def monitoring_arguments(resource: Resource[Any, Any], model_uri: str, reference: str | None) -> list[str]:
@@ -28,7 +29,7 @@ def monitoring_arguments(resource: Resource[Any, Any], model_uri: str, reference
     m = resource.spec.monitoring
     if not m.enabled:
         return []
-    store = model_uri.rsplit("/models/", 1)[0]
+    store = store_of(model_uri)
     argv = ["--monitor-reference", reference or model_uri, "--monitor-window", str(m.window),
             "--monitor-interval", m.interval, "--monitor-threshold", f"{m.threshold:g}",
             "--monitor-store", store, "--monitor-deployment", f"{resource.namespace}/{resource.name}"]

@@ -42,6 +42,7 @@ from earthops.control.reconcile.rayjob import (
     pod_security_context,
 )
 from earthops.control.status import Blocker, Execution, Met, derive
+from earthops.core.registry import store_of
 
 GROUP, VERSION, PLURAL = "serving.kserve.io", "v1beta1", "inferenceservices"
 API_VERSION = f"{GROUP}/{VERSION}"
@@ -176,10 +177,13 @@ def predictor_command(resource: Resource[Any, Any], model: ServedModel, *, http_
     """``python -m earthops_runtime.serving ...``: the one predictor command, in a pod and locally.
 
     ``canary``/``canary_percent``: the predictor splits requests itself (embedded mode; on a cluster
-    KServe's revisions split them and each revision serves one model)."""
+    KServe's revisions split them and each revision serves one model).
+
+    Scenes sent by URI must lie in the deployment's store (``--scene-uri-prefix``): the predictor
+    holds the store's credentials, and a client must not make it read whatever else they reach."""
     spec = resource.spec
     argv = ["python", "-m", PREDICTOR_MODULE, "--model-uri", model.uri, "--model-name", resource.name,
-            "--http_port", str(http_port)]
+            "--http_port", str(http_port), "--scene-uri-prefix", store_of(model.uri).rstrip("/") + "/"]
     if spec.protocol == "grpc-v2":  # gRPC v2 beside REST, on the next port (8081 in a pod, as KServe expects)
         argv += ["--grpc_port", str(http_port + 1 if http_port not in (0, HTTP_PORT) else GRPC_PORT)]
     if canary is not None:
