@@ -219,6 +219,19 @@ def test_models_are_pinned_per_generation():
     assert pinned_models(desired, 5) is None and pinned_models(None, 4) is None
 
 
+def test_a_pinned_generation_keeps_its_drift_reference_and_its_command():
+    # the second reconcile (a timer tick) rebuilds the models from the InferenceService's annotation: the
+    # referenceDatasetRef's run is kept, so the command is the same and nothing rolls out again
+    reference = "s3://store/root/runs/default/Dataset/ref/g1-abc"
+    first = desired_inference_service(_deployment(), Models(V1, reference=reference), image=IMAGE, generation=1)
+    pinned = pinned_models(first, 1)
+    assert pinned == Models(V1, reference=reference)
+    second = desired_inference_service(_deployment(), pinned, image=IMAGE, generation=1, current=first)
+    command = second["spec"]["predictor"]["containers"][0]["command"]
+    assert command[command.index("--monitor-reference") + 1] == reference
+    assert not needs_update(updated(first, first), second)
+
+
 def test_status_from_the_inference_service():
     r = _deployment(deploymentMode="Knative", canary={"modelRef": {"model": "ships", "version": "v2"},
                                                       "trafficPercent": 20})

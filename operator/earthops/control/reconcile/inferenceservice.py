@@ -142,7 +142,8 @@ def pinned_models(isvc: Mapping[str, Any] | None, generation: int) -> Models | N
         return None
     try:
         doc = json.loads(annotations[RESOLVED_ANNOTATION])
-        return Models(ServedModel(**doc["model"]), ServedModel(**doc["canaryModel"]) if doc.get("canaryModel") else None)
+        return Models(ServedModel(**doc["model"]), ServedModel(**doc["canaryModel"]) if doc.get("canaryModel") else None,
+                      reference=doc.get("reference"))
     except (ValueError, TypeError, KeyError):
         return None  # written by someone else: resolve again
 
@@ -260,7 +261,8 @@ def desired_inference_service(resource: Resource[Any, Any], models: Models, *, i
         # KServe's payload logger: requests and responses as CloudEvents to the logger URL the cluster's
         # KServe configures (inferenceservice-config, logger.defaultUrl: the namespace's broker)
         predictor["logger"] = {"mode": "all"}
-    resolved = {"model": vars(models.primary), **({"canaryModel": vars(models.canary)} if models.canary else {})}
+    resolved = {"model": vars(models.primary), **({"canaryModel": vars(models.canary)} if models.canary else {}),
+                **({"reference": models.reference} if models.reference else {})}  # pinned with the models
     annotations = {MODE_ANNOTATION: spec.deployment_mode, PRIMARY_ANNOTATION: models.primary.label,
                    GENERATION_ANNOTATION: str(generation), RESOLVED_ANNOTATION: json.dumps(resolved, sort_keys=True)}
     if serving == "canary" and models.canary is not None:
