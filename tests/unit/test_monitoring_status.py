@@ -107,14 +107,17 @@ def test_deployment_status_carries_drift_and_the_condition_through_the_one_deriv
     assert drift_condition(drifted)["status"] == "True"
     from earthops.core.monitoring import drift_event
 
-    assert drift_event(first["conditions"], drifted["conditions"]).type == "Warning"
+    assert drift_event(first, drifted).type == "Warning"
     again = status(drifted, None)  # the report cannot be read now: what the status said stays
     assert again["drift"] == drifted["drift"] and drift_condition(again) == drift_condition(drifted)
     thin = status(drifted, report("insufficient", None, None, version="v1", model="ships"))
     assert thin["drift"] == drifted["drift"] and drift_condition(thin)["reason"] == "InsufficientData"
-    assert drift_event(drifted["conditions"], thin["conditions"]) is None
+    assert drift_event(drifted, thin) is None
+    # drift again after an Unknown window (a quiet replica, a canary's report): the same drift, no new Warning
+    assert drift_event(thin, status(thin, report("drift", 0.7, "HV", version="v1", model="ships"))) is None
     ended = status(drifted, report(version="v1", model="ships"))
-    assert ended["drift"]["detected"] is False and drift_event(drifted["conditions"], ended["conditions"]).type == "Normal"
+    assert ended["drift"]["detected"] is False and drift_event(drifted, ended).type == "Normal"
+    assert drift_event(thin, status(thin, report(version="v1", model="ships"))).type == "Normal"  # ends after Unknown
     kept = deployment_status(generation=2, previous=drifted, observed=observed, models=models, run="g2-x")
     assert kept["drift"] == drifted["drift"]  # a caller that did not look (monitored None) keeps both
     off = status(drifted, None, monitored=False)

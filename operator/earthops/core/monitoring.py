@@ -172,14 +172,15 @@ def transition_event(was: str | None, now: ConditionUpdate | Mapping[str, Any] |
     return None
 
 
-def drift_event(previous_conditions: Sequence[Mapping[str, Any]],
-                conditions: Sequence[Mapping[str, Any]]) -> Event | None:
-    """The event between two statuses' ``Drift`` conditions (what a status patch changed)."""
-    def find(cs: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
-        return next((c for c in cs if c.get("type") == CONDITION), None)
-
-    was = find(previous_conditions)
-    return transition_event(was.get("status") if was else None, find(conditions))
+def drift_event(previous: Mapping[str, Any], new: Mapping[str, Any]) -> Event | None:
+    """The event between two statuses (what a status patch changed): the new ``Drift`` condition
+    against the last known decision, the previous ``status.drift.detected`` (kept through Unknown
+    windows), not the previous condition: True, then a quiet replica's or a canary's Unknown, then
+    True again is one drift and one ``Warning DriftDetected``."""
+    detected = (previous.get("drift") or {}).get("detected")
+    was = None if detected is None else ("True" if detected else "False")
+    now = next((c for c in new.get("conditions") or [] if c.get("type") == CONDITION), None)
+    return transition_event(was, now)
 
 
 def band_rows(report: Mapping[str, Any]) -> list[dict[str, Any]]:

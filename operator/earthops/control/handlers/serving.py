@@ -147,7 +147,7 @@ def _write(info: KindInfo, body: kopf.Body, previous: dict[str, Any], new: dict[
     if new == previous:
         return
     patch.status.update({**dict.fromkeys(set(previous) - set(new)), **new})
-    event = drift_event(previous.get("conditions") or [], new.get("conditions") or [])
+    event = drift_event(previous, new)
     if event is not None:  # Warning when drift starts, Normal when it ends
         (kopf.warn if event.type == "Warning" else kopf.info)(body, reason=event.reason, message=event.message)
     if new.get("phase") != previous.get("phase") or new.get("observedGeneration") != previous.get("observedGeneration"):

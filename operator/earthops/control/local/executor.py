@@ -302,7 +302,7 @@ class Executor:
                 return None
             state["status"] = after
             self.store.write_json(self._state_key(r), state)
-        return drift_event(before.get("conditions") or [], after.get("conditions") or [])
+        return drift_event(before, after)
 
     def _watch_drift(self, server: Any, every: float = DRIFT_POLL_S) -> None:
         while server.alive and not self._drift_watch.wait(every):
