@@ -6,7 +6,7 @@ command, and what ``earthops serve`` / ``earthops run -f`` start on 127.0.0.1).
     python -m earthops_runtime.serving --model-uri URI --model-name NAME
         [--http_port P] [--host H] [--grpc_port G | --enable_grpc true]
         [--device auto|cpu|cuda] [--max-batch-size N] [--max-batch-wait-ms MS]
-        [--max-payload-bytes N] [--scene-uri-prefix PREFIX ...] [--output-uri-prefix PREFIX ...]
+        [--max-payload-bytes N] [--max-scene-pixels N] [--scene-uri-prefix PREFIX ...] [--output-uri-prefix PREFIX ...]
         [--canary-model-uri URI --canary-percent P]
 
 ``--model-uri``: a registry version folder (``file:///.../models/<ns>/<model>/<vN>``, a path, or
@@ -21,6 +21,10 @@ spellings are accepted too). gRPC v2 is served only when asked: ``--grpc_port G`
 ``--enable_grpc true`` (port 8081).
 ``--host``: the REST bind address (default 0.0.0.0 as in a pod; ``earthops serve`` uses 127.0.0.1).
 ``--http_port 0`` picks a free port (the ready line says which).
+
+``--max-scene-pixels``: a scene whose width x height x bands, or a segmentation mosaic whose
+height x width x classes, is over this many values gets 413 (default 2**28: a 1 GiB float32 mosaic;
+the byte limits alone let a small compressed GeoTIFF declare a huge grid).
 
 ``--scene-uri-prefix``: scenes sent by URI (``{"scene": {"uri": ...}}``, ``scene_uri``) must start
 with one of these (e.g. the store's ``s3://bucket/scenes/``); others get 403. Without it any
@@ -99,6 +103,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    default=2.0, help="how long a micro-batch waits for more requests after its first (0: never)")
     g.add_argument("--max-payload-bytes", "--max_payload_bytes", dest="max_payload_bytes", type=_positive(int),
                    default=64 << 20, help="larger request bodies get 413")
+    g.add_argument("--max-scene-pixels", "--max_scene_pixels", dest="max_scene_pixels", type=_positive(int),
+                   default=1 << 28, help="scenes (width x height x bands) or segmentation mosaics (x classes) "
+                                         "over this many values get 413")
     g.add_argument("--scene-uri-prefix", "--scene_uri_prefix", dest="scene_uri_prefixes", action="append", default=[],
                    metavar="PREFIX", help="scene URIs clients may ask for must start with one of these (repeatable; "
                                           "default: any file:// or s3:// URI this process can read)")
@@ -152,7 +159,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                               canary_percent=args.canary_percent, device=args.device, observers=observers_from(args),
                               max_batch_size=args.max_batch_size, max_batch_wait_ms=args.max_batch_wait_ms,
                               scene_uri_prefixes=args.scene_uri_prefixes,
-                              output_uri_prefixes=args.output_uri_prefixes)
+                              output_uri_prefixes=args.output_uri_prefixes,
+                              max_scene_pixels=args.max_scene_pixels)
     except (ModelLoadError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return EXIT_LOAD_FAILED

@@ -46,6 +46,9 @@ VERSION_HEADER = "x-earthops-model-version"
 #: Set by the REST app from ``/v2/models/NAME/versions/V/...``: the version the request asks for.
 PIN_HEADER = "x-earthops-pinned-version"
 DEFAULT_MAX_SCENE_BYTES = 1 << 30
+#: Pixel values (width x height x bands of a scene, and H x W x classes of a segmentation mosaic) at
+#: most: a small compressed GeoTIFF can declare a huge grid (1 GiB of float32 for the mosaic).
+DEFAULT_MAX_SCENE_PIXELS = 1 << 28
 
 
 class Router:
@@ -72,7 +75,7 @@ class EOModel(Model):
     def __init__(self, name: str, versions: Sequence[LoadedModel], *, weights: Sequence[int] | None = None,
                  observers: Observers | None = None, max_batch_size: int = 32, max_batch_wait_ms: float = 2.0,
                  max_scene_bytes: int = DEFAULT_MAX_SCENE_BYTES, scene_uri_prefixes: Sequence[str] = (),
-                 output_uri_prefixes: Sequence[str] = ()):
+                 output_uri_prefixes: Sequence[str] = (), max_scene_pixels: int = DEFAULT_MAX_SCENE_PIXELS):
         super().__init__(name, return_response_headers=True)
         if not versions:
             raise ValueError("a served model needs at least one version")
@@ -90,6 +93,7 @@ class EOModel(Model):
         self.router = Router(dict(zip(tags, weights or [100 // len(tags)] * len(tags), strict=True)))
         self.observers = observers or Observers()
         self.max_scene_bytes = max_scene_bytes
+        self.max_scene_pixels = max_scene_pixels
         #: Scene URIs a client may ask for (none: any file:// or s3:// URI the process can read)
         self.scene_uri_prefixes = tuple(scene_uri_prefixes)
         #: Where clients may have results written (none: nowhere, results come back inline)
@@ -243,7 +247,10 @@ class EOModel(Model):
             except SpecError as exc:
                 raise BadInput("bands", f"{label}: {exc.detail}",
                                accepted=f"a GeoTIFF whose bands give the model's features {', '.join(card.features)}") from None
+            self._check_pixels(label, "scene", opened.ds.width, opened.ds.height, opened.ds.count)
             layout = plan_windows(opened.ds.height, opened.ds.width, card.chip_shape, params.overlap, opened.area(params.bbox))
+            if card.task == "segmentation":
+                self._check_pixels(label, "mosaic", int(layout.area.width), int(layout.area.height), card.num_outputs)
             chunks = opened.chunks(layout, names, list(range(1, len(names) + 1)), params, self.max_batch_size)
             mosaic = Mosaic(layout, card.num_outputs) if card.task == "segmentation" else None
             features_out: list[dict[str, Any]] = []
@@ -283,6 +290,13 @@ class EOModel(Model):
                 return await self._scene_cog(model, cog, params, payload, request_id)
         finally:
             opened.close()
+
+    def _check_pixels(self, label: str, what: str, width: int, height: int, count: int) -> None:
+        """413 for a scene (or the mosaic of its predicted area) over ``max_scene_pixels`` values."""
+        pixels = width * height * count
+        if pixels > self.max_scene_pixels:
+            raise BadInput("too_large", f"{label}: the {what} is {width}x{height}x{count} = {pixels} pixel values",
+                           accepted=f"at most {self.max_scene_pixels} (--max-scene-pixels)", status=413)
 
     def _read_uri(self, uri: str) -> bytes:
         """A scene's bytes from ``file://`` or ``s3://`` (the store's credentials), within the allowed

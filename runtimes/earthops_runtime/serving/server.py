@@ -33,7 +33,7 @@ from starlette.concurrency import run_in_threadpool
 from earthops_runtime.serving import metrics, protocol
 from earthops_runtime.serving.errors import BadInput
 from earthops_runtime.serving.loaded import LoadedModel, ModelLoadError
-from earthops_runtime.serving.model import PIN_HEADER, EOModel
+from earthops_runtime.serving.model import DEFAULT_MAX_SCENE_PIXELS, PIN_HEADER, EOModel
 from earthops_runtime.serving.observe import Observers
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,8 @@ _MODEL_IN_PATH = re.compile(r"^/v[12]/models/(?P<name>[^/:]+)")
 def build_models(model_uri: str, model_name: str, *, canary_model_uri: str | None = None,
                  canary_percent: int | None = None, device: str = "auto", observers: Sequence[object] = (),
                  max_batch_size: int = 32, max_batch_wait_ms: float = 2.0,
-                 scene_uri_prefixes: Sequence[str] = (), output_uri_prefixes: Sequence[str] = ()) -> list[EOModel]:
+                 scene_uri_prefixes: Sequence[str] = (), output_uri_prefixes: Sequence[str] = (),
+                 max_scene_pixels: int = DEFAULT_MAX_SCENE_PIXELS) -> list[EOModel]:
     """The served models: ``model_name`` answered by ``model_uri`` (and ``canary_model_uri`` for
     ``canary_percent`` of the requests). Raises :class:`~earthops_runtime.serving.loaded.ModelLoadError`
     naming the URI of a version that cannot be loaded or run."""
@@ -64,7 +65,8 @@ def build_models(model_uri: str, model_name: str, *, canary_model_uri: str | Non
         _check_compatible(versions[0], versions[1])
     return [EOModel(model_name, versions, weights=weights, observers=Observers(observers),
                     max_batch_size=max_batch_size, max_batch_wait_ms=max_batch_wait_ms,
-                    scene_uri_prefixes=scene_uri_prefixes, output_uri_prefixes=output_uri_prefixes)]
+                    scene_uri_prefixes=scene_uri_prefixes, output_uri_prefixes=output_uri_prefixes,
+                    max_scene_pixels=max_scene_pixels)]
 
 
 def _check_compatible(main: LoadedModel, canary: LoadedModel) -> None:

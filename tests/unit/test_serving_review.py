@@ -1,0 +1,49 @@
+"""Review findings in the predictor: each test fails without its fix."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+from rasterio.io import MemoryFile
+from rasterio.transform import from_origin
+
+from earthops_runtime.serving import inputs as forms
+from earthops_runtime.serving.errors import BadInput
+from earthops_runtime.serving.loaded import Card, LoadedModel
+from earthops_runtime.serving.model import EOModel
+
+pytestmark = pytest.mark.unit
+
+
+def served(task: str = "segmentation", classes: int = 2, **kwargs) -> EOModel:
+    names = tuple(f"c{i}" for i in range(classes))
+    card = Card(name="ice", version="v1", task=task, features=("HH",), mean=np.zeros(1, np.float32),
+                std=np.ones(1, np.float32), classes=names, num_outputs=classes, chip_shape=(4, 4), batch=-1)
+    return EOModel("ice", [LoadedModel("file:///store/models/default/ice/v1", card, module=None, device="cpu")], **kwargs)
+
+
+def geotiff(width: int, height: int, count: int = 1) -> bytes:
+    profile = {"driver": "GTiff", "width": width, "height": height, "count": count, "dtype": "float32",
+               "crs": "EPSG:32633", "transform": from_origin(500000, 7000000, 10, 10), "compress": "deflate"}
+    with MemoryFile() as mem:
+        with mem.open(**profile) as dst:
+            dst.write(np.zeros((count, height, width), np.float32))
+            for i in range(1, count + 1):
+                dst.set_band_description(i, "HH")
+        return mem.read()
+
+
+def scene(model: EOModel, data: bytes) -> BadInput:
+    with pytest.raises(BadInput) as err:
+        asyncio.run(model._scene(model.primary, forms.Scene(data=data), forms.Parameters(), {}, None))
+    return err.value
+
+
+def test_a_scene_with_too_many_pixels_is_refused_with_413_before_it_is_read():
+    err = scene(served(max_scene_pixels=999), geotiff(100, 10))
+    assert err.status == 413 and "100x10x1 = 1000" in err.message and "999" in str(err.accepted)
+    # the scene fits, its 10-class mosaic does not
+    err = scene(served(classes=10, max_scene_pixels=5000), geotiff(100, 10))
+    assert err.status == 413 and "mosaic" in err.message
