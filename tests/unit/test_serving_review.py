@@ -12,7 +12,7 @@ from rasterio.transform import from_origin
 from earthops_runtime.serving import inputs as forms
 from earthops_runtime.serving.errors import BadInput
 from earthops_runtime.serving.loaded import Card, LoadedModel
-from earthops_runtime.serving.model import EOModel
+from earthops_runtime.serving.model import EOModel, normalised_uri
 
 pytestmark = pytest.mark.unit
 
@@ -47,3 +47,25 @@ def test_a_scene_with_too_many_pixels_is_refused_with_413_before_it_is_read():
     # the scene fits, its 10-class mosaic does not
     err = scene(served(classes=10, max_scene_pixels=5000), geotiff(100, 10))
     assert err.status == 413 and "mosaic" in err.message
+
+
+@pytest.mark.parametrize("uri", ["file:///data/scenes/../secret.tif", "file:///data/scenes/%2e%2e/secret.tif",
+                                 "file:///data/scenes/%2E%2E%2Fsecret.tif", "s3://bucket/scenes/../other/x.tif"])
+def test_scene_uris_with_dot_dot_are_refused_before_anything_is_read(uri, tmp_path):
+    model = served(scene_uri_prefixes=["file:///data/scenes/", "s3://bucket/scenes/"])
+    with pytest.raises(BadInput) as err:
+        model._read_uri(uri)
+    assert err.value.status == 400 and uri in err.value.message and "'..'" in err.value.message
+
+
+def test_output_uris_with_dot_dot_are_refused_and_others_compared_normalised(tmp_path):
+    model = served(output_uri_prefixes=[f"file://{tmp_path}/out/"])
+    with pytest.raises(BadInput) as err:
+        asyncio.run(model._scene_cog(model.primary, b"cog", forms.Parameters(output_uri=f"{tmp_path}/out/%2e%2e/x.tif"),
+                                     {}, None))
+    assert err.value.status == 400 and "'..'" in err.value.message
+    answer = asyncio.run(model._scene_cog(model.primary, b"cog", forms.Parameters(output_uri=f"{tmp_path}/out/./a//x.tif"),
+                                          {}, None))
+    assert answer["predictions"][0]["cog"]["uri"] == f"file://{tmp_path}/out/a/x.tif"
+    assert (tmp_path / "out" / "a" / "x.tif").read_bytes() == b"cog"
+    assert normalised_uri("s3://b/scenes/./x%20y.tif", "scene", "scene") == "s3://b/scenes/x y.tif"

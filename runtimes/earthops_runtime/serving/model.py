@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import posixpath
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -301,13 +302,14 @@ class EOModel(Model):
     def _read_uri(self, uri: str) -> bytes:
         """A scene's bytes from ``file://`` or ``s3://`` (the store's credentials), within the allowed
         prefixes and the size limit."""
+        given, uri = uri, normalised_uri(uri, "scene", "scene")
         if self.scene_uri_prefixes and not any(uri.startswith(p) for p in self.scene_uri_prefixes):
-            raise BadInput("scene", f"scene {uri}: not under an allowed prefix",
+            raise BadInput("scene", f"scene {given}: not under an allowed prefix",
                            accepted=f"URIs under {', '.join(self.scene_uri_prefixes)}", status=403)
         parent, _, name = uri.rstrip("/").rpartition("/")
         try:
             if urlparse(uri).scheme == "file":
-                path = Path(unquote(urlparse(uri).path))
+                path = Path(urlparse(uri).path)  # normalised_uri decoded it
                 size = path.stat().st_size if path.is_file() else None
             else:
                 store = Store.from_uri(parent)
@@ -335,6 +337,7 @@ class EOModel(Model):
                          request_id: str | None) -> Any:
         if params.output_uri:
             uri = params.output_uri if "://" in params.output_uri else f"file://{params.output_uri}"
+            uri = normalised_uri(uri, "output_uri", "parameter output_uri")
             if not any(uri.startswith(p) for p in self.output_uri_prefixes):
                 allowed = ", ".join(self.output_uri_prefixes) or "none: the predictor was started without --output-uri-prefix"
                 raise BadInput("output_uri", f"parameter output_uri {params.output_uri}: not under an allowed prefix",
@@ -360,10 +363,25 @@ class EOModel(Model):
         return {"predictions": [{"cog": result}], "model_name": self.name, "model_version": model.version}
 
 
+def normalised_uri(uri: str, reason: str, what: str) -> str:
+    """``uri`` with its path percent-decoded and normalised (``a/./b``, ``a//b``: ``a/b``), what a
+    prefix is compared with and what is read or written; a ``..`` segment (also ``%2e%2e``) is refused
+    with 400, for ``file://`` and ``s3://`` alike: the OS or the object store must not resolve the
+    URI to somewhere the prefix check did not see."""
+    parsed = urlparse(uri)
+    path = unquote(parsed.path)
+    if ".." in path.split("/") or ".." in unquote(parsed.netloc).split("/"):
+        raise BadInput(reason, f"{what} {uri}: a '..' segment", accepted="a URI without '..' path segments")
+    norm = posixpath.normpath(path) if path else ""
+    if norm.startswith("//"):  # POSIX normpath keeps a leading '//'
+        norm = "/" + norm.lstrip("/")
+    return f"{parsed.scheme}://{parsed.netloc}{norm}"
+
+
 def _from_bands(decoded: forms.Bands, params: forms.Parameters, card: Any) -> tuple[np.ndarray, np.ndarray]:
     raw = forms.calibrate(decoded.names, decoded.x, decoded.integer, params)
     features = forms.band_features(decoded.names, raw, card)
     return forms.normalise(features, card), features
 
 
-__all__ = ["PIN_HEADER", "VERSION_HEADER", "EOModel", "Router"]
+__all__ = ["PIN_HEADER", "VERSION_HEADER", "EOModel", "Router", "normalised_uri"]
