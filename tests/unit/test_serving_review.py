@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import numpy as np
+import orjson
 import pytest
 from rasterio.io import MemoryFile
 from rasterio.transform import from_origin
@@ -13,6 +14,7 @@ from earthops_runtime.serving import inputs as forms
 from earthops_runtime.serving.errors import BadInput
 from earthops_runtime.serving.loaded import Card, LoadedModel
 from earthops_runtime.serving.model import EOModel, normalised_uri
+from earthops_runtime.serving.protocol import decode_request
 
 pytestmark = pytest.mark.unit
 
@@ -69,3 +71,11 @@ def test_output_uris_with_dot_dot_are_refused_and_others_compared_normalised(tmp
     assert answer["predictions"][0]["cog"]["uri"] == f"file://{tmp_path}/out/a/x.tif"
     assert (tmp_path / "out" / "a" / "x.tif").read_bytes() == b"cog"
     assert normalised_uri("s3://b/scenes/./x%20y.tif", "scene", "scene") == "s3://b/scenes/x y.tif"
+
+
+@pytest.mark.parametrize("shape", [[2**62, 4], [2**63 - 1, 2], [2**40, 2**40, 0], [2**62, 2**62, 0]])
+def test_a_shape_whose_product_overflows_is_a_bad_shape_not_a_500(shape):
+    body = orjson.dumps({"inputs": [{"name": "chips", "shape": shape, "datatype": "FP32", "data": []}]})
+    with pytest.raises(BadInput) as err:
+        decode_request(body, {}, "ice")
+    assert err.value.code == "shape" and err.value.status == 400

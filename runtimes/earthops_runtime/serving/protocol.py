@@ -9,6 +9,7 @@ plane still finds the model and calls it, and gRPC is KServe's own path.
 
 from __future__ import annotations
 
+import math
 import struct
 from collections.abc import Mapping
 from typing import Any
@@ -60,7 +61,7 @@ def decode_request(body: bytes, headers: Mapping[str, str], model_name: str) -> 
     inputs: list[InferInput] = []
     offset = 0
     for i, spec in enumerate(tensors):
-        inp, size = _input(i, spec, rest[offset:])
+        inp, size = _input(i, spec, rest[offset:], len(body))
         inputs.append(inp)
         offset += size
     if offset != len(rest):
@@ -80,7 +81,7 @@ def decode_request(body: bytes, headers: Mapping[str, str], model_name: str) -> 
                         parameters=parameters, request_outputs=requested)
 
 
-def _input(i: int, spec: Any, rest: memoryview) -> tuple[InferInput, int]:
+def _input(i: int, spec: Any, rest: memoryview, body_size: int) -> tuple[InferInput, int]:
     if not isinstance(spec, dict):
         raise _bad(f"inputs[{i}] is not an object")
     name, shape, datatype = spec.get("name"), spec.get("shape"), spec.get("datatype")
@@ -94,7 +95,10 @@ def _input(i: int, spec: Any, rest: memoryview) -> tuple[InferInput, int]:
     if params is not None and not isinstance(params, dict):
         raise _bad(f"inputs[{i}] ({name}).parameters must be an object")
     params = params or {}
-    count = int(np.prod(shape)) if shape else 1
+    count = math.prod(shape)  # Python ints: np.prod wraps around in int64
+    if count > body_size:  # every value takes at least a byte of the body (which is within the payload limit)
+        raise BadInput("shape", f"inputs[{i}] ({name}).shape {shape}: {count} values, more than a body of "
+                                f"{body_size} bytes holds", accepted="a shape matching the data sent")
     if "binary_data_size" in params:
         size = params["binary_data_size"]
         if not isinstance(size, int) or isinstance(size, bool) or size < 0 or size > len(rest):
@@ -118,7 +122,11 @@ def _input(i: int, spec: Any, rest: memoryview) -> tuple[InferInput, int]:
         raise BadInput("dtype", f"inputs[{i}] ({name}).data is not an array of {datatype} numbers") from None
     if array.size != count:
         raise BadInput("shape", f"inputs[{i}] ({name}): {array.size} values for shape {shape} ({count})")
-    return InferInput(name, shape, datatype, data=array.reshape(shape), parameters=params or None), 0
+    try:
+        array = array.reshape(shape)
+    except ValueError as exc:  # a zero-size tensor with dimensions numpy cannot hold
+        raise BadInput("shape", f"inputs[{i}] ({name}).shape {shape}: {exc}") from None
+    return InferInput(name, shape, datatype, data=array, parameters=params or None), 0
 
 
 def _bytes_tensor(values: np.ndarray) -> bytes:
