@@ -73,6 +73,7 @@ def test_windows_close_after_n_requests_and_write_report_plot_payloads_and_lates
     assert first["window"]["requests"] == 8 and first["window"]["chips"] == 64
     stored = store.read_json(report_key(NS, NAME, second["window"]["id"]))
     assert stored == json.loads(json.dumps(second)) == read_latest(store, NS, NAME)
+    assert read_latest(store, NS, NAME, "v1") == stored == store.read_json(latest_key(NS, NAME, "v1"))
     png = store.read_bytes(report_key(NS, NAME, second["window"]["id"], ".png"))
     assert png.startswith(b"\x89PNG") and stored["plot"] == f"{second['window']['id']}.png"
     # payload records: sampled, bounded per window, the values only while they fit, nothing else
@@ -143,6 +144,7 @@ def test_startup_errors_name_the_reference_and_band_and_become_the_latest_report
                       model_name="m", model_version="v1", store=store, deployment=(NS, NAME))
     error = store.read_json(latest_key(NS, NAME))
     assert error["status"] == "error" and "nowhere" in error["message"]
+    assert store.read_json(latest_key(NS, NAME, "v1")) == error
     outcome = drift_status(error, [])
     assert (outcome.condition.status, outcome.condition.reason) == ("Unknown", "MonitoringFailed")
     assert "nowhere" in outcome.condition.message
@@ -188,3 +190,20 @@ def test_payload_records_keep_values_that_fit_and_stop_at_the_cap(store):
     assert log.records == [] and log.flush(store, NS, NAME, "w2") is None
     with pytest.raises(ValueError, match="sample rate 0"):
         PayloadSettings(rate=0)
+
+
+def test_each_model_version_has_its_own_latest_report(store):
+    # a canary revision writes latest.json too: the primary's report stays readable as its own
+    from earthops_runtime.monitoring.report import write_report
+
+    def report(version, status):
+        return {"status": status, "model": {"name": "iceberg", "version": version}, "window": {"id": f"w-{version}"}}
+
+    assert read_latest(store, NS, NAME, "v1") is None
+    write_report(store, NS, NAME, report("v1", "drift"))
+    write_report(store, NS, NAME, report("v2", "ok"))
+    assert read_latest(store, NS, NAME)["model"]["version"] == "v2"  # latest.json: any version's (describe)
+    assert read_latest(store, NS, NAME, "v1")["status"] == "drift"
+    assert read_latest(store, NS, NAME, "v2")["status"] == "ok"
+    store.delete(latest_key(NS, NAME, "v1"))  # a predictor that writes latest.json only: read that
+    assert read_latest(store, NS, NAME, "v1")["model"]["version"] == "v2"

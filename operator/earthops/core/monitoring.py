@@ -3,8 +3,10 @@
 The predictor's monitor (``earthops_runtime.monitoring``) closes a window every ``monitoring.window``
 requests or ``monitoring.interval`` and writes one JSON report per window under
 ``deployments/<ns>/<name>/monitoring/`` (``<window-id>.json``, a PNG beside it) and the same document
-as ``latest.json`` (one atomic write). The control plane reads ``latest.json`` (the operator for a
-cluster, the embedded executor on one machine) and turns it into ``status.drift``, the ``Drift``
+as ``latest-<model version>.json`` and ``latest.json`` (each one atomic write): a canary revision's
+reports do not hide the primary's. The control plane reads the served primary version's latest
+report (the operator for a cluster, the embedded executor on one machine; ``earthops describe``
+reads ``latest.json``) and turns it into ``status.drift``, the ``Drift``
 condition and an event, with :func:`drift_status` — pure, JSON only (no numpy), so both executors
 and ``earthops describe`` share one reading of a report.
 
@@ -42,19 +44,24 @@ def report_key(namespace: str, name: str, window_id: str, suffix: str = ".json")
     return f"{monitoring_prefix(namespace, name)}/{window_id}{suffix}"
 
 
-def latest_key(namespace: str, name: str) -> str:
-    return f"{monitoring_prefix(namespace, name)}/{LATEST_NAME}"
+def latest_key(namespace: str, name: str, version: str | None = None) -> str:
+    """``.../monitoring/latest.json`` (any version's), or ``latest-<version>.json`` (that model version's:
+    a canary's reports do not hide the primary's)."""
+    leaf = LATEST_NAME if version is None else f"latest-{str(version).replace('/', '_')}.json"
+    return f"{monitoring_prefix(namespace, name)}/{leaf}"
 
 
-def read_latest(store: Store, namespace: str, name: str) -> dict[str, Any] | None:
-    """The latest report of a deployment, or None when no window has closed yet."""
-    key = latest_key(namespace, name)
-    try:
-        return store.read_json(key)
-    except StoreError:
-        if not store.exists(key):
-            return None
-        raise
+def read_latest(store: Store, namespace: str, name: str, version: str | None = None) -> dict[str, Any] | None:
+    """The latest report of a deployment (of model ``version``; a predictor that writes no
+    per-version report: ``latest.json``), or None when no window has closed yet."""
+    keys = [latest_key(namespace, name, version)] + ([latest_key(namespace, name)] if version is not None else [])
+    for key in keys:
+        try:
+            return store.read_json(key)
+        except StoreError:
+            if store.exists(key):
+                raise
+    return None
 
 
 # --- the decision (pure) ---------------------------------------------------------------------------

@@ -6,7 +6,7 @@ thread adds each batch to the window's :class:`WindowSketch` (vectorised: one pa
 the window after ``window`` requests or ``interval`` seconds, whichever comes first (an interval
 without requests closes nothing). Closing scores the window (:func:`assess`), sets the Prometheus
 gauges, and — with a store and a deployment — writes the report, its plot, the payload sample and
-``latest.json`` (:mod:`earthops.core.monitoring` says where and what they mean).
+``latest-<version>.json`` and ``latest.json`` (:mod:`earthops.core.monitoring` says where and what they mean).
 
 Startup fails clearly (:class:`ReferenceError`, naming the reference and the band) when the
 reference is missing or lacks a band the model consumes; with a store, that failure is also written
@@ -265,11 +265,13 @@ def build_monitor(reference_uri: str, *, features: Sequence[str], classes: Seque
                                    task=task, source="/".join(reference_location(reference_uri)))
     except ReferenceError as exc:
         if store is not None and deployment is not None:
-            store.write_json(latest_key(*deployment), {
+            error = {
                 "version": REPORT_VERSION, "status": "error", "reason": exc.reason, "message": str(exc),
                 "model": {"name": model_name, "version": model_version},
                 "deployment": {"namespace": deployment[0], "name": deployment[1]},
-                "window": {"id": None, "start": _stamp(datetime.now(UTC))}})
+                "window": {"id": None, "start": _stamp(datetime.now(UTC))}}
+            store.write_json(latest_key(*deployment, model_version), error)  # the version's, then any version's
+            store.write_json(latest_key(*deployment), error)
         raise
     return Monitor(reference, model_name=model_name, model_version=model_version, window=window, interval=interval,
                    limits=limits, store=store, deployment=deployment, payloads=payloads)

@@ -67,6 +67,9 @@ def write_report(store: Store, namespace: str, name: str, report: dict[str, Any]
         store.write_bytes(report_key(namespace, name, window_id, ".png"), plot_png(reference, report))
         report = {**report, "plot": f"{window_id}.png"}
     store.write_json(report_key(namespace, name, window_id), report)
+    version = (report.get("model") or {}).get("version")
+    if version is not None:  # the version's own latest (the status reads the primary's), then any version's
+        store.write_json(latest_key(namespace, name, str(version)), report)
     store.write_json(latest_key(namespace, name), report)
     return report
 

@@ -82,7 +82,8 @@ def reconcile(info: KindInfo, body: kopf.Body, meta: kopf.Meta, status: kopf.Sta
         return
     current = k8s.get_custom(KIND, resource.namespace, name)
     models = _models(resource, current, generation)
-    drift = {"monitored": resource.spec.monitoring.enabled, "drift_report": _drift_report(resource)}
+    drift = {"monitored": resource.spec.monitoring.enabled,
+             "drift_report": _drift_report(resource, models.primary.version if models.primary else None)}
     if not models.ready:
         # waiting for a model: a running InferenceService of an older spec goes on serving meanwhile
         observed = Observed(Execution("Pending", models.blockers[0].reason if models.blockers else "Pending",
@@ -121,12 +122,13 @@ def reconcile(info: KindInfo, body: kopf.Body, meta: kopf.Meta, status: kopf.Sta
                                                    models=models, run=run, **drift), patch, "served")
 
 
-def _drift_report(resource: Resource[Any, Any]) -> dict[str, Any] | None:
-    """The deployment's latest drift report in its store (None: none yet, monitoring off, or unreadable now)."""
+def _drift_report(resource: Resource[Any, Any], version: str | None) -> dict[str, Any] | None:
+    """The latest drift report of the deployment's primary model ``version`` in its store (None: none
+    yet, monitoring off, or unreadable now)."""
     if not resource.spec.monitoring.enabled:
         return None
     try:
-        return read_latest(rayjobs.store_for(resource), resource.namespace, resource.name)
+        return read_latest(rayjobs.store_for(resource), resource.namespace, resource.name, version)
     except StoreError as exc:
         log.warning("%s/%s: the drift report cannot be read: %s", resource.namespace, resource.name, exc)
         return None

@@ -23,7 +23,7 @@ from typing import Any
 
 from earthops.api import KINDS, KindInfo, Resource, parse_resource
 from earthops.api.runtime import STATUS_FILE, RuntimeStatus
-from earthops.control.reconcile.inferenceservice import Observed, deployment_status, resolve_models
+from earthops.control.reconcile.inferenceservice import Models, Observed, deployment_status, resolve_models
 from earthops.control.reconcile.inputs import Inputs, Lookup, resolve_inputs
 from earthops.control.status import Execution, derive
 from earthops.core import registry
@@ -260,7 +260,7 @@ class Executor:
             observed = Observed(Execution("Failed", "PredictorDidNotStart", str(exc), start_time=started))
             state["status"] = deployment_status(generation=generation, previous=prev_status, observed=observed,
                                                 models=models, run=run, monitored=r.spec.monitoring.enabled,
-                                                drift_report=self._drift_report(r))  # an unusable drift reference
+                                                drift_report=self._drift_report(r, models))  # an unusable drift reference
             self.store.write_json(self._state_key(r), state)
             return Outcome(state)
         self.servers.append(server)
@@ -268,7 +268,7 @@ class Executor:
         observed = Observed(dataclasses.replace(observed.execution, start_time=started), observed.fields)
         state["status"] = deployment_status(generation=generation, previous=prev_status, observed=observed,
                                             models=models, run=run, monitored=r.spec.monitoring.enabled,
-                                            drift_report=self._drift_report(r))
+                                            drift_report=self._drift_report(r, models))
         self.store.write_json(self._state_key(r), state)
         server.state = (r, state, generation, run)
         if r.spec.monitoring.enabled:
@@ -277,9 +277,11 @@ class Executor:
 
     # --- drift: the executor reads the reports, as the operator does ----------------------------------
 
-    def _drift_report(self, r: Resource[Any, Any]) -> dict[str, Any] | None:
+    def _drift_report(self, r: Resource[Any, Any], models: Models) -> dict[str, Any] | None:
+        """The latest drift report of the primary model version (a canary writes its own)."""
+        version = models.primary.version if models.primary else None
         try:
-            return read_latest(self.run_store(r), r.namespace, r.name) if r.spec.monitoring.enabled else None
+            return read_latest(self.run_store(r), r.namespace, r.name, version) if r.spec.monitoring.enabled else None
         except StoreError:
             return None
 
@@ -297,7 +299,7 @@ class Executor:
                 observed = Observed(dataclasses.replace(observed.execution, start_time=started), observed.fields)
             after = deployment_status(generation=generation, previous=before, observed=observed,
                                       models=server.models, run=run, monitored=r.spec.monitoring.enabled,
-                                      drift_report=self._drift_report(r))
+                                      drift_report=self._drift_report(r, server.models))
             if after == before:
                 return None
             state["status"] = after
