@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import numpy as np
 import orjson
@@ -79,3 +80,34 @@ def test_a_shape_whose_product_overflows_is_a_bad_shape_not_a_500(shape):
     with pytest.raises(BadInput) as err:
         decode_request(body, {}, "ice")
     assert err.value.code == "shape" and err.value.status == 400
+
+
+def test_large_v1_bodies_are_decoded_and_answers_encoded_off_the_event_loop(monkeypatch):
+    model = served(task="segmentation", classes=2)
+    threads: dict[str, str] = {}
+    decode, encode = forms.decode_v1, model._encode
+
+    def decode_v1(payload, card):
+        threads["decode"] = threading.current_thread().name
+        return decode(payload, card)
+
+    def encode_v1(*args):
+        threads["encode"] = threading.current_thread().name
+        return encode(*args)
+
+    async def predict(x):
+        return np.full((len(x), 2, 4, 4), 0.5, np.float32)
+
+    monkeypatch.setattr(forms, "decode_v1", decode_v1)
+    monkeypatch.setattr(model, "_encode", encode_v1)
+    monkeypatch.setattr(model.batchers["v1"], "predict", predict)
+
+    async def call(n: int) -> tuple[dict, str]:
+        answer = await model._predict(model.primary, {"instances": np.zeros((n, 1, 4, 4)).tolist()}, None)
+        return answer, threading.current_thread().name
+
+    answer, loop_thread = asyncio.run(call(4))  # small: inline
+    assert threads == {"decode": loop_thread, "encode": loop_thread} and len(answer["predictions"]) == 4
+    answer, loop_thread = asyncio.run(call(4096))  # 65536 values: on the decode pool
+    assert threads["decode"].startswith("earthops-decode") and threads["encode"].startswith("earthops-decode")
+    assert len(answer["predictions"]) == 4096 and answer["labels"][0] == [[0] * 4] * 4

@@ -47,6 +47,9 @@ VERSION_HEADER = "x-earthops-model-version"
 #: Set by the REST app from ``/v2/models/NAME/versions/V/...``: the version the request asks for.
 PIN_HEADER = "x-earthops-pinned-version"
 DEFAULT_MAX_SCENE_BYTES = 1 << 30
+#: v1 bodies and answers with more values than this are decoded / encoded on a worker thread, not on
+#: the event loop (about the 256 KiB of JSON above which v2 bodies are decoded off the loop).
+_DECODE_INLINE_VALUES = 32 << 10
 #: Pixel values (width x height x bands of a scene, and H x W x classes of a segmentation mosaic) at
 #: most: a small compressed GeoTIFF can declare a huge grid (1 GiB of float32 for the mosaic).
 DEFAULT_MAX_SCENE_PIXELS = 1 << 28
@@ -170,6 +173,8 @@ class EOModel(Model):
         with self._stage(model.version, "decode"):
             if v2:
                 decoded, params = forms.decode_v2(payload.inputs, card, payload.parameters)
+            elif _values_in(payload) > _DECODE_INLINE_VALUES:  # np.asarray of nested lists: seconds, off the loop
+                decoded, params = await asyncio.get_running_loop().run_in_executor(self._io, forms.decode_v1, payload, card)
             else:
                 decoded, params = forms.decode_v1(payload, card)
         if isinstance(decoded, forms.Scene):
@@ -183,7 +188,11 @@ class EOModel(Model):
                 x, features = await asyncio.get_running_loop().run_in_executor(self._io, _from_bands, decoded, params, card)
         probs = await self.batchers[model.version].predict(x)
         with self._stage(model.version, "encode"):
-            response = self._encode(model, probs, payload, request_id)
+            if probs.size > _DECODE_INLINE_VALUES:  # probs.tolist() of a segmentation batch, off the loop
+                response = await asyncio.get_running_loop().run_in_executor(self._io, self._encode, model, probs,
+                                                                            payload, request_id)
+            else:
+                response = self._encode(model, probs, payload, request_id)
         self._count(model, probs)
         if self.observers:
             self._observe(model, features if features is not None else forms.denormalise(x, card), probs, request_id)
@@ -376,6 +385,20 @@ def normalised_uri(uri: str, reason: str, what: str) -> str:
     if norm.startswith("//"):  # POSIX normpath keeps a leading '//'
         norm = "/" + norm.lstrip("/")
     return f"{parsed.scheme}://{parsed.netloc}{norm}"
+
+
+def _values_in(payload: Any) -> int:
+    """About how many values a v1 body holds: the product of the lengths down its first elements
+    (instances x bands x rows x columns), without walking all of it."""
+    n, node = 1, payload.get("instances") if isinstance(payload, Mapping) else None
+    for _ in range(8):
+        if isinstance(node, list) and node:
+            n, node = n * len(node), node[0]
+        elif isinstance(node, Mapping) and node:
+            n, node = n * len(node), next(iter(node.values()))
+        else:
+            break
+    return n
 
 
 def _from_bands(decoded: forms.Bands, params: forms.Parameters, card: Any) -> tuple[np.ndarray, np.ndarray]:
