@@ -234,3 +234,45 @@ def test_cli_run_exit_codes(tmp_path, unbuilt_deployment):
 def test_operator_flags_are_checked(args, fragment):
     result = CliRunner().invoke(app, ["operator", *args])
     assert result.exit_code == 2 and fragment in result.stderr
+
+
+def _fake_predictor(monkeypatch):
+    """local.serving.start runs ``scripts[-1]`` instead of the predictor; the log files it was given."""
+    import subprocess
+    import sys
+
+    from earthops.control.local import serving
+
+    logs, scripts = [], []
+    real = subprocess.Popen
+
+    def popen(argv, **kwargs):
+        logs.append(kwargs["stderr"])
+        return real([sys.executable, "-c", scripts[-1]], **kwargs)
+
+    monkeypatch.setattr(serving.subprocess, "Popen", popen)
+    return serving, logs, scripts
+
+
+def _ships():
+    from earthops.api.resources import ModelDeployment
+    from earthops.control.reconcile.inferenceservice import Models, ServedModel
+
+    r = ModelDeployment.model_validate({"apiVersion": "earthops.dev/v1alpha1", "kind": "ModelDeployment",
+                                        "metadata": {"name": "ships", "namespace": "default"},
+                                        "spec": {"modelRef": {"model": "ships"}}})
+    return r, Models(ServedModel("ships", "v1", "file:///s/models/default/ships/v1"))
+
+
+def test_the_local_predictor_log_is_closed_when_it_stops_or_fails_to_start(tmp_path, monkeypatch):
+    serving, logs, scripts = _fake_predictor(monkeypatch)
+    scripts.append("import sys; print('oops', file=sys.stderr); sys.exit(3)")
+    r, models = _ships()
+    with pytest.raises(serving.ServerError, match="exited with code 3"):
+        serving.start(r, models, port=0, log_dir=tmp_path)
+    assert logs[-1].closed
+    scripts.append("print('earthops predictor ready at http://0.0.0.0:1234', flush=True); import time; time.sleep(60)")
+    server = serving.start(r, models, port=0, log_dir=tmp_path, timeout=30)
+    assert not logs[-1].closed
+    server.stop()
+    assert logs[-1].closed and not server.alive

@@ -327,8 +327,9 @@ class Executor:
         """Stop every predictor this executor started, and record that they stopped."""
         self._drift_watch.set()
         for server in self.servers:
-            if server.alive:
-                server.stop()
+            alive = server.alive
+            server.stop()  # closes its log, also when it exited by itself
+            if alive:
                 self.record_stopped(server, on_purpose=True)
         self.servers = []
 

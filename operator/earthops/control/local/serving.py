@@ -24,7 +24,7 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from earthops.api import Resource
 from earthops.control.reconcile.inferenceservice import Models, Observed, predictor_command
@@ -64,6 +64,9 @@ class LocalServer:
     started: float = field(default_factory=time.time)
     #: What the executor needs to record its status when it stops (resource, state, generation, run id).
     state: Any = None
+    #: The log file the predictor writes to, and the thread copying its stdout there: closed once it ended.
+    log: IO[bytes] | None = None
+    reader: threading.Thread | None = None
 
     @property
     def alive(self) -> bool:
@@ -77,7 +80,8 @@ class LocalServer:
         return " | ".join(text[-lines:])
 
     def stop(self, timeout: float = 20.0) -> None:
-        """SIGTERM (KServe's server shuts down cleanly), then SIGKILL; waits for the process."""
+        """SIGTERM (KServe's server shuts down cleanly), then SIGKILL; waits for the process, then
+        closes its log (also when it had already exited)."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -85,6 +89,14 @@ class LocalServer:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        self.close_log()
+
+    def close_log(self) -> None:
+        """Once the process ended: let the reader copy the rest of its stdout, then close the log."""
+        if self.reader is not None:
+            self.reader.join(5)
+        if self.log is not None:
+            self.log.close()
 
     def observed(self) -> Observed:
         """The deployment's execution state and status fields, as :func:`~earthops.control.reconcile.
@@ -130,25 +142,29 @@ def start(resource: Resource[Any, Any], models: Models, *, port: int = 8080, log
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL,
                             env={**os.environ, **(env or {})},
                             preexec_fn=_die_with_parent if sys.platform == "linux" else None)
-    server = LocalServer(resource.name, models, canary.traffic_percent if canary else None, proc, log_path)
+    server = LocalServer(resource.name, models, canary.traffic_percent if canary else None, proc, log_path, log=log)
     found: list[str] = []
 
     def read_stdout() -> None:
         assert proc.stdout is not None
         for raw in proc.stdout:  # the ready line, then whatever it prints: into the log
             line = raw.decode(errors="replace")
-            log.write(raw)
-            log.flush()
+            try:
+                log.write(raw)
+                log.flush()
+            except ValueError:  # closed: the server was stopped
+                break
             match = READY.search(line)
             if match and not found:
                 found.append(match["url"])
 
     reader = threading.Thread(target=read_stdout, name=f"predictor-{resource.name}", daemon=True)
+    server.reader = reader
     reader.start()
     deadline = time.monotonic() + timeout
     while not found:
         if proc.poll() is not None:
-            reader.join(2)
+            server.close_log()
             raise ServerError(f"the predictor exited with code {proc.returncode} before it was ready "
                               f"(log: {log_path}): {server.log_tail()}")
         if time.monotonic() > deadline:
