@@ -111,3 +111,65 @@ def test_large_v1_bodies_are_decoded_and_answers_encoded_off_the_event_loop(monk
     answer, loop_thread = asyncio.run(call(4096))  # 65536 values: on the decode pool
     assert threads["decode"].startswith("earthops-decode") and threads["encode"].startswith("earthops-decode")
     assert len(answer["predictions"]) == 4096 and answer["labels"][0] == [[0] * 4] * 4
+
+
+@pytest.mark.parametrize("path", ["/v2/models/ice/versions/v1/infer", "/v2/models/ice/infer"])
+def test_a_client_pin_header_never_picks_the_version(path):
+    from earthops_runtime.serving.model import PIN_HEADER
+    from earthops_runtime.serving.server import EarthopsLayer
+
+    seen: list[list[bytes]] = []
+
+    async def inner(scope, receive, send):
+        seen.append([v for k, v in scope["headers"] if k == PIN_HEADER.encode()])
+
+    class Repository:
+        def get_model(self, name):
+            return served() if name == "ice" else None
+
+    async def receive():
+        return {"type": "http.request", "body": b"{}", "more_body": False}
+
+    layer = EarthopsLayer(inner, Repository(), 1 << 20)
+    scope = {"type": "http", "path": path, "raw_path": path.encode(),
+             "headers": [(PIN_HEADER.encode(), b"v2"), (b"content-length", b"2")]}
+    asyncio.run(layer(scope, receive, None))
+    assert seen == [[b"v1"] if "versions" in path else []]
+
+
+def test_observers_drop_beyond_the_bytes_waiting_not_only_the_batch_count():
+    from earthops_runtime.serving import metrics
+    from earthops_runtime.serving.observe import Observers
+
+    release = threading.Event()
+    seen: list[int] = []
+
+    class Slow:
+        def observe(self, batch):
+            release.wait(10)
+            seen.append(batch.features.nbytes)
+
+    observers = Observers([Slow()], max_pending=100, max_pending_bytes=800)  # 3 batches of 264 bytes
+    dropped = metrics.OBSERVER_DROPPED.labels(model="bytes")._value.get()
+
+    def publish():
+        observers.publish(model_name="bytes", model_version="v1", features=np.zeros((1, 1, 8, 8), np.float32),
+                          feature_names=["a"], outputs=np.zeros((1, 2), np.float32), class_names=["x", "y"],
+                          task="classification", request_id=None)
+
+    for _ in range(5):
+        publish()
+    assert metrics.OBSERVER_DROPPED.labels(model="bytes")._value.get() == dropped + 2
+    release.set()
+    observers.drain(timeout=10)
+    publish()  # the bytes delivered are free again
+    observers.drain(timeout=10)
+    assert len(seen) == 4 and metrics.OBSERVER_DROPPED.labels(model="bytes")._value.get() == dropped + 2
+    observers.close()
+
+
+def test_a_band_is_a_raw_band_name_and_a_model_s_derived_feature_is_not():
+    from earthops_runtime.serving.inputs import _is_band
+
+    assert _is_band("HH") and _is_band("B04") and _is_band("red")
+    assert not _is_band("NDVI") and not _is_band("HH_HV_ratio")  # the docstring no longer promises these

@@ -129,6 +129,9 @@ class EarthopsLayer:
             await self.app(scope, receive, send)
             return
         m = _VERSIONED.match(scope["path"])
+        pin = PIN_HEADER.encode()
+        if any(k.lower() == pin for k, _ in scope["headers"]):  # only the path pins a version, never a client
+            scope = {**scope, "headers": [(k, v) for k, v in scope["headers"] if k.lower() != pin]}
         if m:
             model = self.repository.get_model(m.group("name"))
             versions = list(getattr(model, "versions", {}) or {})
