@@ -5,8 +5,8 @@ After a request's (or a scene chunk's) outputs are computed, the predictor hands
 ``observe(batch)`` on a worker thread of its own: the response never waits for an observer, and an
 observer that raises is logged and counted (``earthops_serving_observer_errors_total``), never failing
 a request. Observers slower than the traffic lose batches rather than memory: beyond
-``MAX_PENDING`` waiting batches new ones are dropped and counted
-(``earthops_serving_observer_dropped_total``). An observer is any object with ``observe(batch) ->
+``MAX_PENDING`` waiting batches, or ``MAX_PENDING_BYTES`` of their features and outputs, new ones are
+dropped and counted (``earthops_serving_observer_dropped_total``). An observer is any object with ``observe(batch) ->
 None`` (duck-typed: a monitoring package does not import serving).
 
 What an observer gets (frozen, arrays read-only):
@@ -35,6 +35,8 @@ from earthops_runtime.serving import metrics
 log = logging.getLogger(__name__)
 #: Batches waiting for slow observers at most; more are dropped (and counted), never queued without bound.
 MAX_PENDING = 64
+#: Bytes of features and outputs waiting for slow observers at most (a batch of scene chips is large).
+MAX_PENDING_BYTES = 256 << 20
 
 
 @dataclass(frozen=True)
@@ -67,10 +69,13 @@ def _frozen(a: np.ndarray) -> np.ndarray:
 class Observers:
     """The configured observers and the one thread that calls them, in order, batch after batch."""
 
-    def __init__(self, observers: Iterable[object] = (), *, max_pending: int = MAX_PENDING):
+    def __init__(self, observers: Iterable[object] = (), *, max_pending: int = MAX_PENDING,
+                 max_pending_bytes: int = MAX_PENDING_BYTES):
         self.observers: tuple[object, ...] = tuple(observers)
         self.max_pending = max_pending
+        self.max_pending_bytes = max_pending_bytes
         self._pending = 0
+        self._pending_bytes = 0
         for o in self.observers:
             if not callable(getattr(o, "observe", None)):
                 raise TypeError(f"observer {o!r} has no observe(batch) method")
@@ -89,21 +94,24 @@ class Observers:
                               features=_frozen(features.astype(np.float32, copy=False)),
                               feature_names=tuple(feature_names), outputs=_frozen(outputs),
                               class_names=tuple(class_names), task=task, request_id=request_id)
+        size = batch.features.nbytes + batch.outputs.nbytes
         with self._lock:
-            if self._pending >= self.max_pending:
+            if self._pending >= self.max_pending or self._pending_bytes + size > self.max_pending_bytes:
                 metrics.OBSERVER_DROPPED.labels(model=model_name).inc()
                 return
             self._pending += 1
+            self._pending_bytes += size
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="earthops-observers")
-            self._pool.submit(self._deliver, batch)
+            self._pool.submit(self._deliver, batch, size)
 
-    def _deliver(self, batch: ObservedBatch) -> None:
+    def _deliver(self, batch: ObservedBatch, size: int) -> None:
         try:
             self.notify(batch)
         finally:
             with self._lock:
                 self._pending -= 1
+                self._pending_bytes -= size
 
     def notify(self, batch: ObservedBatch) -> None:
         """Call every observer with ``batch`` (on the caller's thread); failures are logged and counted."""
