@@ -4,8 +4,9 @@
 ``max_batch_size``) and waits for its rows of the output. One task per event loop takes the first
 queued piece, then keeps taking pieces until the batch is full or ``max_wait_ms`` has passed since
 that first piece arrived, and runs the forward on a worker thread (the event loop keeps answering
-health checks and reading requests meanwhile). While one batch is in the forward the next one
-gathers, so under load batches fill without waiting. ``max_wait_ms=0``: take only what is already
+health checks and reading requests meanwhile). Batches are strictly serial: the task awaits each
+forward before it gathers the next batch, and pieces that arrive during a forward queue up, so under
+load the next batch fills from the queue at once. ``max_wait_ms=0``: take only what is already
 queued.
 """
 

@@ -228,7 +228,7 @@ def _scene_uri(value: Any) -> str:
 
 def _bands_v1(instances: list[Mapping[str, Any]], params: Parameters, card: Card) -> Bands:
     names = tuple(instances[0])
-    unknown = [n for n in names if not _is_band(n, card)]
+    unknown = [n for n in names if not _is_band(n)]
     if unknown:
         raise BadInput("bands", f"{', '.join(map(repr, unknown))} {'is not a band name' if len(unknown) == 1 else 'are not band names'}",
                        accepted="Sentinel-1 polarisations (HH, HV, VV, VH) and Sentinel-2 bands (B01-B12, B8A) or their "
@@ -278,9 +278,9 @@ def decode_v2(inputs: Sequence[Any], card: Card, parameters: Any) -> tuple[Decod
         if len(inputs) != 1:
             raise BadInput("scene", f"a scene input beside others ({', '.join(names)})", accepted="scene or scene_uri alone")
         return _scene_v2(scene[0]), params
-    if len(inputs) == 1 and not _is_band(inputs[0].name, card):
+    if len(inputs) == 1 and not _is_band(inputs[0].name):
         return Chips(_tensor(inputs[0], card, chips=True)), params
-    unknown = [n for n in names if not _is_band(n, card)]
+    unknown = [n for n in names if not _is_band(n)]
     if unknown:
         raise BadInput("bands", f"inputs {', '.join(unknown)} are not band names (several inputs are raw bands)",
                        accepted=_accepted_v2(card))
@@ -294,12 +294,11 @@ def decode_v2(inputs: Sequence[Any], card: Card, parameters: Any) -> tuple[Decod
     return Bands(tuple(names), x, integer), params
 
 
-def _is_band(name: str, card: Card) -> bool:
-    """A raw band name: a SAR polarisation, a Sentinel-2 band or a common name the feature code knows,
-    or one of the model's own band features."""
+def _is_band(name: str) -> bool:
+    """A raw band name: a SAR polarisation, a Sentinel-2 band or a common name the feature code knows
+    (whether the model's features can be derived from the bands sent is checked later)."""
     from earthops_runtime.data.features import band_symbol
 
-    del card
     return name.upper() in SAR_BANDS or band_symbol(name) is not None
 
 
