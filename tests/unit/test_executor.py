@@ -276,3 +276,26 @@ def test_the_local_predictor_log_is_closed_when_it_stops_or_fails_to_start(tmp_p
     assert not logs[-1].closed
     server.stop()
     assert logs[-1].closed and not server.alive
+
+
+def test_a_drift_watch_started_after_stop_still_polls(tmp_path, monkeypatch):
+    # serve, stop, serve again on the same Executor: the new server's watch must not see the old stop
+    import threading
+    import types
+
+    executor = Executor(Store.from_uri(tmp_path.as_uri()))
+    executor.stop()
+    polls = []
+    server = types.SimpleNamespace(alive=True)
+
+    def refresh(s):
+        polls.append(s)
+        s.alive = len(polls) < 3
+        return None
+
+    monkeypatch.setattr(executor, "refresh_drift", refresh)
+    watch = threading.Thread(target=executor._watch_drift, args=(server, 0.01, executor._drift_watch))  # as _serve
+    watch.start()
+    watch.join(10)
+    assert len(polls) == 3
+    executor.stop()

@@ -272,7 +272,8 @@ class Executor:
         self.store.write_json(self._state_key(r), state)
         server.state = (r, state, generation, run)
         if r.spec.monitoring.enabled:
-            threading.Thread(target=self._watch_drift, args=(server,), name=f"drift-{r.name}", daemon=True).start()
+            threading.Thread(target=self._watch_drift, args=(server, DRIFT_POLL_S, self._drift_watch),
+                             name=f"drift-{r.name}", daemon=True).start()
         return Outcome(state, server=server)
 
     # --- drift: the executor reads the reports, as the operator does ----------------------------------
@@ -306,8 +307,9 @@ class Executor:
             self.store.write_json(self._state_key(r), state)
         return drift_event(before, after)
 
-    def _watch_drift(self, server: Any, every: float = DRIFT_POLL_S) -> None:
-        while server.alive and not self._drift_watch.wait(every):
+    def _watch_drift(self, server: Any, every: float = DRIFT_POLL_S, stop: threading.Event | None = None) -> None:
+        stop = stop or self._drift_watch
+        while server.alive and not stop.wait(every):
             event = self.refresh_drift(server)
             if event is not None and self.on_drift_event is not None:
                 self.on_drift_event(server.state[0], event)
@@ -325,7 +327,8 @@ class Executor:
 
     def stop(self) -> None:
         """Stop every predictor this executor started, and record that they stopped."""
-        self._drift_watch.set()
+        self._drift_watch.set()  # the watches of these servers end; a later _serve's gets a new Event
+        self._drift_watch = threading.Event()
         for server in self.servers:
             alive = server.alive
             server.stop()  # closes its log, also when it exited by itself
