@@ -173,3 +173,31 @@ def test_a_band_is_a_raw_band_name_and_a_model_s_derived_feature_is_not():
 
     assert _is_band("HH") and _is_band("B04") and _is_band("red")
     assert not _is_band("NDVI") and not _is_band("HH_HV_ratio")  # the docstring no longer promises these
+
+
+def test_closing_the_observers_delivers_the_queue_then_closes_each_observer_that_can():
+    from earthops_runtime.serving.observe import Observers
+
+    events: list[str] = []
+
+    class Monitor:
+        def observe(self, batch):
+            events.append("observe")
+
+        def close(self):
+            events.append("close")
+
+    class BrokenClose(Monitor):
+        def close(self):
+            raise RuntimeError("no")
+
+    class Plain:
+        def observe(self, batch):
+            pass
+
+    observers = Observers([BrokenClose(), Plain(), Monitor()])
+    observers.publish(model_name="m", model_version="v1", features=np.zeros((1, 1, 2, 2), np.float32),
+                      feature_names=["a"], outputs=np.zeros((1, 2), np.float32), class_names=["x", "y"],
+                      task="classification", request_id=None)
+    observers.close()
+    assert events == ["observe", "observe", "close"]

@@ -131,10 +131,22 @@ class Observers:
             pool.submit(lambda: None).result(timeout=timeout)
 
     def close(self) -> None:
+        """Deliver the queued batches, then ``close()`` every observer that has one (a drift monitor
+        closes its last window); a failing close is logged and counted like a failing observe."""
         with self._lock:
             pool, self._pool = self._pool, None
         if pool is not None:
             pool.shutdown(wait=True)
+        for o in self.observers:
+            close = getattr(o, "close", None)
+            if not callable(close):
+                continue
+            try:
+                close()
+            except Exception:  # noqa: BLE001 - one observer's close never stops the others'
+                name = type(o).__name__
+                metrics.OBSERVER_ERRORS.labels(observer=name).inc()
+                log.exception("observer %s failed to close", name)
 
 
 __all__ = ["ObservedBatch", "Observer", "Observers"]
