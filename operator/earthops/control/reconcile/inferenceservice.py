@@ -257,10 +257,6 @@ def desired_inference_service(resource: Resource[Any, Any], models: Models, *, i
         predictor["scaleTarget"] = spec.replicas.target
     if serving == "canary" and spec.canary is not None:
         predictor["canaryTrafficPercent"] = spec.canary.traffic_percent
-    if spec.monitoring.payload_logging:
-        # KServe's payload logger: requests and responses as CloudEvents to the logger URL the cluster's
-        # KServe configures (inferenceservice-config, logger.defaultUrl: the namespace's broker)
-        predictor["logger"] = {"mode": "all"}
     resolved = {"model": vars(models.primary), **({"canaryModel": vars(models.canary)} if models.canary else {}),
                 **({"reference": models.reference} if models.reference else {})}  # pinned with the models
     annotations = {MODE_ANNOTATION: spec.deployment_mode, PRIMARY_ANNOTATION: models.primary.label,
@@ -297,7 +293,9 @@ def inference_service_name(resource: Resource[Any, Any]) -> str:
 
 
 #: Predictor fields earthops sets or leaves out on purpose: one that is there and should not be (a canary
-#: share after a rollback) is an update too. Others KServe's webhook may default; they are left to it.
+#: share after a rollback; KServe's CloudEvents ``logger``, which earthops no longer sets: payload logging is
+#: the predictor's own sampled, size-bounded log, ``--payload-logging``) is an update too. Others KServe's
+#: webhook may default; they are left to it.
 OWNED_PREDICTOR_FIELDS = ("minReplicas", "maxReplicas", "scaleMetric", "scaleTarget", "canaryTrafficPercent", "logger")
 
 
