@@ -21,6 +21,7 @@ from earthops.control.reconcile.inferenceservice import (
     predictor_command,
     resolve_models,
     stage,
+    store_registry,
     updated,
 )
 from earthops.control.status import get_condition
@@ -63,6 +64,23 @@ def test_a_registry_model_resolves_to_its_version_folder_and_latest_to_the_newes
     latest = resolve_models(_deployment(modelRef={"model": "ships"}), _no_refs, _registry(), wait=True)
     assert latest.primary == V2
     assert get_condition([{"type": m.condition} for m in latest.met], "ModelReady")
+
+
+def test_the_store_registry_the_operator_and_the_executor_share(tmp_path):
+    from earthops.control.local import Executor
+    from earthops.core.store import Store
+
+    store = Store.from_uri(tmp_path.as_uri())
+    for version in ("v1", "v2"):
+        with store.publish(f"models/default/ships/{version}") as run:
+            run.write_json("item.json", {})
+    resolve = store_registry(store, "default")
+    assert resolve("ships", "latest") == ("v2", store.url("models/default/ships/v2"))
+    assert resolve("ships", "v1") == ("v1", store.url("models/default/ships/v1"))
+    with pytest.raises(RegistryError, match="no model 'boats'"):
+        resolve("boats", "latest")
+    executor = Executor(store)  # the embedded executor resolves through the same helper
+    assert executor.registry(_deployment())("ships", "latest") == resolve("ships", "latest")
 
 
 def test_a_missing_model_waits_on_the_cluster_and_fails_embedded():

@@ -30,11 +30,11 @@ from earthops.control.reconcile.inferenceservice import (
     observe,
     pinned_models,
     resolve_models,
+    store_registry,
     updated,
 )
 from earthops.control.reconcile.rayjob import serves
 from earthops.control.status import Execution, get_condition
-from earthops.core import registry
 from earthops.core.monitoring import drift_event, read_latest
 from earthops.core.runs import run_id
 from earthops.core.store import StoreError
@@ -45,13 +45,7 @@ KIND = "InferenceService"
 
 def _registry(resource: Resource[Any, Any]) -> Registry:
     """The registry of the deployment's store (``spec.storage``, else the operator's)."""
-    store = rayjobs.store_for(resource)
-
-    def resolve(model: str, version: str) -> tuple[str, str]:
-        found = registry.resolve_version(store, resource.namespace, model, version)
-        return found, store.url(registry.version_key(resource.namespace, model, found))
-
-    return resolve
+    return store_registry(rayjobs.store_for(resource), resource.namespace)
 
 
 def _models(resource: Resource[Any, Any], current: dict[str, Any] | None, generation: int) -> Models:

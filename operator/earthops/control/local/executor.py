@@ -23,10 +23,15 @@ from typing import Any
 
 from earthops.api import KINDS, KindInfo, Resource, parse_resource
 from earthops.api.runtime import STATUS_FILE, RuntimeStatus
-from earthops.control.reconcile.inferenceservice import Models, Observed, deployment_status, resolve_models
+from earthops.control.reconcile.inferenceservice import (
+    Models,
+    Observed,
+    deployment_status,
+    resolve_models,
+    store_registry,
+)
 from earthops.control.reconcile.inputs import Inputs, Lookup, resolve_inputs
 from earthops.control.status import Execution, derive
-from earthops.core import registry
 from earthops.core.inputs import input_args
 from earthops.core.monitoring import drift_event, read_latest
 from earthops.core.runs import run_id as make_run_id
@@ -231,13 +236,7 @@ class Executor:
 
     def registry(self, r: Resource[Any, Any]) -> Callable[[str, str], tuple[str, str]]:
         """The model registry of ``r``'s store: (model, version or latest) -> (version, URI)."""
-        store = self.run_store(r)
-
-        def resolve(model: str, version: str) -> tuple[str, str]:
-            found = registry.resolve_version(store, r.namespace, model, version)
-            return found, store.url(registry.version_key(r.namespace, model, found))
-
-        return resolve
+        return store_registry(self.run_store(r), r.namespace)
 
     def _serve(self, r: Resource[Any, Any], state: dict[str, Any], prev_status: dict[str, Any] | None,
                generation: int) -> Outcome:

@@ -42,7 +42,8 @@ from earthops.control.reconcile.rayjob import (
     pod_security_context,
 )
 from earthops.control.status import Blocker, Execution, Met, derive
-from earthops.core.registry import store_of
+from earthops.core.registry import resolve_version, store_of, version_key
+from earthops.core.store import Store
 
 GROUP, VERSION, PLURAL = "serving.kserve.io", "v1beta1", "inferenceservices"
 API_VERSION = f"{GROUP}/{VERSION}"
@@ -86,6 +87,17 @@ class ServedModel:
 #: (model, version or ``latest``) -> (version, URI of the version's folder); raises LookupError
 #: (:class:`earthops.core.registry.RegistryError`) naming what exists.
 Registry = Callable[[str, str], tuple[str, str]]
+
+
+def store_registry(store: Store, namespace: str) -> Registry:
+    """The :data:`Registry` of the models registered in ``store`` under ``namespace`` (the deployment's
+    store: the operator's handler and the embedded executor both resolve through it)."""
+
+    def resolve(model: str, version: str) -> tuple[str, str]:
+        found = resolve_version(store, namespace, model, version)
+        return found, store.url(version_key(namespace, model, found))
+
+    return resolve
 
 
 @dataclass(frozen=True)
