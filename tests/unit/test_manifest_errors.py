@@ -154,3 +154,16 @@ def test_numbers_and_nulls_are_read_as_the_api_server_reads_them(tmp_path, chang
     except ManifestError as exc:
         problems = str(exc)
     assert (outcome in problems) if outcome else problems == "", problems
+
+
+def test_a_null_in_a_map_of_constrained_strings_is_left_out_as_the_api_server_prunes_it():
+    """``assets: {B04: null}``: the server prunes the null value of a non-nullable map entry and
+    accepts the document (found by the differential test); so does the in-process path."""
+    import yaml
+
+    from earthops.api import parse_resource
+
+    doc = yaml.safe_load((ROOT / "examples/stac-api/01-dataset.yaml").read_text())
+    doc["spec"]["source"]["stacApi"]["assets"] = {"B02": "blue", "B04": None}
+    resource = parse_resource(doc, "x.yaml")
+    assert resource.spec.source.stac_api.assets == {"B02": "blue"}

@@ -194,7 +194,8 @@ def _field_shapes(model: type[BaseModel]) -> dict[str, str]:
         types = _core_types(field.annotation)
         if int in types and float not in types:
             shape = "int"
-        elif len(types) == 1 and get_origin(types[0]) is dict and get_args(types[0]) == (str, str):
+        elif len(types) == 1 and get_origin(types[0]) is dict and all(
+                _core_types(t) == [str] for t in get_args(types[0])):  # constrained strings too
             shape = "str-map"
         else:
             shape = "other"
