@@ -19,8 +19,8 @@ from __future__ import annotations
 import json
 import random
 import shutil
+import sys
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -68,9 +68,9 @@ def api_url(catalog_store: Store, tmp_path_factory: pytest.TempPathFactory) -> I
     """``earthops catalog serve`` over the store, on a free loopback port."""
     log = tmp_path_factory.mktemp("catalog-serve") / "serve.log"
     port = free_port()
-    earthops = Path(shutil.which("earthops") or Path(__file__).resolve().parents[2] / ".venv" / "bin" / "earthops")
-    proc = spawn([str(earthops), "catalog", "serve", "--port", str(port), "--store", catalog_store.uri],
-                 log_path=log)
+    # the CLI of the code under test, from this interpreter (not whichever `earthops` is first on PATH)
+    proc = spawn([sys.executable, "-m", "earthops.control.cli", "catalog", "serve", "--port", str(port),
+                  "--store", catalog_store.uri], log_path=log)
     url = f"http://127.0.0.1:{port}/"
 
     def ready() -> bool:
