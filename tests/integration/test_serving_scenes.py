@@ -27,7 +27,7 @@ from earthops_runtime.data.features import plan_features
 from earthops_runtime.models import build_model
 from earthops_runtime.registry import ModelCard, load_model, register_model
 from earthops_runtime.serving import build_models, create_app
-from earthops_runtime.serving.observe import ObservedBatch
+from tests.infra.observers import Broken, Recorder
 from tests.infra.proc import free_port, spawn, stop, unique_name, wait_for
 
 pytestmark = pytest.mark.integration
@@ -181,19 +181,6 @@ def test_segmentation_chips_as_raw_digital_numbers(s3_predictor):
 
 
 # --- in process: observers, and every payload answered ----------------------------------------------------
-
-
-class Recorder:
-    def __init__(self):
-        self.batches: list[ObservedBatch] = []
-
-    def observe(self, batch: ObservedBatch) -> None:
-        self.batches.append(batch)
-
-
-class Broken:
-    def observe(self, batch: ObservedBatch) -> None:
-        raise RuntimeError("observer bug")
 
 
 @pytest.fixture(scope="module")

@@ -15,8 +15,9 @@ from earthops_runtime.serving import metrics
 from earthops_runtime.serving.batching import MicroBatcher
 from earthops_runtime.serving.errors import BadInput
 from earthops_runtime.serving.model import Router
-from earthops_runtime.serving.observe import ObservedBatch, Observers
+from earthops_runtime.serving.observe import Observers
 from earthops_runtime.serving.scene import Mosaic, plan_windows, window_starts
+from tests.infra.observers import Broken, Recorder
 
 pytestmark = pytest.mark.unit
 
@@ -134,19 +135,6 @@ def test_the_batcher_refuses_nonsense_settings():
 
 
 # --- observers ----------------------------------------------------------------------------------------------
-
-
-class Recorder:
-    def __init__(self):
-        self.batches: list[ObservedBatch] = []
-
-    def observe(self, batch: ObservedBatch) -> None:
-        self.batches.append(batch)
-
-
-class Broken:
-    def observe(self, batch: ObservedBatch) -> None:
-        raise ValueError("observer bug")
 
 
 def test_observers_get_a_frozen_copy_and_a_broken_one_is_counted_not_raised():
