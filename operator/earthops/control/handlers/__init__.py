@@ -2,6 +2,5 @@
 :mod:`earthops.control.status`, apply the result, patch status and post events.
 
 Importing :mod:`earthops.control.handlers.kinds` registers the handlers of every kind with kopf's default
-registry. Each kind's capability adds its module there; a kind without a runtime yet is answered by
-:mod:`earthops.control.handlers.unsupported`.
+registry. Each kind's capability adds its module there.
 """

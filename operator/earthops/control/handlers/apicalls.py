@@ -61,7 +61,7 @@ class ApiCall:
 
 
 CALLS: tuple[ApiCall, ...] = (
-    # -- kopf, for the handlers of each kind (rayjobs.register, unsupported.register)
+    # -- kopf, for the handlers of each kind (rayjobs.register, serving.register)
     ApiCall(GROUP, EARTHOPS, ("list", "watch"), "kopf", "watch the four kinds (create/update/resume handlers, timers)"),
     ApiCall(GROUP, EARTHOPS, ("patch",), "kopf", "keep handler progress in kopf.earthops.dev/* annotations"),
     ApiCall(GROUP, tuple(f"{p}/status" for p in EARTHOPS), ("patch",), "kopf", "write the status the handlers derive"),

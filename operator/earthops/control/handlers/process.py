@@ -70,9 +70,9 @@ def _configure(opts: OperatorOptions) -> None:
 
     @kopf.on.probe(id="kinds")
     def _kinds(**_: Any) -> dict[str, list[str]]:
-        from earthops.control.handlers.kinds import RAYJOB_KINDS, SERVED_KINDS, UNSUPPORTED_KINDS
+        from earthops.control.handlers.kinds import RAYJOB_KINDS, SERVED_KINDS
 
-        return {"rayjob": RAYJOB_KINDS, "inferenceservice": SERVED_KINDS, "unsupported": UNSUPPORTED_KINDS}
+        return {"rayjob": RAYJOB_KINDS, "inferenceservice": SERVED_KINDS}
 
 
 def run_operator(opts: OperatorOptions) -> int:
