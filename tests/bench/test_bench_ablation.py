@@ -13,8 +13,9 @@ importance with 2 shuffles on the base trials.
   :func:`earthops_runtime.ablation.run` in process (Tune state, a checkpoint every epoch, status reports,
   statistics, report, chart, STAC item, publication) at ``maxConcurrentTrials`` 1 and 2 on a 2-CPU local
   Ray, 1 CPU per trial: scaling efficiency = T(a) / (2 x T(b)) (goal >= 0.9).
-* **(c) a plain loop**: the same trials one after another in a child process with the same Trainer,
-  the same model surgery and the same last-epoch extras, no Ray, no checkpoints, no report:
+* **(c) a plain loop**: the same trials one after another in a child process with the same Trainer
+  (so the same allocator setting, :mod:`earthops_runtime.training.allocator`), the same model surgery
+  and the same last-epoch extras, no Ray, no checkpoints, no report:
   overhead = T(a) / T(c) - 1 (goal <= 5 %). The child runs at the scheduling priority Ray gives its
   workers (niceness 15, Ray's ``worker_niceness``, or ``RAY_worker_niceness`` when set): a trial at
   niceness 15 beside a loop at 0 on a machine with any other load measures the kernel's scheduler, not

@@ -47,6 +47,7 @@ from earthops.core.store import Store
 from earthops_runtime.data.loader import steps_per_epoch
 from earthops_runtime.errors import SpecError
 from earthops_runtime.models.zoo import build_model, model_arguments
+from earthops_runtime.training.allocator import retain_freed_memory
 from earthops_runtime.training.data import DatasetInfo
 from earthops_runtime.training.metrics import MetricAccumulator, loss_sum, mean_loss
 
@@ -169,7 +170,8 @@ class Trainer:
     DataLoader processes (0: read in this process, with the loader's read-ahead threads; right for
     a trial holding one or two cores). ``max_train_batches``/``max_val_batches``: caps per epoch
     and per evaluation (tests, smoke runs). ``threads``: torch intra-op threads (None: leave as is).
-    ``model_transform``: model -> model, applied once after building (ablation trials).
+    ``model_transform``: model -> model, applied once after building (ablation trials). The process
+    keeps the memory a step frees for the next (:mod:`earthops_runtime.training.allocator`).
 
     Attributes: ``model``, ``device``, ``amp`` (mixed precision on), ``epoch`` (epochs done),
     ``step`` (optimiser steps done), ``history`` (metrics of every epoch done),
@@ -180,6 +182,7 @@ class Trainer:
                  training: Training, *, device: str | None = None, loader_workers: int = 0,
                  max_train_batches: int | None = None, max_val_batches: int | None = None,
                  threads: int | None = None, model_transform: Callable[[torch.nn.Module], torch.nn.Module] | None = None):
+        retain_freed_memory()
         if threads is not None:
             torch.set_num_threads(max(1, int(threads)))
         self.dataset = dataset
