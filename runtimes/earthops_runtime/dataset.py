@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from earthops.api import EODataset
-from earthops.core.store import Store
+from earthops.core.store import Store, StoreError
 from earthops_runtime.data.scene import Scene
 from earthops_runtime.entrypoint import SUMMARY_FILE, Outcome, Run, Runtime
 from earthops_runtime.errors import RunFailed, SceneError, SpecError
@@ -229,6 +229,8 @@ def process_scenes(scenes: list[Scene], spec_wire: dict[str, Any], run_uri: str,
                 result.scenes_done.append(scene.id)
             except SceneError as exc:
                 result.failures.append({"scene": scene.id, "reason": exc.reason})
+            except StoreError:  # the store failing is the run's: chips of scenes done before may be lost with it
+                raise
             except Exception as exc:  # noqa: BLE001 - any per-scene failure is the scene's, within the budget
                 result.failures.append({"scene": scene.id, "reason": f"{type(exc).__name__}: {exc}"})
         for reason, count in chip_filter.counts()["dropped"].items():
@@ -322,7 +324,12 @@ def _process(resource: EODataset, store: Store, run_key: str, reporter: Any, ray
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)
             done += pending.pop(ready[0])
-            results.append(ray.get(ready[0]))
+            try:
+                results.append(ray.get(ready[0]))
+            except ray.exceptions.RayTaskError as exc:
+                if isinstance(exc.cause, StoreError):  # said as the store's error, not as a crashed task
+                    raise exc.cause from None
+                raise
             failed = sum(len(r.failures) for r in results)
             reporter.report(done=done, message=f"{done}/{len(scenes)} scenes, {failed} failed")
         failures = [f for r in results for f in r.failures]

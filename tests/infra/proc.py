@@ -41,7 +41,9 @@ def spawn(
     env: Mapping[str, str] | None = None,
     cwd: Path | None = None,
 ) -> subprocess.Popen[bytes]:
-    """Start ``argv`` with stdout+stderr appended to ``log_path``; it dies when this process dies."""
+    """Start ``argv`` with stdout+stderr appended to ``log_path``; it dies when this process dies —
+    exactly: when the thread that called this ends (the kernel's parent-death signal follows the
+    thread), so a child spawned from a helper thread needs that thread to live as long as it."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
         return subprocess.Popen(

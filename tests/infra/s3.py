@@ -113,6 +113,7 @@ class SeaweedS3:
         self.start_seconds: float | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._grpc_ports: dict[str, int] = {}
+        self._ports: dict[str, int] = {}
         self._owns_root = False
         self._client: Any = None
         self._probe_client: Any = None
@@ -201,6 +202,20 @@ class SeaweedS3:
                 if attempt < attempts and "address already in use" in log_tail(self.log_path, 200):
                     continue
                 raise
+
+    def outage(self, seconds: float) -> None:
+        """S3's bad minute: stop the server (SIGTERM, then SIGKILL: connections are refused), wait
+        ``seconds``, and start it again on the same ports with the same data and identities. Called
+        from a helper thread, that thread must live on while the server runs (see ``proc.spawn``)."""
+        assert self._proc is not None and self.root is not None, "SeaweedS3 is not started"
+        stop(self._proc, timeout=5.0)
+        self._proc = None
+        self._client = self._probe_client = None
+        time.sleep(seconds)
+        self._proc = spawn(self._argv(self.root / "s3-identities.json", same_ports=True), log_path=self.log_path,
+                           env=self._child_env(), cwd=self.root)
+        wait_for(self._ready, timeout=self.start_timeout, what="SeaweedFS S3 (after an outage)", proc=self._proc,
+                 log_path=self.log_path, interval=0.05)
 
     def stop(self) -> None:
         self._kill()
@@ -307,13 +322,15 @@ class SeaweedS3:
         self._extra_dirs.append(short)
         return short
 
-    def _argv(self, config: Path) -> list[str]:
+    def _argv(self, config: Path, *, same_ports: bool = False) -> list[str]:
         assert self.root is not None and self.binary is not None
         r = self.root
-        self._client = self._probe_client = None  # a retry gets new ports
-        self.port = free_port()
-        ports = {name: free_port() for name in ("master", "volume", "filer", "admin")}
-        self._grpc_ports = {name: free_port() for name in _GRPC_SERVICES}
+        self._client = self._probe_client = None
+        if not same_ports:  # a retry of a failed start gets new ports
+            self.port = free_port()
+            self._ports = {name: free_port() for name in ("master", "volume", "filer", "admin")}
+            self._grpc_ports = {name: free_port() for name in _GRPC_SERVICES}
+        ports = self._ports
         sockets = self._socket_dir()
         return [
             str(self.binary),

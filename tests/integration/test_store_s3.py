@@ -389,10 +389,34 @@ def test_missing_bucket_is_an_error_for_readers_too(s3_env, s3_bucket, operation
 
 def test_unreachable_endpoint_gives_a_clear_store_error(s3_env, store_uri, monkeypatch):
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    monkeypatch.setenv("EARTHOPS_STORE_RETRY_SECONDS", "2")
     store = Store.from_uri(store_uri)
+    assert store.fs.retries == 6  # 0.1 x 1.7^i s after each failed try: 0.1 + 0.17 + ... >= 2 s after six
     with pytest.raises(StoreError) as err:
         store.write_json("datasets/ns/a/status.json", {})
-    assert_names_uri_and_cause(err.value, store_uri, r"unreachable|could not connect")
+    assert_names_uri_and_cause(err.value, store_uri, r"unreachable \(retried for 2 s")
+
+
+@pytest.mark.parametrize("value", ["-1", "soon", "nan", "inf"])
+def test_a_retry_window_that_is_not_seconds_is_refused_naming_the_variable(s3_env, store_uri, monkeypatch, value):
+    monkeypatch.setenv("EARTHOPS_STORE_RETRY_SECONDS", value)
+    with pytest.raises(StoreError, match=f"EARTHOPS_STORE_RETRY_SECONDS={value!r}: expected a number of seconds >= 0"):
+        Store.from_uri(store_uri)
+
+
+def test_only_transient_failures_are_retried():
+    from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
+
+    from earthops.core.store import transient
+
+    def answer(status: int, code: str) -> ClientError:
+        return ClientError({"Error": {"Code": code}, "ResponseMetadata": {"HTTPStatusCode": status}}, "PutObject")
+
+    assert transient(EndpointConnectionError(endpoint_url="http://127.0.0.1:1"))
+    assert transient(answer(503, "ServiceUnavailable")) and transient(answer(500, "InternalError"))
+    assert transient(answer(400, "SlowDown"))
+    assert not transient(answer(403, "AccessDenied")) and not transient(answer(404, "NoSuchBucket"))
+    assert not transient(NoCredentialsError()) and not transient(ValueError("bad"))
 
 
 # --- credentials from a mounted Secret (EARTHOPS_STORE_CREDENTIALS_DIR) ----------------------------

@@ -104,13 +104,13 @@ spec:
 def test_an_unreachable_store_exits_2_naming_it(tmp_path, dry):
     dataset = write(tmp_path / "dataset.yaml", DATASET.format(name="chips"))
     env = {"AWS_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s",
-           "AWS_MAX_ATTEMPTS": "1", "AWS_RETRY_MODE": "standard"}
+           "EARTHOPS_STORE_RETRY_SECONDS": "0.5"}  # the default window (60 s) for a test of the message
     args = ["run", *(["--dry-run"] if dry else []), "-f", str(dataset), "--store", "s3://bucket/prefix"]
     result = CliRunner().invoke(app, args, env=env)
     assert result.exit_code == 2, (result.output, result.exception)
     assert "Traceback" not in result.output and result.stdout == ""
     assert result.stderr.startswith("error: --store s3://bucket/prefix: cannot read the resources already run there")
-    assert "unreachable" in result.stderr
+    assert "unreachable (retried for 0.5 s, EARTHOPS_STORE_RETRY_SECONDS)" in result.stderr
 
 
 def test_a_store_that_cannot_be_opened_exits_2(tmp_path):

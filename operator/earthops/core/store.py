@@ -11,6 +11,11 @@ marker, listing every file, is written last; a run without its marker does not e
 (:meth:`runs`, :meth:`is_published`). Single objects (``status.json``) are replaced atomically: a
 temporary file and ``os.replace`` locally, one PUT on S3.
 
+Transient S3 failures (the endpoint unreachable, a 5xx, a dropped connection) are retried with
+backoff for up to ``EARTHOPS_STORE_RETRY_SECONDS`` (default 60) before they become a
+:class:`StoreError`: a run rides out S3's bad minute instead of failing at its first refused
+connection, and a misconfigured endpoint is reported after that long.
+
 Credentials come from the environment (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``,
 ``AWS_ENDPOINT_URL``, ``AWS_REGION``), or from a mounted Secret folder named by
 ``EARTHOPS_STORE_CREDENTIALS_DIR`` holding files with those names. Never from a spec.
@@ -37,6 +42,8 @@ from earthops.core.errors import StoreError
 
 ENV_STORE = "EARTHOPS_STORE"
 ENV_CREDENTIALS_DIR = "EARTHOPS_STORE_CREDENTIALS_DIR"
+ENV_RETRY_SECONDS = "EARTHOPS_STORE_RETRY_SECONDS"
+DEFAULT_RETRY_SECONDS = 60.0
 MARKER = "_published.json"
 STAGING = ".staging"
 _CREDENTIAL_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_REGION")
@@ -67,16 +74,58 @@ def credentials(env: dict[str, str] | None = None) -> dict[str, str]:
     return out
 
 
-def s3_filesystem(creds: dict[str, str]) -> fsspec.AbstractFileSystem:
-    """An s3fs filesystem for these settings (see :func:`credentials`): the one way earthops opens S3."""
+def retry_seconds(env: dict[str, str] | None = None) -> float:
+    """How long transient S3 failures are retried: ``EARTHOPS_STORE_RETRY_SECONDS`` (a number >= 0)."""
+    raw = (os.environ if env is None else env).get(ENV_RETRY_SECONDS, "")
+    if not raw.strip():
+        return DEFAULT_RETRY_SECONDS
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value >= 0 or value == float("inf"):
+        raise StoreError(f"{ENV_RETRY_SECONDS}={raw!r}: expected a number of seconds >= 0")
+    return value
+
+
+def backoff_attempts(seconds: float) -> int:
+    """Attempts of an S3 call whose backoff sleeps (s3fs's: 0.1 s x 1.7^i, at most 15 s each, one
+    after every failed attempt) add up to at least ``seconds``; at least one attempt."""
+    attempts, waited = 0, 0.0
+    while attempts == 0 or waited < seconds:
+        waited += min(1.7 ** attempts * 0.1, 15.0)
+        attempts += 1
+    return attempts
+
+
+def transient(exc: BaseException) -> bool:
+    """Whether an S3 failure may pass if tried again: the endpoint unreachable or timing out, a
+    connection dropped, a 5xx or throttling answer. Never a 4xx (credentials, a missing bucket)."""
+    from botocore.exceptions import ClientError, ConnectionClosedError, ConnectTimeoutError, EndpointConnectionError
+
+    if isinstance(exc, (EndpointConnectionError, ConnectTimeoutError, ConnectionClosedError)):
+        return True
+    if isinstance(exc, ClientError):
+        response = getattr(exc, "response", None) or {}
+        status = int((response.get("ResponseMetadata") or {}).get("HTTPStatusCode") or 0)
+        code = str((response.get("Error") or {}).get("Code") or "")
+        return status >= 500 or code in ("SlowDown", "RequestTimeout", "ServiceUnavailable", "InternalError")
+    return False
+
+
+def s3_filesystem(creds: dict[str, str], env: dict[str, str] | None = None) -> fsspec.AbstractFileSystem:
+    """An s3fs filesystem for these settings (see :func:`credentials`): the one way earthops opens S3.
+    Its calls retry :func:`transient` failures for :func:`retry_seconds` (``env``: the environment)."""
     import s3fs
+    import s3fs.core
 
     client_kwargs: dict[str, Any] = {}
     if creds.get("AWS_ENDPOINT_URL"):
         client_kwargs["endpoint_url"] = creds["AWS_ENDPOINT_URL"]
     if creds.get("AWS_REGION"):
         client_kwargs["region_name"] = creds["AWS_REGION"]
-    return s3fs.S3FileSystem(
+    s3fs.core.set_custom_error_handler(transient)  # s3fs asks it about every error it does not retry itself
+    fs = s3fs.S3FileSystem(
         key=creds.get("AWS_ACCESS_KEY_ID"),
         secret=creds.get("AWS_SECRET_ACCESS_KEY"),
         token=creds.get("AWS_SESSION_TOKEN"),
@@ -84,8 +133,12 @@ def s3_filesystem(creds: dict[str, str]) -> fsspec.AbstractFileSystem:
         # no listing cache: status.json and run folders change under us
         use_listings_cache=False,
         skip_instance_cache=True,
-        config_kwargs={"retries": {"max_attempts": 3, "mode": "standard"}, "connect_timeout": 5, "read_timeout": 30},
+        # one try per call in botocore: s3fs repeats the call (below), so the backoff is one schedule
+        config_kwargs={"retries": {"total_max_attempts": 1, "mode": "standard"}, "connect_timeout": 5,
+                       "read_timeout": 30},
     )
+    fs.retries = backoff_attempts(retry_seconds(env))
+    return fs
 
 
 _SHARED_S3: dict[tuple[Any, ...], fsspec.AbstractFileSystem] = {}
@@ -104,7 +157,14 @@ def shared_s3_filesystem(creds: dict[str, str]) -> fsspec.AbstractFileSystem:
         return fs
 
 
-def _explain(exc: BaseException) -> str:
+def _retry_window() -> str:
+    try:
+        return f"{retry_seconds():g} s"
+    except StoreError:
+        return "an invalid time"
+
+
+def explain(exc: BaseException) -> str:
     """A short cause for people: botocore's codes rather than a traceback."""
     text = str(exc) or type(exc).__name__
     lowered = text.lower()
@@ -115,8 +175,8 @@ def _explain(exc: BaseException) -> str:
         ("accessdenied", "access denied (check the credentials and the bucket policy)"),
         ("forbidden", "access denied (check the credentials and the bucket policy)"),
         ("nosuchbucket", "the bucket does not exist"),
-        ("could not connect", "the endpoint is unreachable"),
-        ("connect timeout", "the endpoint is unreachable"),
+        ("could not connect", f"the endpoint is unreachable (retried for {_retry_window()}, {ENV_RETRY_SECONDS})"),
+        ("connect timeout", f"the endpoint is unreachable (retried for {_retry_window()}, {ENV_RETRY_SECONDS})"),
         ("nocredentialserror", "no credentials: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or a Secret"),
         ("unable to locate credentials", "no credentials: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or a Secret"),
     ):
@@ -159,7 +219,7 @@ class Store:
                 raise StoreError(f"store {uri}: no bucket named (expected s3://bucket/prefix)")
             root = f"{parsed.netloc}{parsed.path}".rstrip("/")
             creds = credentials(env)
-            return cls(f"s3://{root}", shared_s3_filesystem(creds) if shared else s3_filesystem(creds), root)
+            return cls(f"s3://{root}", shared_s3_filesystem(creds) if shared else s3_filesystem(creds, env), root)
         raise StoreError(f"store {uri}: unsupported scheme {parsed.scheme!r}; accepted: file://, s3://")
 
     # --- keys -------------------------------------------------------------------------------------
@@ -199,7 +259,7 @@ class Store:
                 raise StoreError(f"{what} {self.url(key)}: the bucket {bucket!r} does not exist") from exc
             raise StoreError(f"{what} {self.url(key)}: not found") from exc
         except Exception as exc:
-            raise StoreError(f"{what} {self.url(key)}: {_explain(exc)}") from exc
+            raise StoreError(f"{what} {self.url(key)}: {explain(exc)}") from exc
 
     # --- objects ----------------------------------------------------------------------------------
 

@@ -85,7 +85,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from earthops.core.store import Store, StoreError
+from earthops.core.store import Store, StoreError, explain
 
 FORMAT = "earthops.shards"
 VERSION = 1
@@ -469,7 +469,10 @@ class ShardWriter:
             if state.file is None:
                 state.file = self._open_file(split, state)
             table = self._table(batch)
-            state.file.writer.write_table(table, row_group_size=table.num_rows)
+            try:
+                state.file.writer.write_table(table, row_group_size=table.num_rows)
+            except Exception as exc:
+                raise StoreError(f"write {self.store.url(state.file.key)}: {explain(exc)}") from exc
             state.file.chips += table.num_rows
             state.file.row_groups.append(table.num_rows)
             if state.file.chips >= self.chips_per_shard:
@@ -555,7 +558,7 @@ class ShardWriter:
             handle = self.store.fs.open(path, "wb")
             return _OpenFile(key, pq.ParquetWriter(handle, schema, **options), handle)
         except Exception as exc:
-            raise StoreError(f"write {self.store.url(key)}: {type(exc).__name__}: {exc}") from exc
+            raise StoreError(f"write {self.store.url(key)}: {explain(exc)}") from exc
 
     def _close_file(self, split: str, state: _SplitState) -> None:
         f = state.file
@@ -570,7 +573,7 @@ class ShardWriter:
             else:
                 size = os.path.getsize(_fs_path(self.store, f.key))
         except Exception as exc:
-            raise StoreError(f"write {self.store.url(f.key)}: {type(exc).__name__}: {exc}") from exc
+            raise StoreError(f"write {self.store.url(f.key)}: {explain(exc)}") from exc
         self._files.append(ShardFile(split, f.key.removeprefix(f"{SHARDS_DIR}/"), f.chips, size, tuple(f.row_groups)))
 
 

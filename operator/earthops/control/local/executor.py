@@ -375,8 +375,26 @@ class Executor:
         if proc.returncode == 0:
             return Execution("Succeeded", start_time=started, end_time=ended), runtime
         tail = open(log_path, errors="replace").read().strip().splitlines()[-5:]
+        said = final_words(tail)
+        if said is not None:  # the runtime could not write its status.json (the store failing): its last line
+            reason, text = said
+            return Execution("Failed", reason, f"{text} (log: {log_path})", start_time=started, end_time=ended), runtime
         message = f"the runtime exited with code {proc.returncode} (log: {log_path}): " + " | ".join(tail)
         return Execution("Failed", "RuntimeError", message, start_time=started, end_time=ended), runtime
+
+
+def final_words(lines: list[str]) -> tuple[str, str] | None:
+    """(reason, message) of the failure a runtime printed as its last line, as JSON, when it could not
+    write its status.json; None when the last line is not that."""
+    if not lines:
+        return None
+    try:
+        doc = json.loads(lines[-1])
+    except ValueError:
+        return None
+    if not isinstance(doc, dict) or doc.get("phase") != "Failed" or not isinstance(doc.get("reason"), str):
+        return None
+    return doc["reason"] or "RuntimeError", str(doc.get("message") or "")
 
 
 def load_state(doc: dict[str, Any]) -> Resource[Any, Any]:
