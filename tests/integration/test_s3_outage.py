@@ -114,7 +114,7 @@ def test_a_dataset_rides_out_a_30_s_s3_outage_and_publishes_every_chip(s3: Seawe
     bucket = s3.create_bucket("ride-out")
     uri = f"s3://{bucket}/store"
     outage = Outage(s3, OUTAGE_S)
-    status, mid_run = _run_dataset(uri, "outage-ridden", outage, dict(os.environ))
+    status, mid_run = _run_dataset(uri, "outage-ridden", outage, {**os.environ, ENV_RETRY_SECONDS: "120"})
     assert mid_run, "the outage began while the run was writing"
     assert status["phase"] == "Succeeded", status.get("message")
     assert status["scenes"] == {"total": SCENES, "processed": SCENES, "failed": 0}
@@ -135,7 +135,7 @@ def test_a_dataset_past_the_retry_window_fails_naming_the_store_and_publishes_no
         s3: SeaweedS3, monkeypatch: pytest.MonkeyPatch) -> None:
     bucket = s3.create_bucket("too-long")
     uri = f"s3://{bucket}/store"
-    observer_env = dict(os.environ)
+    observer_env = {**os.environ, ENV_RETRY_SECONDS: "120"}
     monkeypatch.setenv(ENV_RETRY_SECONDS, "1")  # the runtime's window: shorter than the outage
     outage = Outage(s3, 12.0)
     status, mid_run = _run_dataset(uri, "outage-failed", outage, observer_env)

@@ -75,8 +75,9 @@ def credentials(env: dict[str, str] | None = None) -> dict[str, str]:
 
 
 def retry_seconds(env: dict[str, str] | None = None) -> float:
-    """How long transient S3 failures are retried: ``EARTHOPS_STORE_RETRY_SECONDS`` (a number >= 0)."""
-    raw = (os.environ if env is None else env).get(ENV_RETRY_SECONDS, "")
+    """How long transient S3 failures are retried: ``EARTHOPS_STORE_RETRY_SECONDS`` (a number >= 0) of
+    ``env`` when it has one, else of this process's environment (``env`` is often credentials alone)."""
+    raw = (env or {}).get(ENV_RETRY_SECONDS) or os.environ.get(ENV_RETRY_SECONDS, "")
     if not raw.strip():
         return DEFAULT_RETRY_SECONDS
     try:
