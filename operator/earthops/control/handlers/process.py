@@ -67,6 +67,7 @@ def _configure(opts: OperatorOptions) -> None:
         settings.posting.level = logging.INFO
         settings.watching.server_timeout = 300
         settings.networking.request_timeout = 60
+        settings.execution.max_workers = k8s.HANDLER_THREADS
 
     @kopf.on.probe(id="kinds")
     def _kinds(**_: Any) -> dict[str, list[str]]:
