@@ -125,11 +125,13 @@ def status_of(client: Any, method: str, path: str, query: dict[str, Any], body: 
 
 @pytest.fixture
 def as_account(monkeypatch: pytest.MonkeyPatch):
-    """Make handlers/k8s.py (which uses the kubernetes client's default configuration, as in the operator
+    """Make handlers/k8s.py (its one API client, made from the default configuration in the operator
     process) talk to the server with a given token."""
 
     def use(kube: KubeApiServer, token: str) -> None:
-        monkeypatch.setattr(Configuration, "_default", kube.api_client(token=token).configuration)
+        api = kube.api_client(token=token)
+        monkeypatch.setattr(Configuration, "_default", api.configuration)
+        monkeypatch.setattr(k8s, "_api_client", api)
 
     return use
 
