@@ -137,7 +137,7 @@ def test_a_dataset_past_the_retry_window_fails_naming_the_store_and_publishes_no
     uri = f"s3://{bucket}/store"
     observer_env = {**os.environ, ENV_RETRY_SECONDS: "120"}
     monkeypatch.setenv(ENV_RETRY_SECONDS, "1")  # the runtime's window: shorter than the outage
-    outage = Outage(s3, 12.0)
+    outage = Outage(s3, 6.0)
     status, mid_run = _run_dataset(uri, "outage-failed", outage, observer_env)
     assert mid_run
     assert status["phase"] == "Failed"
@@ -213,7 +213,7 @@ def test_a_registration_past_the_retry_window_fails_clearly_and_no_version_is_ha
     uri = f"s3://{bucket}/store"
     monkeypatch.setenv(ENV_RETRY_SECONDS, "1")
     store = Store.from_uri(uri)
-    outage = Outage(s3, 8.0)
+    outage = Outage(s3, 5.0)
     _outage_at_the_weights(monkeypatch, outage)
     with pytest.raises(StoreError, match="unreachable") as err:
         _register(store, iceberg_dataset.run_uri, "lost-model")
