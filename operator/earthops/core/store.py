@@ -165,7 +165,7 @@ def _retry_window() -> str:
         return "an invalid time"
 
 
-def explain(exc: BaseException) -> str:
+def _explain(exc: BaseException) -> str:
     """A short cause for people: botocore's codes rather than a traceback."""
     text = str(exc) or type(exc).__name__
     lowered = text.lower()
@@ -242,7 +242,9 @@ class Store:
         return Path(self._path(key))
 
     @contextlib.contextmanager
-    def _errors(self, what: str, key: str) -> Iterator[None]:
+    def errors(self, what: str, key: str) -> Iterator[None]:
+        """Any failure of the block as a :class:`StoreError` naming ``what``, the key's URL and the cause
+        (for writers that stream to ``self.fs`` themselves, e.g. Parquet shards)."""
         try:
             yield
         except StoreError:
@@ -260,18 +262,18 @@ class Store:
                 raise StoreError(f"{what} {self.url(key)}: the bucket {bucket!r} does not exist") from exc
             raise StoreError(f"{what} {self.url(key)}: not found") from exc
         except Exception as exc:
-            raise StoreError(f"{what} {self.url(key)}: {explain(exc)}") from exc
+            raise StoreError(f"{what} {self.url(key)}: {_explain(exc)}") from exc
 
     # --- objects ----------------------------------------------------------------------------------
 
     def read_bytes(self, key: str) -> bytes:
-        with self._errors("read", key):
+        with self.errors("read", key):
             return self.fs.cat_file(self._path(key))
 
     def write_bytes(self, key: str, data: bytes) -> None:
         """Write one object atomically (readers see the old or the new content, never a part)."""
         path = self._path(key)
-        with self._errors("write", key):
+        with self.errors("write", key):
             if self.is_local:
                 os.makedirs(posixpath.dirname(path), exist_ok=True)
                 tmp = f"{path}.tmp-{uuid.uuid4().hex}"
@@ -294,7 +296,7 @@ class Store:
         self.write_bytes(key, json.dumps(obj, indent=2, sort_keys=True, default=str).encode() + b"\n")
 
     def exists(self, key: str) -> bool:
-        with self._errors("stat", key):
+        with self.errors("stat", key):
             found = bool(self.fs.exists(self._path(key)))
         if not found:
             self._check_bucket("stat", key)
@@ -306,7 +308,7 @@ class Store:
         if self.is_local or self._bucket_ok:
             return
         bucket = self._root.split("/", 1)[0]
-        with self._errors(what, key):
+        with self.errors(what, key):
             self.fs.invalidate_cache()
             exists = self.fs.exists(bucket)
         if not exists:
@@ -316,7 +318,7 @@ class Store:
     def list(self, prefix: str = "") -> list[str]:
         """Every key under ``prefix`` (recursively), relative to the root, sorted. Staging is hidden."""
         base = self._path(prefix)
-        with self._errors("list", prefix):
+        with self.errors("list", prefix):
             if not self.fs.exists(base):
                 self._check_bucket("list", prefix)
                 return []
@@ -332,7 +334,7 @@ class Store:
     def children(self, prefix: str) -> list[str]:
         """Names of the folders directly under ``prefix`` (sorted); staging is hidden."""
         base = self._path(prefix)
-        with self._errors("list", prefix):
+        with self.errors("list", prefix):
             if not self.fs.exists(base):
                 self._check_bucket("list", prefix)
                 return []
@@ -346,7 +348,7 @@ class Store:
     def delete(self, prefix: str) -> None:
         """Delete ``prefix`` and everything under it (no error if absent)."""
         path = self._path(prefix)
-        with self._errors("delete", prefix):
+        with self.errors("delete", prefix):
             if self.fs.exists(path):
                 self.fs.rm(path, recursive=True)
 
@@ -379,7 +381,7 @@ class Store:
         files = [k.removeprefix(f"{staging_key}/") for k in self._find_all(staging_key)]
         manifest = {"published": datetime.now(UTC).isoformat(), "files": sorted(files)}
         target = self._path(run_key)
-        with self._errors("publish", run_key):
+        with self.errors("publish", run_key):
             if self.is_local:
                 # files the run wrote in place before publishing (its status.json) move along
                 if os.path.isdir(target) and not os.path.exists(posixpath.join(target, MARKER)):
@@ -428,7 +430,7 @@ class Store:
 
     def _find_all(self, prefix: str) -> list[str]:
         base = self._path(prefix)
-        with self._errors("list", prefix):
+        with self.errors("list", prefix):
             return [p.removeprefix(self._root).lstrip("/") for p in self.fs.find(base)]
 
     def is_published(self, run_key: str) -> bool:

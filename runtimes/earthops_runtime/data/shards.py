@@ -85,7 +85,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from earthops.core.store import Store, StoreError, explain
+from earthops.core.store import Store, StoreError
 
 FORMAT = "earthops.shards"
 VERSION = 1
@@ -469,10 +469,8 @@ class ShardWriter:
             if state.file is None:
                 state.file = self._open_file(split, state)
             table = self._table(batch)
-            try:
+            with self.store.errors("write", state.file.key):
                 state.file.writer.write_table(table, row_group_size=table.num_rows)
-            except Exception as exc:
-                raise StoreError(f"write {self.store.url(state.file.key)}: {explain(exc)}") from exc
             state.file.chips += table.num_rows
             state.file.row_groups.append(table.num_rows)
             if state.file.chips >= self.chips_per_shard:
@@ -551,29 +549,25 @@ class ShardWriter:
             write_statistics=scalar, store_schema=True,
         )
         path = _fs_path(self.store, key)
-        try:
+        with self.store.errors("write", key):
             if self.store.is_local:
                 os.makedirs(os.path.dirname(path), exist_ok=True)
                 return _OpenFile(key, pq.ParquetWriter(path, schema, **options))
             handle = self.store.fs.open(path, "wb")
             return _OpenFile(key, pq.ParquetWriter(handle, schema, **options), handle)
-        except Exception as exc:
-            raise StoreError(f"write {self.store.url(key)}: {explain(exc)}") from exc
 
     def _close_file(self, split: str, state: _SplitState) -> None:
         f = state.file
         if f is None:
             return
         state.file = None
-        try:
+        with self.store.errors("write", f.key):
             f.writer.close()
             if f.handle is not None:
                 size = f.handle.tell()
                 f.handle.close()
             else:
                 size = os.path.getsize(_fs_path(self.store, f.key))
-        except Exception as exc:
-            raise StoreError(f"write {self.store.url(f.key)}: {explain(exc)}") from exc
         self._files.append(ShardFile(split, f.key.removeprefix(f"{SHARDS_DIR}/"), f.chips, size, tuple(f.row_groups)))
 
 
