@@ -299,3 +299,14 @@ def test_a_drift_watch_started_after_stop_still_polls(tmp_path, monkeypatch):
     watch.join(10)
     assert len(polls) == 3
     executor.stop()
+
+
+def test_a_runtime_that_could_not_write_its_status_is_taken_at_its_last_line():
+    from earthops.control.local.executor import final_words
+
+    said = '{"phase": "Failed", "reason": "StoreError", "message": "write s3://b/k: the endpoint is unreachable"}'
+    assert final_words(["Traceback ...", said]) == ("StoreError", "write s3://b/k: the endpoint is unreachable")
+    assert final_words([said, "a line after it"]) is None  # only the very last line counts
+    assert final_words(['{"phase": "Succeeded", "reason": "x"}']) is None
+    assert final_words(['{"phase": "Failed", "reason": 3}']) is None
+    assert final_words(["[1, 2]"]) is None and final_words(["not json"]) is None and final_words([]) is None
