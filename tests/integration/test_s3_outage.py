@@ -1,5 +1,8 @@
 """S3's bad minute: the real S3 server (SeaweedFS) stopped for 30 s in the middle of writing a dataset
-and in the middle of registering a model, then started again on the same port with the same data.
+and of registering a model, then started again on the same port with the same data. One outage
+serves both: the dataset runtime (its own process, its own local Ray) is writing chips, and a model
+registration in this process is held at its first write inside the publish (the weights) until the
+server is down.
 
 Within the store's retry window (``EARTHOPS_STORE_RETRY_SECONDS``, 60 s by default) both ride it out:
 the dataset run publishes every chip of every scene (none counted as a failed scene), the model
@@ -13,7 +16,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +59,7 @@ class Outage:
 
     def __init__(self, server: SeaweedS3, seconds: float):
         self.server, self.seconds = server, seconds
-        self.started, self.over = threading.Event(), threading.Event()
+        self.started, self.down, self.over = threading.Event(), threading.Event(), threading.Event()
         self.error: BaseException | None = None
 
     def begin(self) -> None:
@@ -66,6 +69,7 @@ class Outage:
         threading.Thread(target=self._run, daemon=True).start()
         while self.server.pid is not None and not self.over.is_set():  # down before the caller goes on
             time.sleep(0.01)
+        self.down.set()
 
     def _run(self) -> None:
         try:
@@ -91,16 +95,18 @@ def _dataset(name: str) -> Any:
         "metadata.name": name, "spec.source.sample.count": SCENES}), name)
 
 
-def _run_dataset(store_uri: str, name: str, outage: Outage, observer_env: dict[str, str]) -> tuple[dict, bool]:
+def _run_dataset(store_uri: str, name: str, outage: Outage, observer_env: dict[str, str],
+                 also_ready: Callable[[], bool]) -> tuple[dict, bool]:
     """Apply the dataset (the runtime in its own process, with its own local Ray); the outage begins
-    once the first scenes are done. (final status, whether it was still running when the outage began)."""
+    once the first scenes are done and ``also_ready()`` says the other writer is in place too.
+    (final status, whether it was still running when the outage began)."""
     # the test's own view of the store waits out the whole outage, whatever the runtime is told
     observer = Store.from_uri(store_uri, env=observer_env)
     running_at_outage: list[bool] = []
 
     def progress(_: dict[str, Any], status: Any) -> None:
         if status is not None and status.phase == "Running" and (status.progress.done or 0) > 0 \
-                and not outage.started.is_set():
+                and also_ready() and not outage.started.is_set():
             running_at_outage.append(True)
             outage.begin()
 
@@ -108,48 +114,6 @@ def _run_dataset(store_uri: str, name: str, outage: Outage, observer_env: dict[s
     status = executor.apply(_dataset(name)).resource["status"]
     outage.wait()
     return status, bool(running_at_outage)
-
-
-def test_a_dataset_rides_out_a_30_s_s3_outage_and_publishes_every_chip(s3: SeaweedS3) -> None:
-    bucket = s3.create_bucket("ride-out")
-    uri = f"s3://{bucket}/store"
-    outage = Outage(s3, OUTAGE_S)
-    status, mid_run = _run_dataset(uri, "outage-ridden", outage, {**os.environ, ENV_RETRY_SECONDS: "120"})
-    assert mid_run, "the outage began while the run was writing"
-    assert status["phase"] == "Succeeded", status.get("message")
-    assert status["scenes"] == {"total": SCENES, "processed": SCENES, "failed": 0}
-    chips = status["chips"]
-    assert chips["total"] == SCENES == chips["train"] + chips["validation"] + chips["test"]
-
-    store = Store.from_uri(uri)
-    run = f"datasets/default/outage-ridden/{status['runId']}"
-    marker = store.read_json(f"{run}/{MARKER}")
-    assert set(marker["files"]) <= set(k.removeprefix(f"{run}/") for k in store.list(run))  # every listed file is there
-    from earthops_runtime.training.data import DatasetInfo
-
-    info = DatasetInfo.open(store.url(run))
-    assert sum(1 for _ in info.chips("train", shuffle=False)) == chips["train"]
-
-
-def test_a_dataset_past_the_retry_window_fails_naming_the_store_and_publishes_nothing(
-        s3: SeaweedS3, monkeypatch: pytest.MonkeyPatch) -> None:
-    bucket = s3.create_bucket("too-long")
-    uri = f"s3://{bucket}/store"
-    observer_env = {**os.environ, ENV_RETRY_SECONDS: "120"}
-    monkeypatch.setenv(ENV_RETRY_SECONDS, "1")  # the runtime's window: shorter than the outage
-    outage = Outage(s3, 6.0)
-    status, mid_run = _run_dataset(uri, "outage-failed", outage, observer_env)
-    assert mid_run
-    assert status["phase"] == "Failed"
-    ready = next(c for c in status["conditions"] if c["type"] == "Ready")
-    print(ready)
-    assert ready["reason"] == "StoreError", ready
-    assert "unreachable" in status["message"] and ENV_RETRY_SECONDS in status["message"], status["message"]
-    store = Store.from_uri(uri, env=observer_env)
-    assert store.runs("datasets/default/outage-failed") == []
-    run = f"datasets/default/outage-failed/{status['runId']}"
-    assert not store.is_published(run)
-    assert [k for k in store.list(run) if not k.endswith("status.json")] in ([], [f"{run}/validation.json"])
 
 
 # --- a model registration -------------------------------------------------------------------------
@@ -174,53 +138,111 @@ def _register(store: Store, dataset_uri: str, name: str) -> Any:
                                  card=card)
 
 
-def _outage_at_the_weights(monkeypatch: pytest.MonkeyPatch, outage: Outage) -> None:
-    """The outage begins as the registration writes its first file (the weights), inside the publish."""
-    original = Store.write_bytes
+class Registration:
+    """A model registration in a background thread. Its first write inside the publish (the weights)
+    says so (``at_weights``) and waits until the server is down, then goes on into the outage."""
 
-    def write_bytes(self: Store, key: str, data: bytes) -> None:
-        if key.endswith("weights.pt"):
-            outage.begin()
-        original(self, key, data)
+    def __init__(self, store: Store, dataset_uri: str, name: str, outage: Outage, monkeypatch: pytest.MonkeyPatch):
+        self.at_weights = threading.Event()
+        self.returned_after_outage: bool | None = None
+        self.value: Any = None
+        self.error: BaseException | None = None
+        original = Store.write_bytes
 
-    monkeypatch.setattr(Store, "write_bytes", write_bytes)
+        def write_bytes(store_: Store, key: str, data: bytes) -> None:
+            if key.endswith("weights.pt") and not self.at_weights.is_set():
+                self.at_weights.set()
+                assert outage.down.wait(300), "the outage never began"
+            original(store_, key, data)
+
+        monkeypatch.setattr(Store, "write_bytes", write_bytes)
+
+        def run() -> None:
+            try:
+                self.value = _register(store, dataset_uri, name)
+                self.returned_after_outage = outage.over.is_set()
+            except BaseException as exc:  # noqa: BLE001 - reported by the test
+                self.error = exc
+
+        self.thread = threading.Thread(target=run, daemon=True)
+        self.thread.start()
+
+    def join(self) -> None:
+        self.thread.join(300)
+        assert not self.thread.is_alive(), "the registration did not return"
 
 
-def test_a_registration_rides_out_a_30_s_s3_outage_and_the_version_is_whole(
+# --- one outage, both writers ---------------------------------------------------------------------
+
+
+def test_a_30_s_s3_outage_mid_dataset_and_mid_registration_is_ridden_out(
         s3: SeaweedS3, iceberg_dataset: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     from earthops_runtime.registry import load_model
+    from earthops_runtime.training.data import DatasetInfo
 
-    bucket = s3.create_bucket("register")
-    store = Store.from_uri(f"s3://{bucket}/store")
+    uri = f"s3://{s3.create_bucket('ride-out')}/store"
+    models = Store.from_uri(f"s3://{s3.create_bucket('register')}/store")
     outage = Outage(s3, OUTAGE_S)
-    _outage_at_the_weights(monkeypatch, outage)
-    model, info, registered = _register(store, iceberg_dataset.run_uri, "outage-model")
-    assert outage.started.is_set() and outage.over.is_set(), "the registration finished after the server came back"
-    outage.wait()
+    registration = Registration(models, iceberg_dataset.run_uri, "outage-model", outage, monkeypatch)
+    status, mid_run = _run_dataset(uri, "outage-ridden", outage, {**os.environ, ENV_RETRY_SECONDS: "120"},
+                                   also_ready=registration.at_weights.is_set)
+    registration.join()
+
+    # the dataset: every chip of every scene, published whole
+    assert mid_run, "the outage began while the run was writing"
+    assert status["phase"] == "Succeeded", status.get("message")
+    assert status["scenes"] == {"total": SCENES, "processed": SCENES, "failed": 0}
+    chips = status["chips"]
+    assert chips["total"] == SCENES == chips["train"] + chips["validation"] + chips["test"]
+    store = Store.from_uri(uri)
+    run = f"datasets/default/outage-ridden/{status['runId']}"
+    marker = store.read_json(f"{run}/{MARKER}")
+    assert set(marker["files"]) <= set(k.removeprefix(f"{run}/") for k in store.list(run))  # every listed file is there
+    info = DatasetInfo.open(store.url(run))
+    assert sum(1 for _ in info.chips("train", shuffle=False)) == chips["train"]
+
+    # the model: v1, whole, loads and predicts as the model that was registered
+    assert registration.error is None, registration.error
+    assert registration.returned_after_outage, "the registration finished before the server came back"
+    model, info, registered = registration.value
     assert registered.version == "v1"
-    loaded, item = load_model(Store.from_uri(store.uri), "default", "outage-model")
+    loaded, item = load_model(Store.from_uri(models.uri), "default", "outage-model")
     x = torch.randn(2, info.in_channels, *info.chip_shape)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), model.eval()(x))
     assert item["properties"]["earthops:model"]["version"] == "v1"
-    assert [link["href"] for link in store.read_json("models/default/outage-model/collection.json")["links"]
+    assert [link["href"] for link in models.read_json("models/default/outage-model/collection.json")["links"]
             if link["rel"] == "item"] == ["./v1/item.json"]
 
 
-def test_a_registration_past_the_retry_window_fails_clearly_and_no_version_is_half_written(
+def test_past_the_retry_window_both_fail_naming_the_store_and_publish_nothing(
         s3: SeaweedS3, iceberg_dataset: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    bucket = s3.create_bucket("register-fail")
-    uri = f"s3://{bucket}/store"
-    monkeypatch.setenv(ENV_RETRY_SECONDS, "1")
-    store = Store.from_uri(uri)
-    outage = Outage(s3, 5.0)
-    _outage_at_the_weights(monkeypatch, outage)
-    with pytest.raises(StoreError, match="unreachable") as err:
-        _register(store, iceberg_dataset.run_uri, "lost-model")
-    assert uri in str(err.value)
-    outage.wait()
-    monkeypatch.delenv(ENV_RETRY_SECONDS)  # the full window again (and the outage is over: begin() is once)
-    store = Store.from_uri(uri)
-    assert store.list("models/default/lost-model") == []
-    _, _, registered = _register(store, iceberg_dataset.run_uri, "lost-model")
+    uri = f"s3://{s3.create_bucket('too-long')}/store"
+    models_uri = f"s3://{s3.create_bucket('register-fail')}/store"
+    observer_env = {**os.environ, ENV_RETRY_SECONDS: "120"}
+    monkeypatch.setenv(ENV_RETRY_SECONDS, "1")  # the runtime's and the registration's window: shorter than the outage
+    outage = Outage(s3, 6.0)
+    registration = Registration(Store.from_uri(models_uri), iceberg_dataset.run_uri, "lost-model", outage, monkeypatch)
+    status, mid_run = _run_dataset(uri, "outage-failed", outage, observer_env, also_ready=registration.at_weights.is_set)
+    registration.join()
+
+    # the dataset: Failed with StoreError, no run published
+    assert mid_run
+    assert status["phase"] == "Failed"
+    ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+    assert ready["reason"] == "StoreError", ready
+    assert "unreachable" in status["message"] and ENV_RETRY_SECONDS in status["message"], status["message"]
+    store = Store.from_uri(uri, env=observer_env)
+    assert store.runs("datasets/default/outage-failed") == []
+    run = f"datasets/default/outage-failed/{status['runId']}"
+    assert not store.is_published(run)
+    assert [k for k in store.list(run) if not k.endswith("status.json")] in ([], [f"{run}/validation.json"])
+
+    # the model: a StoreError naming the store, no version written, and the next registration takes v1
+    assert isinstance(registration.error, StoreError), registration.error
+    assert "unreachable" in str(registration.error) and models_uri in str(registration.error)
+    monkeypatch.delenv(ENV_RETRY_SECONDS)  # the full window again (the outage is over)
+    models = Store.from_uri(models_uri)
+    assert models.list("models/default/lost-model") == []
+    _, _, registered = _register(models, iceberg_dataset.run_uri, "lost-model")
     assert registered.version == "v1"
