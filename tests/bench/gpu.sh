@@ -17,7 +17,8 @@
 #             scaler), and 1 vs EARTHOPS_BENCH_TRIALS_PER_GPU (default 2) trials sharing one GPU.
 #   tuning    tests/bench/test_bench_tuning.py with EARTHOPS_BENCH_TUNING_DEVICE=cuda: the same modes as
 #             on the CPU (waves, median, asha, scaling, plain Ray Tune), each trial on the GPU.
-#   serving   tests/bench/test_bench_serving.py as it is (it serves on the device its own settings say).
+#   serving   tests/bench/test_bench_serving.py with EARTHOPS_BENCH_SERVING_DEVICE=cuda: the predictor with
+#             --device cuda (float16 autocast) against the raw exported program on the GPU.
 # Sizes follow each benchmark's EARTHOPS_BENCH_* variables (see their docstrings); set them before
 # calling this script to shrink or grow a run.
 set -euo pipefail
@@ -56,7 +57,7 @@ for w in "${which[@]}"; do
         training) run training tests/bench/test_bench_training.py ;;
         tuning) run tuning tests/bench/test_bench_tuning.py EARTHOPS_BENCH_TUNING_DEVICE=cuda \
                     EARTHOPS_BENCH_OUT="$OUT/tuning.json" ;;
-        serving) run serving tests/bench/test_bench_serving.py ;;
+        serving) run serving tests/bench/test_bench_serving.py EARTHOPS_BENCH_SERVING_DEVICE=cuda ;;
         *) echo "gpu.sh: unknown benchmark $w (training, tuning, serving)" >&2; exit 2 ;;
     esac
 done

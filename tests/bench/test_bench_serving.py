@@ -13,6 +13,10 @@ For each model — ``iceberg-cnn`` (the paper's SAR chip classifier: HH, HV, ban
   the server (windows read, features derived, normalised, batched, predicted, GeoJSON) against the same
   work in this process with rasterio windowed reads + the dataset's feature code + the forward.
 
+``EARTHOPS_BENCH_SERVING_DEVICE`` (default ``cpu``; ``cuda`` in ``tests/bench/gpu.sh``) is the device of the
+server (``--device``) and of the raw forward alike, which then does what the server does on a GPU: the
+batch to the device, float16 autocast, the probabilities back to the host.
+
 Client and server share the machine (2 cores on the dev machine): the busy cores column says how loaded
 it was while each mode ran; figures from a loaded machine compare nothing. Goals (issue 15): v2 binary
 >= 0.8 of raw throughput at batch 32, p99 overhead <= 5 ms at batch 1. Checks: the server's outputs equal
@@ -53,6 +57,7 @@ SCENE_CHIPS = int(os.environ.get("EARTHOPS_BENCH_SCENE_CHIPS", "64"))
 #: torch's intra-op threads in the server and for the raw forward alike (OpenMP threads beside other
 #: load slow down by far more than the load: the same count on both sides keeps the comparison fair)
 THREADS = int(os.environ.get("EARTHOPS_BENCH_THREADS", "1"))
+DEVICE = os.environ.get("EARTHOPS_BENCH_SERVING_DEVICE", "cpu")
 S2 = ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B11", "B12"]
 
 MODELS = {
@@ -99,6 +104,17 @@ def scene_file(path: Path, spec: dict) -> Path:
     return path
 
 
+def raw_forward(module, t: torch.Tensor) -> np.ndarray:
+    """The model's probabilities for a batch on :data:`DEVICE`, as the server computes them."""
+    with torch.inference_mode():
+        if DEVICE == "cuda":
+            with torch.autocast("cuda", dtype=torch.float16):
+                logits = module(t.to("cuda", non_blocking=True))
+        else:
+            logits = module(t)
+        return torch.softmax(logits.float(), 1).cpu().numpy()
+
+
 def raw_scene(module, path: Path, spec: dict) -> int:
     """What the server does for a scene, in this process: windowed reads, features, normalise, forward."""
     chip = spec["chip"]
@@ -110,9 +126,8 @@ def raw_scene(module, path: Path, spec: dict) -> int:
             x = np.stack([strip[:, :, c:c + chip] for c in range(0, ds.width - chip + 1, chip)])
             features = plan.apply(x)[:, where]
             x = np.nan_to_num((features - spec["mean"]) / spec["std"]).astype(np.float32)
-            with torch.inference_mode():
-                for i in range(0, len(x), 32):
-                    torch.softmax(module(torch.from_numpy(x[i:i + 32])), 1)
+            for i in range(0, len(x), 32):
+                raw_forward(module, torch.from_numpy(x[i:i + 32]))
             chips += len(x)
     return chips
 
@@ -121,12 +136,12 @@ def raw_scene(module, path: Path, spec: dict) -> int:
 def test_bench_serving(name, tmp_path):
     store = Store.from_uri(tmp_path.joinpath("store").as_uri())
     uri, spec = register(store, name)
-    module = load_model(store, "bench", name, "v1", exported=True)[0]
+    module = load_model(store, "bench", name, "v1", exported=True)[0].to(DEVICE)
     log = tmp_path / "predictor.log"
     torch.set_num_threads(THREADS)
     env = {**os.environ, "OMP_NUM_THREADS": str(THREADS), "MKL_NUM_THREADS": str(THREADS)}
     proc = spawn([sys.executable, "-m", "earthops_runtime.serving", "--model-uri", uri, "--model-name", name,
-                  "--host", "127.0.0.1", "--http_port", "0", "--device", "cpu", "--max-batch-size", "32",
+                  "--host", "127.0.0.1", "--http_port", "0", "--device", DEVICE, "--max-batch-size", "32",
                   "--max-batch-wait-ms", "0", "--max-payload-bytes", str(1 << 30)], log_path=log, cwd=ROOT, env=env)
     rows: list[tuple[str, int, float, float, float, str]] = []
     try:
@@ -144,11 +159,10 @@ def test_bench_serving(name, tmp_path):
 
             def raw(t=t, count=count):
                 times = []
-                with torch.inference_mode():
-                    for _ in range(count):
-                        started = time.perf_counter()
-                        torch.softmax(module(t), 1).numpy()
-                        times.append(time.perf_counter() - started)
+                for _ in range(count):
+                    started = time.perf_counter()
+                    raw_forward(module, t)
+                    times.append(time.perf_counter() - started)
                 return times
 
             raw()  # warm
@@ -157,8 +171,7 @@ def test_bench_serving(name, tmp_path):
             raw_p99[batch] = percentile_ms(times, 99)
             note = f"p50 {percentile_ms(times, 50):.2f} p99 {raw_p99[batch]:.2f} ms" if batch == 1 else ""
             rows.append(("raw forward", batch, count / wall, count * batch / wall, 1.0, note, busy))
-            with torch.inference_mode():
-                want = torch.softmax(module(t), 1).numpy()
+            want = raw_forward(module, t)
             header = orjson.dumps({"inputs": [{"name": "chips", "shape": list(x.shape), "datatype": "FP32",
                                                "parameters": {"binary_data_size": x.nbytes}}],
                                    "outputs": [{"name": "probabilities", "parameters": {"binary_data": True}}]})
@@ -175,7 +188,7 @@ def test_bench_serving(name, tmp_path):
             for mode, (path, body, headers) in bodies.items():
                 r = client.post(path, content=body, headers=headers)
                 assert r.status_code == 200, r.text[:500]
-                np.testing.assert_allclose(outputs(r, mode), want, atol=1e-4)
+                np.testing.assert_allclose(outputs(r, mode), want, atol=1e-4 if DEVICE == "cpu" else 1e-3)
 
                 def serve(path=path, body=body, headers=headers, count=count):
                     times = []
