@@ -143,7 +143,7 @@ class Registration:
     says so (``at_weights``) and waits until the server is down, then goes on into the outage."""
 
     def __init__(self, store: Store, dataset_uri: str, name: str, outage: Outage, monkeypatch: pytest.MonkeyPatch):
-        self.at_weights = threading.Event()
+        self.at_weights, self.abandoned = threading.Event(), threading.Event()
         self.returned_after_outage: bool | None = None
         self.value: Any = None
         self.error: BaseException | None = None
@@ -152,7 +152,9 @@ class Registration:
         def write_bytes(store_: Store, key: str, data: bytes) -> None:
             if key.endswith("weights.pt") and not self.at_weights.is_set():
                 self.at_weights.set()
-                assert outage.down.wait(300), "the outage never began"
+                while not outage.down.wait(0.1):
+                    if self.abandoned.is_set():
+                        raise RuntimeError("the outage never began")
             original(store_, key, data)
 
         monkeypatch.setattr(Store, "write_bytes", write_bytes)
@@ -166,8 +168,11 @@ class Registration:
 
         self.thread = threading.Thread(target=run, daemon=True)
         self.thread.start()
+        self.outage = outage
 
     def join(self) -> None:
+        if not self.outage.started.is_set():  # the dataset finished first: the test fails, without a wait
+            self.abandoned.set()
         self.thread.join(300)
         assert not self.thread.is_alive(), "the registration did not return"
 
