@@ -58,6 +58,8 @@ SCENE_CHIPS = int(os.environ.get("EARTHOPS_BENCH_SCENE_CHIPS", "64"))
 #: load slow down by far more than the load: the same count on both sides keeps the comparison fair)
 THREADS = int(os.environ.get("EARTHOPS_BENCH_THREADS", "1"))
 DEVICE = os.environ.get("EARTHOPS_BENCH_SERVING_DEVICE", "cpu")
+if DEVICE not in ("cpu", "cuda"):
+    raise ValueError(f"EARTHOPS_BENCH_SERVING_DEVICE={DEVICE!r}: accepted: cpu, cuda")
 S2 = ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B11", "B12"]
 
 MODELS = {
