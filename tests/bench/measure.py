@@ -26,6 +26,15 @@ def busy_seconds() -> float:
     return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
+def cpu_clock() -> tuple[float, float]:
+    """(CPU seconds of this process — in the benchmarks that run an entrypoint in process, the driver:
+    Tune's controller, callbacks, reports — and busy CPU seconds of the whole machine, every process)."""
+    import resource
+
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    return me.ru_utime + me.ru_stime, busy_seconds()
+
+
 def measured(fn: Any, *args: Any) -> tuple[float, float, Any]:
     """(wall seconds, busy cores of the machine meanwhile, fn's result)."""
     busy, started = busy_seconds(), time.perf_counter()

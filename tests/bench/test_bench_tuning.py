@@ -62,6 +62,8 @@ from typing import Any
 
 import pytest
 
+from tests.bench.measure import cpu_clock
+
 pytestmark = [pytest.mark.bench, pytest.mark.timeout(3600)]
 
 N_TRIALS = int(os.environ.get("EARTHOPS_BENCH_TUNING_TRIALS", "12"))
@@ -127,17 +129,6 @@ def native(value: Any) -> Any:
 
 def load() -> float:
     return round(os.getloadavg()[0], 2)
-
-
-def cpu_clock() -> tuple[float, float]:
-    """(CPU seconds of this process, the driver: Tune's controller, callbacks, reports; busy CPU seconds
-    of the whole machine, every process, from /proc/stat)."""
-    import resource
-
-    from tests.bench.measure import busy_seconds
-
-    me = resource.getrusage(resource.RUSAGE_SELF)
-    return me.ru_utime + me.ru_stime, busy_seconds()
 
 
 def row(mode: str, *, wall: float, tune_wall: float | None, slots: int, trials: int, stopped: int,
