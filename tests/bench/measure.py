@@ -26,13 +26,18 @@ def busy_seconds() -> float:
     return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
-def cpu_clock() -> tuple[float, float]:
-    """(CPU seconds of this process — in the benchmarks that run an entrypoint in process, the driver:
-    Tune's controller, callbacks, reports — and busy CPU seconds of the whole machine, every process)."""
+def process_cpu_seconds() -> float:
+    """CPU seconds of this process, every thread — in the benchmarks that run an entrypoint in process,
+    the driver: Tune's controller, callbacks, reports."""
     import resource
 
     me = resource.getrusage(resource.RUSAGE_SELF)
-    return me.ru_utime + me.ru_stime, busy_seconds()
+    return me.ru_utime + me.ru_stime
+
+
+def cpu_clock() -> tuple[float, float]:
+    """(:func:`process_cpu_seconds`, :func:`busy_seconds` of the whole machine)."""
+    return process_cpu_seconds(), busy_seconds()
 
 
 def measured(fn: Any, *args: Any) -> tuple[float, float, Any]:

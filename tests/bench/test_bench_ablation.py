@@ -41,7 +41,7 @@ import pytest
 from earthops.api import parse_resource
 from earthops.core.store import Store
 from earthops_runtime.entrypoint import Reporter, Run
-from tests.bench.measure import cpu_clock, measured, ray_worker_niceness
+from tests.bench.measure import measured, process_cpu_seconds, ray_worker_niceness
 from tests.infra.known_truth import write_dataset
 
 pytestmark = [pytest.mark.bench, pytest.mark.timeout(3600)]
@@ -71,13 +71,13 @@ def earthops(store_uri: str, dataset: str, address: str, name: str, workers: int
     store = Store.from_uri(store_uri)
     key = f"ablations/default/{name}/g1-bench"
     reporter = Reporter(store, key, "g1-bench", 1)
-    driver, _ = cpu_clock()
+    driver = process_cpu_seconds()
     started = time.perf_counter()
     run(Run(resource=parse_resource(study(name, workers), "bench"), store=store, key=key, reporter=reporter,
             ray_address=address, inputs={"dataset": dataset}))
     wall = time.perf_counter() - started
     assert reporter.status.phase == "Succeeded", reporter.status
-    return wall, store.read_json(f"{key}/summary.json"), cpu_clock()[0] - driver
+    return wall, store.read_json(f"{key}/summary.json"), process_cpu_seconds() - driver
 
 
 def plain_loop(dataset: str) -> tuple[float, int]:

@@ -166,9 +166,9 @@ class Registration:
             except BaseException as exc:  # noqa: BLE001 - reported by the test
                 self.error = exc
 
+        self.outage = outage
         self.thread = threading.Thread(target=run, daemon=True)
         self.thread.start()
-        self.outage = outage
 
     def join(self) -> None:
         if not self.outage.started.is_set():  # the dataset finished first: the test fails, without a wait
