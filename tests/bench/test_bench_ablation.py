@@ -20,11 +20,14 @@ importance with 2 shuffles on the base trials.
   workers (niceness 15, Ray's ``worker_niceness``, or ``RAY_worker_niceness`` when set): a trial at
   niceness 15 beside a loop at 0 on a machine with any other load measures the kernel's scheduler, not
   earthops (seen: the same trial 2x slower in a Ray task than in the loop beside two busy processes).
+* **(d) two plain loops**: the trials of (c) shared between two such children side by side (trial *i* in
+  child *i* mod 2), timed from their torch imports on: T(c) / (2 x T(d)) is what this machine gives two
+  concurrent trials without Ray or earthops, the ceiling that (a)/(b)'s scaling is read against.
 
 (a) and (b) also print the driver's CPU seconds (the pytest process: Tune's controller, its experiment-state
 saves, the status reports), which the trials at niceness 15 give way to. Each mode prints the machine's
 busy cores during it (from ``/proc/stat``): about 1 for (a) and (c)
-and 2 for (b) on an otherwise idle 2-core machine; more than that is other users' load, and then the
+and 2 for (b) and (d) on an otherwise idle 2-core machine; more than that is other users' load, and then the
 figures compare nothing.
 
 Run with ``make bench`` (or ``pytest -m bench -s tests/bench/test_bench_ablation.py``).
@@ -80,20 +83,28 @@ def earthops(store_uri: str, dataset: str, address: str, name: str, workers: int
     return wall, store.read_json(f"{key}/summary.json"), process_cpu_seconds() - driver
 
 
-def plain_loop(dataset: str) -> tuple[float, int]:
-    """The same trials as a loop over the trainer (what a notebook would do), in a child process at
-    the Ray workers' priority: (seconds, trials run)."""
+def trials() -> list[tuple[int, str]]:
+    """(seed, component) of every trial, in the order the study runs them (seed by seed)."""
+    from earthops_runtime.ablation import plan as pl
+
+    return [(seed, comp) for seed in range(REPEATS) for comp in [pl.BASE, *FEATURES, "extra"]]
+
+
+def plain_loop(dataset: str, processes: int = 1) -> tuple[float, int]:
+    """The same trials as a loop over the trainer (what a notebook would do), in ``processes`` child
+    processes at the Ray workers' priority, trial *i* in process *i* mod ``processes`` (as two workers
+    take turns): (seconds of the slowest process, counted from its torch import on; trials run)."""
     import multiprocessing
 
-    with multiprocessing.get_context("spawn").Pool(1) as pool:
-        return pool.apply(_niced_loop, (dataset, ray_worker_niceness()))
+    shares = [trials()[i::processes] for i in range(processes)]
+    with multiprocessing.get_context("spawn").Pool(processes) as pool:
+        done = pool.starmap(_niced_loop, [(dataset, ray_worker_niceness(), share) for share in shares])
+    return max(seconds for seconds, _ in done), sum(n for _, n in done)
 
 
-def _niced_loop(dataset: str, niceness: int) -> tuple[float, int]:
+def _niced_loop(dataset: str, niceness: int, share: list[tuple[int, str]]) -> tuple[float, int]:
     import pyarrow
     import torch
-
-    from earthops_runtime.ablation import plan as pl
 
     os.nice(max(0, niceness - os.nice(0)))
     # one core, as a 1-CPU trial has: torch's threads, and Arrow's decoding pool (a Ray worker gets
@@ -101,11 +112,11 @@ def _niced_loop(dataset: str, niceness: int) -> tuple[float, int]:
     torch.set_num_threads(1)
     pyarrow.set_cpu_count(1)
     started = time.perf_counter()
-    n = _loop(dataset, [pl.BASE, *FEATURES, "extra"])
+    n = _loop(dataset, share)
     return time.perf_counter() - started, n
 
 
-def _loop(dataset: str, components: list[str]) -> int:
+def _loop(dataset: str, share: list[tuple[int, str]]) -> int:
     import torch
 
     from earthops.api.tuning import Training
@@ -114,21 +125,18 @@ def _loop(dataset: str, components: list[str]) -> int:
     from earthops_runtime.ablation.study import final_metrics
     from earthops_runtime.training import DatasetInfo, Trainer
 
-    n = 0
-    for seed in range(REPEATS):
-        for comp in components:
-            features = [f for f in ("signal", "noise", "noise2") if f != comp]
-            info = DatasetInfo.open(dataset, features=features)
-            example = torch.zeros((2, info.in_channels, *info.chip_shape))
-            transform = (lambda m, example=example: surgery.remove(m, ["extra"], example=example, field="f")) \
-                if comp == "extra" else None
-            training = Training.model_validate({**TRAINING, "seed": seed})
-            trainer = Trainer(info, MODEL["name"], MODEL["parameters"], training, threads=1, model_transform=transform)
-            trainer.fit()
-            final_metrics(trainer, metric="val_accuracy", goal="maximize", seed=seed,
-                          permutation_repeats=2 if comp == pl.BASE else 0)
-            n += 1
-    return n
+    for seed, comp in share:
+        features = [f for f in FEATURES if f != comp]
+        info = DatasetInfo.open(dataset, features=features)
+        example = torch.zeros((2, info.in_channels, *info.chip_shape))
+        transform = (lambda m, example=example: surgery.remove(m, ["extra"], example=example, field="f")) \
+            if comp == "extra" else None
+        training = Training.model_validate({**TRAINING, "seed": seed})
+        trainer = Trainer(info, MODEL["name"], MODEL["parameters"], training, threads=1, model_transform=transform)
+        trainer.fit()
+        final_metrics(trainer, metric="val_accuracy", goal="maximize", seed=seed,
+                      permutation_repeats=2 if comp == pl.BASE else 0)
+    return len(share)
 
 
 def test_ablation_scaling_and_overhead(tmp_path, ray_local):
@@ -139,17 +147,21 @@ def test_ablation_scaling_and_overhead(tmp_path, ray_local):
     t1, c1, (_, s1, d1) = measured(earthops, store_uri, dataset, address, "one-worker", 1)
     t2, c2, (_, s2, d2) = measured(earthops, store_uri, dataset, address, "two-workers", 2)
     tl, cl, (_, n) = measured(plain_loop, dataset)
-    trials = (len(FEATURES) + 2) * REPEATS
-    assert s1["trials"]["trialsDone"] == s2["trials"]["trialsDone"] == n == trials
+    tl2, cl2, (_, n2) = measured(plain_loop, dataset, 2)
+    total = len(trials())
+    assert s1["trials"]["trialsDone"] == s2["trials"]["trialsDone"] == n == n2 == total
     assert [r["component"] for r in s1["ranking"]][0] == [r["component"] for r in s2["ranking"]][0] == "signal"
     efficiency = t1 / (2 * t2)
+    ceiling = tl / (2 * tl2)
     overhead = t1 / tl - 1
-    print(f"\nAblationStudy benchmark: k={len(FEATURES) + 1} components x r={REPEATS} repeats = {trials} trials "
+    print(f"\nAblationStudy benchmark: k={len(FEATURES) + 1} components x r={REPEATS} repeats = {total} trials "
           f"({EPOCHS} epochs, {CHIPS} chips of 32x32)")
     print(f"  (a) earthops, 1 worker      {t1:8.1f} s   trial time {s1['trialSeconds']:.1f} s   busy cores {c1:.2f}"
           f"   driver CPU {d1:.1f} s")
     print(f"  (b) earthops, 2 workers     {t2:8.1f} s   trial time {s2['trialSeconds']:.1f} s   busy cores {c2:.2f}"
           f"   driver CPU {d2:.1f} s")
     print(f"  (c) plain loop, 1 core      {tl:8.1f} s                      busy cores {cl:.2f}")
+    print(f"  (d) plain loops, 2 cores    {tl2:8.1f} s                      busy cores {cl2:.2f}")
     print(f"  scaling efficiency T(a)/(2 T(b)) = {efficiency:.3f}   (goal >= 0.9)")
+    print(f"  the machine's own T(c)/(2 T(d))  = {ceiling:.3f}   (the same trials without Ray or earthops)")
     print(f"  overhead T(a)/T(c) - 1          = {overhead * 100:+.1f} %   (goal <= 5 %)")
