@@ -17,6 +17,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from earthops.core.store import Store
@@ -208,6 +209,46 @@ def test_posting_blocks_are_read_for_the_rows_the_other_criteria_select(
         q, box = random_q(rng), [rng.uniform(-10, 0), rng.uniform(-10, 0), rng.uniform(0, 10), rng.uniform(0, 10)]
         got = [it["id"] for it in search.search(store, q=q, bbox=box)]
         assert got == [it["id"] for it in Query.parse(q=q, bbox=box).select(items)], (q, box)
+
+
+def test_text_lookups_read_only_row_groups_that_may_hold_their_terms(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """TextIndex chooses row groups by their term and block statistics: over a file cut into row groups
+    of 40 rows, its postings and document frequencies equal a read of the whole file, for terms present
+    and absent, with and without blocks, and every row group it leaves out holds none of the rows asked for."""
+    import pyarrow.parquet as pq
+
+    monkeypatch.setattr(textindex, "BLOCK_ROWS", 16)
+    monkeypatch.setattr(textindex, "CHUNK_ROWS", 64)
+    table, json_columns = index.items_table(make_items(random.Random(13), 400, "rg"))
+    inverted = textindex.text_index_table(index.sorted_table(table), json_columns=frozenset(json_columns),
+                                          core=frozenset(index.CORE_COLUMNS))
+    path = tmp_path / textindex.TEXT_NAME
+    pq.write_table(inverted, path, row_group_size=40, write_statistics=["term", "block"])
+    lookup = textindex.TextIndex(str(path))
+    assert lookup.metadata.num_row_groups > 20
+    rows = inverted.to_pylist()
+    vocabulary = sorted({r["term"] for r in rows})
+    rng = random.Random(5)
+    skipped = 0
+    for _ in range(60):
+        terms = rng.sample(vocabulary, rng.randint(1, 4)) + rng.sample(["aardvark", "zzz", "m"], rng.randint(0, 1))
+        blocks = None if rng.random() < 0.4 else np.array(rng.sample(range(25), rng.randint(1, 6)))
+        wanted = [r for r in rows if r["term"] in terms and (blocks is None or r["block"] in blocks.tolist())]
+        got = lookup.postings(terms, blocks)
+        assert sorted(got) == sorted({r["term"] for r in wanted})
+        for term, (docs, tf) in got.items():
+            mine = [r for r in wanted if r["term"] == term]
+            assert docs.tolist() == [d for r in mine for d in r["docs"]]
+            assert tf.tolist() == [f for r in mine for f in r["tf"]]
+        assert lookup.document_frequencies(terms) == {
+            t: sum(r["df"] for r in rows if r["term"] == t) for t in terms}
+        chosen = set(lookup.row_groups(terms, blocks))
+        for g in set(range(lookup.metadata.num_row_groups)) - chosen:
+            assert not {(r["term"], r["block"]) for r in rows[40 * g:40 * (g + 1)]} & {
+                (r["term"], r["block"]) for r in wanted}
+        skipped += lookup.metadata.num_row_groups - len(chosen)
+    assert skipped > 60 * lookup.metadata.num_row_groups // 2
 
 
 def test_a_filter_that_fails_on_the_data_falls_back_to_the_semantics(corpus) -> None:

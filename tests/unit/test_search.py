@@ -254,6 +254,114 @@ def test_random_queries_answer_exactly_the_brute_force(corpus) -> None:
     assert nonempty >= 20
 
 
+def _random_box(rng: np.random.Generator) -> list[float] | None:
+    """None, a box over the corpus, or one across the antimeridian (west > east)."""
+    kind = rng.random()
+    if kind < 0.15:
+        return None
+    if kind < 0.3:
+        return [float(rng.uniform(20, 179)), float(rng.uniform(20, 50)), float(rng.uniform(-179, 10)), float(rng.uniform(50, 80))]
+    w, s = rng.uniform(-25, 35), rng.uniform(25, 65)
+    size = rng.uniform(0.5, 12)
+    return [float(w), float(s), float(min(w + size, 180.0)), float(min(s + size, 90.0))]
+
+
+def _random_interval(rng: np.random.Generator) -> tuple[datetime | None, datetime | None]:
+    a = EPOCH + timedelta(days=int(rng.integers(-100, 2300)))
+    b = a + timedelta(days=int(rng.integers(0, 500)))
+    kind = rng.random()
+    return (None, None) if kind < 0.2 else (a, None) if kind < 0.35 else (None, b) if kind < 0.5 else (a, b)
+
+
+def _meets_sql(row: dict[str, Any], box: list[float] | None, start: datetime | None, end: datetime | None) -> bool:
+    """The SQL bbox and datetime predicates of the search (_bbox_sql, _datetime_sql) on one index row,
+    NULL being false."""
+    if box is not None:
+        b = row["bbox"]
+        if b is None or None in b.values():
+            return False
+        w, s, e, n = box
+        x = (b["xmin"] <= e and b["xmax"] >= w) if w <= e else (b["xmax"] >= w or b["xmin"] <= e)
+        if not (x and b["ymin"] <= n and b["ymax"] >= s):
+            return False
+    ranged = row["start_datetime"] is not None and row["end_datetime"] is not None
+    t0 = row["start_datetime"] if ranged else row["datetime"]
+    t1 = row["end_datetime"] if ranged else row["datetime"]
+    if end is not None and (t0 is None or t0 > end):
+        return False
+    return start is None or (t1 is not None and t1 >= start)
+
+
+def test_a_row_group_is_left_out_only_when_no_row_of_it_can_match(corpus) -> None:
+    """The row groups read for a bbox or datetime query (search.RowGroups) are chosen by their
+    statistics: every row of a row group left out fails the SQL predicates, and boxes do leave row
+    groups out."""
+    import pyarrow.parquet as pq
+
+    store, _ = corpus
+    rng = np.random.default_rng(11)
+    left_out = total = 0
+    for path in search.local_index_files(store):
+        groups = search.row_groups(path)
+        rows = pq.read_table(path, columns=["bbox", "datetime", "start_datetime", "end_datetime"]).to_pylist()
+        assert groups.metadata.num_row_groups >= 2 and int(groups.rows.sum()) == len(rows)
+        for _ in range(80):
+            box = _random_box(rng)
+            start, end = _random_interval(rng)
+            chosen = set(groups.chosen(box, start, end).tolist())
+            for g in set(range(len(groups.rows))) - chosen:
+                first = int(groups.first_row[g])
+                assert not any(_meets_sql(r, box, start, end) for r in rows[first:first + int(groups.rows[g])]), \
+                    (path, g, box, start, end)
+            left_out += len(groups.rows) - len(chosen)
+            total += len(groups.rows)
+    assert left_out > total // 5  # (130 of 480 with this seed: a quarter of the boxes are none or cross the antimeridian)
+
+
+def test_answers_are_the_same_whoever_chooses_the_row_groups(corpus, monkeypatch) -> None:
+    """Random queries (bbox, datetime, collections, CQL2, free text, sortby, limit) give the same items
+    in the same order with the row groups chosen here as with every file streamed through DuckDB."""
+    store, _ = corpus
+    rng = np.random.default_rng(12)
+    used = []
+    real = search._chosen_source
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        used.append(real(*args, **kwargs))
+        return used[-1]
+
+    queries = []
+    for _ in range(60):
+        query: dict[str, Any] = {}
+        if (box := _random_box(rng)) is not None:
+            query["bbox"] = box
+        start, end = _random_interval(rng)
+        if start or end:
+            query["datetime"] = f"{index.format_datetime(start) if start else '..'}/{index.format_datetime(end) if end else '..'}"
+        if rng.random() < 0.3:
+            query["filter"] = FILTERS[int(rng.integers(0, len(FILTERS)))]
+        if rng.random() < 0.25:
+            query["collections"] = ["coll-a", "coll-c"]
+        if rng.random() < 0.25:
+            query["q"] = ["coast", "landsat OR urban", "sentinel -ice"][int(rng.integers(0, 3))]
+        if rng.random() < 0.2:
+            query["sortby"] = "-eo:cloud_cover"
+        if rng.random() < 0.3:
+            query["limit"] = int(rng.integers(1, 8))
+        queries.append(query)
+    monkeypatch.setattr(search, "_chosen_source", spy)
+    monkeypatch.setattr(search, "CHOSEN_GROUPS_SHARE", 1.0)  # this small index would be streamed
+    here = [search.search(store, **q) for q in queries]
+    assert sum(u is not None for u in used) >= 30
+    monkeypatch.setattr(search, "CHOSEN_ROWS_MAX", -1)
+    used.clear()
+    streamed = [search.search(store, **q) for q in queries]
+    assert not any(used)
+    for q, a, b in zip(queries, here, streamed):
+        assert a == b, q
+    assert sum(bool(a) for a in here) >= 20
+
+
 def test_geometry_decides_not_the_bbox(corpus) -> None:
     store, items = corpus
     diamond = next(it for it in items if it["geometry"]["type"] == "Polygon" and len(it["geometry"]["coordinates"][0]) == 5

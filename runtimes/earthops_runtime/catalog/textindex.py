@@ -1,8 +1,8 @@
 """The free-text index of a run: ``text.parquet``, an inverted index beside its ``index.parquet``.
 
 DuckDB's ``fts`` extension cannot be downloaded here, so earthops keeps its own inverted index, written
-at publication with the search index (same staging folder, so both appear at once) and read with core
-DuckDB. What a term is and which texts of an item count are :mod:`earthops_runtime.stac.text`'s rules
+at publication with the search index (same staging folder, so both appear at once) and read by
+:class:`TextIndex` (Arrow, the row groups chosen by their statistics). What a term is and which texts of an item count are :mod:`earthops_runtime.stac.text`'s rules
 (:func:`~earthops_runtime.stac.text.value_terms` per text value); this module only stores them.
 
 Schema, one row per index term and block of :data:`BLOCK_ROWS` index rows that holds it, sorted by
@@ -30,6 +30,7 @@ sorting with numpy, and posting rows are cut per block.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -216,9 +217,86 @@ def facts(path: str) -> tuple[int, int]:
     return int(meta["items"]), int(meta["block_rows"])
 
 
+class TextIndex:
+    """Lookups in one text index file version: its metadata read once, and per row group the least and
+    greatest term and block (its statistics), so a lookup reads only the row groups that may hold its
+    terms (and blocks). Reading through DuckDB, every lookup weighed every row group's statistics:
+    about 70 ms a query over the ~4,900 row groups of a 10M-item index."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.metadata = md = pq.read_metadata(path)
+        columns = {md.schema.column(i).path: i for i in range(md.num_columns)}
+        n = md.num_row_groups
+        self.term_lo, self.term_hi = np.full(n, "", dtype=object), np.full(n, "", dtype=object)
+        self.known = np.zeros(n, dtype=bool)  # both bounds of term known
+        self.block_lo, self.block_hi = np.full(n, -np.inf), np.full(n, np.inf)
+        for g in range(n):
+            rg = md.row_group(g)
+            stats = rg.column(columns["term"]).statistics if "term" in columns else None
+            if stats is not None and stats.has_min_max:
+                self.term_lo[g], self.term_hi[g], self.known[g] = stats.min, stats.max, True
+            stats = rg.column(columns["block"]).statistics if "block" in columns else None
+            if stats is not None and stats.has_min_max:
+                self.block_lo[g], self.block_hi[g] = stats.min, stats.max
+
+    def row_groups(self, terms: Sequence[str], blocks: np.ndarray | None = None) -> list[int]:
+        """The row groups that may hold a row of one of ``terms`` (and of one of ``blocks``)."""
+        wanted = sorted(set(terms))
+        if not wanted:
+            return []
+        keep = ~self.known
+        lo = np.searchsorted(np.array(wanted, dtype=object), self.term_lo[self.known], side="left")
+        keep[self.known] = [i < len(wanted) and wanted[i] <= hi
+                            for i, hi in zip(lo.tolist(), self.term_hi[self.known].tolist())]
+        if blocks is not None:
+            ordered = np.unique(np.asarray(blocks, dtype=np.float64))
+            at = np.searchsorted(ordered, self.block_lo, side="left")
+            keep &= (at < len(ordered)) & (ordered[np.minimum(at, len(ordered) - 1)] <= self.block_hi)
+        return np.nonzero(keep)[0].tolist()
+
+    def read(self, terms: Sequence[str], columns: Sequence[str], blocks: np.ndarray | None = None) -> pa.Table:
+        """The rows of ``terms`` (and ``blocks``), in the file's order (term, then block)."""
+        groups = self.row_groups(terms, blocks)
+        wanted = [*{"term", "block", *columns}]
+        if not groups:
+            return SCHEMA.select(wanted).empty_table()
+        table = pq.ParquetFile(self.path, metadata=self.metadata).read_row_groups(groups, columns=wanted)
+        mask = pc.is_in(table.column("term"), value_set=pa.array(sorted(set(terms)), type=pa.string()))
+        if blocks is not None:
+            mask = pc.and_(mask, pc.is_in(table.column("block"), value_set=pa.array(
+                np.unique(np.asarray(blocks)).astype(np.uint32), type=pa.uint32())))
+        return table.filter(mask)
+
+    def document_frequencies(self, terms: Sequence[str]) -> dict[str, int]:
+        """How many items of the index hold each of ``terms`` (0 for a term it lacks)."""
+        table = self.read(terms, ["df"])
+        found: dict[str, int] = dict.fromkeys(terms, 0)
+        if table.num_rows:
+            sums = table.group_by("term").aggregate([("df", "sum")])
+            for term, n in zip(sums.column("term").to_pylist(), sums.column("df_sum").to_pylist()):
+                found[term] = int(n)
+        return found
+
+    def postings(self, terms: Sequence[str], blocks: np.ndarray | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """term -> (row numbers, counts) of the items holding it, ascending (only from ``blocks`` when
+        given); terms the index lacks are absent."""
+        table = self.read(terms, ["docs", "tf"], blocks)
+        out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        if not table.num_rows:
+            return out
+        term = table.column("term").to_numpy(zero_copy_only=False)
+        docs, tf = table.column("docs").combine_chunks(), table.column("tf").combine_chunks()
+        starts = np.flatnonzero(np.r_[True, term[1:] != term[:-1]])
+        for lo, hi in zip(starts.tolist(), [*starts[1:].tolist(), len(term)]):
+            d, t = docs.slice(lo, hi - lo), tf.slice(lo, hi - lo)
+            out[str(term[lo])] = (d.flatten().to_numpy().astype(np.int64), t.flatten().to_numpy().astype(np.int64))
+        return out
+
+
 def text_path(index_path: str) -> str:
     """The text index beside a search index file."""
     return index_path.rsplit("/", 1)[0] + "/" + TEXT_NAME if "/" in index_path else TEXT_NAME
 
 
-__all__ = ["BLOCK_ROWS", "TEXT_NAME", "facts", "text_index_bytes", "text_index_table", "text_path"]
+__all__ = ["BLOCK_ROWS", "TEXT_NAME", "TextIndex", "facts", "text_index_bytes", "text_index_table", "text_path"]
