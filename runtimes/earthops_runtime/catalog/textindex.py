@@ -30,6 +30,7 @@ sorting with numpy, and posting rows are cut per block.
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Sequence
 
 import numpy as np
@@ -48,6 +49,8 @@ FORMAT_VERSION = 1
 #: Posting lists are cut into blocks of this many index rows: a query whose other criteria select
 #: a few rows (a bbox over the Hilbert-sorted index) reads only the blocks holding them.
 BLOCK_ROWS = 65_536
+#: Document frequencies a TextIndex keeps (per file version).
+DF_CACHED = 4096
 #: Rows tokenized per step (a multiple of BLOCK_ROWS; bounds the memory of the (term, row) pairs).
 CHUNK_ROWS = 16 * BLOCK_ROWS
 SCHEMA = pa.schema([("term", pa.string()), ("block", pa.uint32()), ("df", pa.uint32()),
@@ -225,6 +228,8 @@ class TextIndex:
 
     def __init__(self, path: str):
         self.path = path
+        self._df: dict[str, int] = {}  # oldest first
+        self._lock = threading.Lock()
         self.metadata = md = pq.read_metadata(path)
         columns = {md.schema.column(i).path: i for i in range(md.num_columns)}
         n = md.num_row_groups
@@ -269,14 +274,27 @@ class TextIndex:
         return table.filter(mask)
 
     def document_frequencies(self, terms: Sequence[str]) -> dict[str, int]:
-        """How many items of the index hold each of ``terms`` (0 for a term it lacks)."""
-        table = self.read(terms, ["df"])
-        found: dict[str, int] = dict.fromkeys(terms, 0)
-        if table.num_rows:
-            sums = table.group_by("term").aggregate([("df", "sum")])
-            for term, n in zip(sums.column("term").to_pylist(), sums.column("df_sum").to_pylist()):
-                found[term] = int(n)
-        return found
+        """How many items of the index hold each of ``terms`` (0 for a term it lacks); kept for the
+        last :data:`DF_CACHED` terms asked (a frequent term's count sums thousands of rows)."""
+        out: dict[str, int] = {}
+        with self._lock:
+            for term in dict.fromkeys(terms):
+                if term in self._df:
+                    out[term] = self._df[term]
+        missing = [t for t in dict.fromkeys(terms) if t not in out]
+        if missing:
+            found = dict.fromkeys(missing, 0)
+            table = self.read(missing, ["df"])
+            if table.num_rows:
+                sums = table.group_by("term").aggregate([("df", "sum")])
+                for term, n in zip(sums.column("term").to_pylist(), sums.column("df_sum").to_pylist()):
+                    found[term] = int(n)
+            out.update(found)
+            with self._lock:
+                self._df.update(found)
+                while len(self._df) > DF_CACHED:
+                    self._df.pop(next(iter(self._df)))
+        return out
 
     def postings(self, terms: Sequence[str], blocks: np.ndarray | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """term -> (row numbers, counts) of the items holding it, ascending (only from ``blocks`` when
