@@ -2,7 +2,8 @@
 
 DuckDB's ``fts`` extension cannot be downloaded here, so earthops keeps its own inverted index, written
 at publication with the search index (same staging folder, so both appear at once) and read by
-:class:`TextIndex` (Arrow, the row groups chosen by their statistics). What a term is and which texts of an item count are :mod:`earthops_runtime.stac.text`'s rules
+:class:`TextIndex` (Arrow, the row groups chosen by their statistics). What a term is and which texts
+of an item count are :mod:`earthops_runtime.stac.text`'s rules
 (:func:`~earthops_runtime.stac.text.value_terms` per text value); this module only stores them.
 
 Schema, one row per index term and block of :data:`BLOCK_ROWS` index rows that holds it, sorted by
@@ -263,7 +264,7 @@ class TextIndex:
     def read(self, terms: Sequence[str], columns: Sequence[str], blocks: np.ndarray | None = None) -> pa.Table:
         """The rows of ``terms`` (and ``blocks``), in the file's order (term, then block)."""
         groups = self.row_groups(terms, blocks)
-        wanted = [*{"term", "block", *columns}]
+        wanted = list(dict.fromkeys(["term", "block", *columns]))
         if not groups:
             return SCHEMA.select(wanted).empty_table()
         table = pq.ParquetFile(self.path, metadata=self.metadata).read_row_groups(groups, columns=wanted)
@@ -296,7 +297,8 @@ class TextIndex:
                     self._df.pop(next(iter(self._df)))
         return out
 
-    def postings(self, terms: Sequence[str], blocks: np.ndarray | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    def postings(self, terms: Sequence[str],
+                 blocks: np.ndarray | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """term -> (row numbers, counts) of the items holding it, ascending (only from ``blocks`` when
         given); terms the index lacks are absent."""
         table = self.read(terms, ["docs", "tf"], blocks)
