@@ -96,7 +96,8 @@ def plain_loop(dataset: str, processes: int = 1) -> tuple[float, int]:
     take turns): (seconds of the slowest process, counted from its torch import on; trials run)."""
     import multiprocessing
 
-    shares = [trials()[i::processes] for i in range(processes)]
+    every = trials()
+    shares = [every[i::processes] for i in range(processes)]
     with multiprocessing.get_context("spawn").Pool(processes) as pool:
         done = pool.starmap(_niced_loop, [(dataset, ray_worker_niceness(), share) for share in shares])
     return max(seconds for seconds, _ in done), sum(n for _, n in done)

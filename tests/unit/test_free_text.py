@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 from collections import Counter
 from pathlib import Path
@@ -226,9 +227,11 @@ def test_text_lookups_read_only_row_groups_that_may_hold_their_terms(tmp_path: P
     inverted = textindex.text_index_table(index.sorted_table(table), json_columns=frozenset(json_columns),
                                           core=frozenset(index.CORE_COLUMNS))
     path = tmp_path / textindex.TEXT_NAME
-    pq.write_table(inverted, path, row_group_size=40, write_statistics=["term", "block"])
+    facts = {textindex.META_KEY: json.dumps({"version": 1, "items": 400, "block_rows": 16}).encode()}
+    pq.write_table(inverted.replace_schema_metadata(facts), path, row_group_size=40,
+                   write_statistics=["term", "block"])
     lookup = textindex.TextIndex(str(path))
-    assert lookup.metadata.num_row_groups > 20
+    assert lookup.metadata.num_row_groups > 20 and (lookup.items, lookup.block_rows) == (400, 16)
     rows = inverted.to_pylist()
     vocabulary = sorted({r["term"] for r in rows})
     rng = random.Random(5)

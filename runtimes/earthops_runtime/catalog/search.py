@@ -472,11 +472,9 @@ def _json_columns_of(path: str, size: int, mtime_ns: int) -> frozenset[str]:
     return frozenset(json_properties(_schema_of(path, size, mtime_ns)))
 
 
-@functools.lru_cache(maxsize=1024)
 def _schema_of(path: str, size: int, mtime_ns: int) -> Any:
-    import pyarrow.parquet as pq
-
-    return pq.read_schema(path)
+    """The Arrow schema of an index file version (from the footer :class:`RowGroups` read)."""
+    return _row_groups_of(path, size, mtime_ns).metadata.schema.to_arrow_schema()
 
 
 def _order_sql(files: Iterable[str], query: Query, relevance: str) -> str:
@@ -610,11 +608,6 @@ def _in_list(column: str, values: Sequence[str], prefix: str, params: dict[str, 
 # Free text over the inverted indexes
 
 
-@functools.lru_cache(maxsize=1024)
-def _text_facts(path: str, size: int, mtime_ns: int) -> tuple[int, int]:
-    return textindex.facts(path)
-
-
 @functools.lru_cache(maxsize=256)
 def _text_index_of(path: str, size: int, mtime_ns: int) -> textindex.TextIndex:
     return textindex.TextIndex(path)
@@ -695,8 +688,8 @@ def _text_candidates(files: Mapping[str, str], text: free_text.TextQuery,
     text_files = {path: text_file(path) for path in files}
     sizes, block_rows = {}, {}
     for path, tpath in text_files.items():
-        st = os.stat(tpath)
-        sizes[path], block_rows[path] = _text_facts(tpath, st.st_size, st.st_mtime_ns)
+        lookup = _text_index(tpath)
+        sizes[path], block_rows[path] = lookup.items, lookup.block_rows
     n_docs = sum(sizes.values())
     tokens = text.tokens
     df = _document_frequencies(text_files, tokens)

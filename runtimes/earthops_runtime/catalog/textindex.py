@@ -214,11 +214,6 @@ def text_index_bytes(table: pa.Table, *, json_columns: frozenset[str] = frozense
     return sink.getvalue().to_pybytes()
 
 
-def facts(path: str) -> tuple[int, int]:
-    """(N, block rows) of a text index file: the number of items of its search index, and the rows
-    per posting block it was written with."""
-    meta = json.loads((pq.read_schema(path).metadata or {})[META_KEY])
-    return int(meta["items"]), int(meta["block_rows"])
 
 
 class TextIndex:
@@ -232,6 +227,9 @@ class TextIndex:
         self._df: dict[str, int] = {}  # oldest first
         self._lock = threading.Lock()
         self.metadata = md = pq.read_metadata(path)
+        facts = json.loads((md.metadata or {})[META_KEY])
+        #: the number of items of its search index (N of the relevance), and the rows per posting block
+        self.items, self.block_rows = int(facts["items"]), int(facts["block_rows"])
         columns = {md.schema.column(i).path: i for i in range(md.num_columns)}
         n = md.num_row_groups
         self.term_lo, self.term_hi = np.full(n, "", dtype=object), np.full(n, "", dtype=object)
@@ -319,4 +317,4 @@ def text_path(index_path: str) -> str:
     return index_path.rsplit("/", 1)[0] + "/" + TEXT_NAME if "/" in index_path else TEXT_NAME
 
 
-__all__ = ["BLOCK_ROWS", "TEXT_NAME", "TextIndex", "facts", "text_index_bytes", "text_index_table", "text_path"]
+__all__ = ["BLOCK_ROWS", "TEXT_NAME", "TextIndex", "text_index_bytes", "text_index_table", "text_path"]
