@@ -212,12 +212,14 @@ def test_posting_blocks_are_read_for_the_rows_the_other_criteria_select(
         assert got == [it["id"] for it in Query.parse(q=q, bbox=box).select(items)], (q, box)
 
 
-def test_text_lookups_read_only_row_groups_that_may_hold_their_terms(tmp_path: Path,
-                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("bisection", [True, False], ids=["bisection", "every-row-group"])
+def test_text_lookups_read_only_row_groups_that_may_hold_their_terms(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                     bisection: bool) -> None:
     """TextIndex chooses row groups by their term and block statistics: over a file cut into row groups
     of 40 rows, its postings and document frequencies equal a read of the whole file, for terms present
     and absent, with and without blocks (the counts asked again come from its cache), and every row group
-    it leaves out holds none of the rows asked for."""
+    it leaves out holds none of the rows asked for — by bisection over the term bounds (a file sorted
+    by term, as written here) and by comparing every row group's bounds (a file that is not)."""
     import pyarrow.parquet as pq
 
     monkeypatch.setattr(textindex, "BLOCK_ROWS", 16)
@@ -232,6 +234,9 @@ def test_text_lookups_read_only_row_groups_that_may_hold_their_terms(tmp_path: P
                    write_statistics=["term", "block"])
     lookup = textindex.TextIndex(str(path))
     assert lookup.metadata.num_row_groups > 20 and (lookup.items, lookup.block_rows) == (400, 16)
+    assert lookup._term_bounds is not None  # written sorted by term: bisection applies
+    if not bisection:
+        lookup._term_bounds = None
     rows = inverted.to_pylist()
     vocabulary = sorted({r["term"] for r in rows})
     rng = random.Random(5)

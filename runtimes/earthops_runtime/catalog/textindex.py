@@ -30,6 +30,7 @@ sorting with numpy, and posting rows are cut per block.
 
 from __future__ import annotations
 
+import bisect
 import json
 import threading
 from collections.abc import Sequence
@@ -39,6 +40,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from earthops_runtime.catalog.encoding import COMPRESSION, dictionary_columns
 from earthops_runtime.stac.text import NOT_TEXT, text_values, value_terms
 
 TEXT_NAME = "text.parquet"
@@ -206,7 +208,8 @@ def text_index_bytes(table: pa.Table, *, json_columns: frozenset[str] = frozense
     terms = terms.replace_schema_metadata({META_KEY: json.dumps({
         "version": FORMAT_VERSION, "items": table.num_rows, "block_rows": BLOCK_ROWS}).encode()})
     sink = pa.BufferOutputStream()
-    with pq.ParquetWriter(sink, terms.schema, compression="snappy", write_statistics=["term", "block"]) as writer:
+    with pq.ParquetWriter(sink, terms.schema, compression=COMPRESSION, write_statistics=["term", "block"],
+                          use_dictionary=dictionary_columns(terms)) as writer:
         for lo, hi in row_group_bounds(terms.column("df").to_numpy()):
             writer.write_table(terms.slice(lo, hi - lo), row_group_size=hi - lo)
         if not terms.num_rows:
@@ -243,16 +246,28 @@ class TextIndex:
             stats = rg.column(columns["block"]).statistics if "block" in columns else None
             if stats is not None and stats.has_min_max:
                 self.block_lo[g], self.block_hi[g] = stats.min, stats.max
+        # as written here (rows sorted by term): every bound known and both ascending, so the row groups
+        # that may hold a term are one run, found by bisection (not by comparing every row group's bounds)
+        lo, hi = self.term_lo.tolist(), self.term_hi.tolist()
+        ascending = bool(self.known.all()) and all(a <= b for a, b in zip(lo, lo[1:])) and \
+            all(a <= b for a, b in zip(hi, hi[1:]))
+        self._term_bounds = (lo, hi) if ascending else None
 
     def row_groups(self, terms: Sequence[str], blocks: np.ndarray | None = None) -> list[int]:
         """The row groups that may hold a row of one of ``terms`` (and of one of ``blocks``)."""
         wanted = sorted(set(terms))
         if not wanted:
             return []
-        keep = ~self.known
-        lo = np.searchsorted(np.array(wanted, dtype=object), self.term_lo[self.known], side="left")
-        keep[self.known] = [i < len(wanted) and wanted[i] <= hi
-                            for i, hi in zip(lo.tolist(), self.term_hi[self.known].tolist())]
+        if self._term_bounds is not None:
+            lo, hi = self._term_bounds
+            keep = np.zeros(len(self.known), dtype=bool)
+            for term in wanted:  # from the first group whose greatest term is >= term to the last whose least is <= it
+                keep[bisect.bisect_left(hi, term):bisect.bisect_right(lo, term)] = True
+        else:
+            keep = ~self.known
+            lo = np.searchsorted(np.array(wanted, dtype=object), self.term_lo[self.known], side="left")
+            keep[self.known] = [i < len(wanted) and wanted[i] <= hi
+                                for i, hi in zip(lo.tolist(), self.term_hi[self.known].tolist())]
         if blocks is not None:
             ordered = np.unique(np.asarray(blocks, dtype=np.float64))
             at = np.searchsorted(ordered, self.block_lo, side="left")
