@@ -20,6 +20,7 @@ metrics, and raise :class:`TrialOutOfMemory` for a trial out of (GPU) memory.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import math
@@ -293,7 +294,21 @@ def _share_credentials() -> str:
         return ""
     reference = uuid.uuid4().hex
     internal_kv._internal_kv_put(reference, json.dumps(creds).encode(), namespace=CREDENTIALS_NAMESPACE)
+    # gone with the driver (a long-lived Ray cluster would otherwise keep every driver's credentials);
+    # registered after ray.init, so it runs before Ray's own exit handler disconnects
+    atexit.register(_forget_credentials, reference)
     return reference
+
+
+def _forget_credentials(reference: str) -> None:
+    """Delete the credentials a driver left in Ray (at its exit; a driver that is killed leaves them
+    until the cluster goes, and a RayJob's cluster goes with its job)."""
+    import ray
+    from ray.experimental import internal_kv
+
+    if ray.is_initialized():
+        with contextlib.suppress(Exception):  # Ray going down: nothing left to clean
+            internal_kv._internal_kv_del(reference, namespace=CREDENTIALS_NAMESPACE)
 
 
 def _open_store(uri: str, reference: str) -> Store:

@@ -49,3 +49,32 @@ def test_embedded_ray_stays_on_loopback_after_ray_tune_was_imported():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert json.loads(out.stdout.strip().splitlines()[-1]) == ["127.0.0.1"]
+
+
+def test_a_driver_credentials_stay_in_ray_only_while_it_runs(ray_local):
+    """A tuning or ablation driver on an S3 store leaves its credentials in Ray's key-value store for
+    its trials (earthops_runtime.trials.StoreHandler); they are deleted when the driver exits, so a
+    long-lived Ray cluster does not collect every driver's credentials."""
+    import os
+    import subprocess
+    import sys
+
+    from ray.experimental import internal_kv
+
+    from earthops_runtime import trials
+
+    script = (
+        "import sys, ray\n"
+        "from ray.experimental import internal_kv\n"
+        "from earthops_runtime import trials\n"
+        "ray.init(address=sys.argv[1])\n"
+        "ref = trials._share_credentials()\n"
+        "print(ref, internal_kv._internal_kv_get(ref, namespace=trials.CREDENTIALS_NAMESPACE).decode())\n"
+    )
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": "driver-key", "AWS_SECRET_ACCESS_KEY": "driver-secret"}
+    out = subprocess.run([sys.executable, "-c", script, ray_local.get_runtime_context().gcs_address],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    reference, shared = out.stdout.strip().splitlines()[-1].split(" ", 1)
+    assert "driver-secret" in shared  # there while the driver ran
+    assert internal_kv._internal_kv_get(reference, namespace=trials.CREDENTIALS_NAMESPACE) is None
