@@ -138,7 +138,7 @@ def test_serve_a_registered_model_sigterm_and_a_killed_command_line(models, tmp_
 def test_bad_model_references_say_what_exists(models, tmp_path):
     store, _ = models
     missing = _cli("serve", "iceberg/v9", store=store)
-    assert missing.returncode == 1 and "has no version 'v9'; versions: v1, v2" in missing.stderr
+    assert missing.returncode == 2 and "has no version 'v9'; versions: v1, v2" in missing.stderr
     unknown = _cli("run", "-f", str(_deployment(tmp_path, modelRef={"model": "boats"})), store=store)
     assert unknown.returncode == 2, unknown.stderr  # the input's fault: a model that is not there
     assert "no model 'boats'" in unknown.stderr and "models: iceberg" in unknown.stderr

@@ -355,4 +355,4 @@ def test_serve_refuses_bad_arguments_before_starting_anything(tmp_path):
     bad = runner.invoke(app, ["serve", "Ships_1", "--store", tmp_path.as_uri()])
     assert bad.exit_code == 2 and "spec.modelRef.model" in bad.stderr
     missing = runner.invoke(app, ["serve", "ships", "--store", tmp_path.as_uri()])
-    assert missing.exit_code == 1 and "no model 'ships' in namespace 'default'" in missing.stderr
+    assert missing.exit_code == 2 and "no model 'ships' in namespace 'default'" in missing.stderr  # bad input, as `run` says

@@ -555,6 +555,7 @@ def serve(
     from earthops.api import parse_resource
     from earthops.control.local import Executor, serving
     from earthops.control.reconcile.inferenceservice import resolve_models
+    from earthops.control.status import input_reason
 
     if (canary is None) != (canary_percent is None):
         raise _fail("--canary and --canary-percent go together", INVALID)
@@ -574,8 +575,9 @@ def serve(
         raise typer.Exit(INVALID) from None
     executor = Executor(_open_store(store, INVALID))
     models = resolve_models(resource, lambda kind, ref: None, executor.registry(resource), wait=False)
-    if not models.ready:
-        raise _fail("; ".join(b.message for b in models.blockers), 1)
+    if not models.ready:  # a model that is not registered, a failed experiment: bad input, as `run` says
+        raise _fail("; ".join(b.message for b in models.blockers),
+                    INVALID if all(input_reason(b.reason) for b in models.blockers) else 1)
     try:
         server = serving.start(resource, models, port=port)
     except serving.ServerError as exc:

@@ -127,11 +127,15 @@ INPUT_REASONS = ("InvalidSpec",)
 INPUT_REASON_SUFFIXES = ("NotReady", "Failed", "Unusable", "NotFound")
 
 
+def input_reason(reason: str) -> bool:
+    """Whether a condition reason says the input is at fault (see :data:`INPUT_REASONS`)."""
+    return reason in INPUT_REASONS or reason.endswith(INPUT_REASON_SUFFIXES)
+
+
 def invalid_input(status: dict[str, Any]) -> bool:
     """Whether a Failed resource status failed on its input (see :data:`INPUT_REASONS`)."""
     ready = get_condition(status.get("conditions") or [], "Ready") or {}
-    reason = str(ready.get("reason") or "")
-    return status.get("phase") == "Failed" and (reason in INPUT_REASONS or reason.endswith(INPUT_REASON_SUFFIXES))
+    return status.get("phase") == "Failed" and input_reason(str(ready.get("reason") or ""))
 
 
 def derive(
