@@ -170,6 +170,82 @@ def test_index_answers_as_the_semantics_does(corpus: tuple[Store, list[dict[str,
     assert answered > 30
 
 
+@pytest.fixture(scope="module")
+def ranged_corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Store, list[dict[str, Any]]]:
+    """Three indexes whose items have time ranges (some with a datetime as well, some without one) and
+    many equal times: what orders relevance ties."""
+    rng = random.Random(17)
+    store = Store.from_uri(tmp_path_factory.mktemp("ranged").as_uri())
+    everything = []
+    for k in range(3):
+        items = make_items(rng, 200, f"col{k}")
+        for i, item in enumerate(items):
+            props = item["properties"]
+            if i % 5 == 0:
+                props["start_datetime"] = f"20{rng.randint(10, 20)}-0{rng.randint(1, 9)}-01T00:00:00Z"
+                props["end_datetime"] = "2021-01-01T00:00:00Z"
+                if i % 10 == 0:
+                    props["datetime"] = None
+            elif i % 7 == 3:  # no instant and no whole range: no time to order by (SQL orders it last)
+                props["datetime"], props["start_datetime"] = None, "2015-01-01T00:00:00Z"
+        everything += items
+        with store.publish(f"datasets/ns/r{k}/g1-run") as run:
+            index.write_index(run, index.INDEX_NAME, items)
+    return store, everything
+
+
+@pytest.mark.parametrize("path", ["ties-by-time", "streamed-join"])
+def test_a_page_is_the_head_of_the_whole_answer_when_only_the_most_relevant_are_joined(
+        ranged_corpus: tuple[Store, list[dict[str, Any]]], monkeypatch: pytest.MonkeyPatch, path: str) -> None:
+    """With a limit that SQL applies, only the candidates that can be among the most relevant are joined to
+    the index rows (relevance ties cut by item time, ties of time kept) — their own rows, or every row of
+    the files streamed when they are many: each page equals the head of the answer without a limit,
+    over three index files, with and without other criteria and sortby, for limits from 1 up; and fewer
+    candidates were joined than matched."""
+    store, items = ranged_corpus
+    if path == "ties-by-time":
+        monkeypatch.setattr(search, "TIES_READ_TIMES", 0)
+    else:
+        monkeypatch.setattr(search, "CHOSEN_ROWS_MAX", 0)
+    sizes: list[tuple[int | None, int]] = []
+    original = search._text_candidates
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        table = original(*args, **kwargs)
+        sizes.append((args[3] if len(args) > 3 else kwargs.get("top"), 0 if table is None else table.num_rows))
+        return table
+
+    monkeypatch.setattr(search, "_text_candidates", spy)
+    rng = random.Random(11)
+    for _ in range(40):
+        q = rng.choice([random_q(rng), "iceberg", "sentinel", "ice OR snow", "-iceberg"])
+        extra = rng.choice([{}, {"collections": ["col0", "col2"]}, {"datetime": "2012-01-01/2018-01-01"},
+                            {"sortby": "-id"}, {"sortby": "+datetime"}])  # sortby: relevance orders second
+        whole = [it["id"] for it in search.search(store, q=q, **extra)]
+        assert whole == [it["id"] for it in Query.parse(q=q, **extra).select(items)], (q, extra)
+        for limit in (1, 2, 5, 13):
+            assert [it["id"] for it in search.search(store, q=q, limit=limit, **extra)] == whole[:limit], (q, limit)
+    joined_for_pages = sum(n for top, n in sizes if top is not None)
+    joined_whole = sum(n for top, n in sizes if top is None)
+    assert 0 < joined_for_pages < 4 * joined_whole * 0.5  # four pages per whole answer: far fewer rows
+
+
+def test_row_set_operations_equal_python_sets_sparse_and_dense() -> None:
+    """The set operations the query tree is evaluated with (sorted numpy rows; sorting set operations
+    for sparse sets, a bitmap for dense ones) give what Python's sets give, including empty operands."""
+    rng = np.random.default_rng(8)
+    for _ in range(300):
+        n = int(rng.integers(1, 5000))
+        sets = []
+        for _ in range(2):
+            share = rng.choice([0.0, 0.001, 0.01, 0.5, 1.0])
+            sets.append(np.unique(rng.integers(0, n, int(share * n))).astype(np.int64))
+        a, b = sets
+        for op, want in (("union", set(a) | set(b)), ("intersection", set(a) & set(b)), ("difference", set(a) - set(b))):
+            got = search._rows_op(op, a, b)
+            assert got.tolist() == sorted(want), (op, len(a), len(b), n)
+
+
 def test_relevance_orders_before_time(corpus: tuple[Store, list[dict[str, Any]]]) -> None:
     store, items = corpus
     found = search.search(store, q="iceberg ship")

@@ -34,11 +34,16 @@ filter, limit) without a server:
 * **q** (free text, :mod:`earthops_runtime.stac.text`): each index's inverted index (``text.parquet``,
   read by :class:`~earthops_runtime.catalog.textindex.TextIndex`, which also chooses its row groups
   by their term and block statistics) gives the items holding each term and how often; the
-  query tree is evaluated on those row sets (numpy), relevance computed from the counts and the
-  document frequencies summed over every index searched, and the candidates (file, row, relevance)
-  joined to the index rows in DuckDB, where the other criteria prune and order them (relevance
-  first). Phrases of three or more tokens are pre-selected by their bigrams and checked exactly on
-  the item. An index published before text indexes existed gets one built once into the cache.
+  query tree is evaluated on those row sets (numpy; a bitmap for sets of millions of rows),
+  relevance computed from the counts and the document frequencies summed over every index searched,
+  and the candidates (file, row, relevance) joined to the index rows in DuckDB, where the other
+  criteria prune and order them (relevance first). For a page whose order SQL decides alone (a
+  limit; no sortby, bbox geometry, residual filter or long phrase) only the candidates that can be on
+  it are joined: relevance at least the page's last, and of a large tie on relevance (a frequent
+  term) those at least as new as the page's last; few candidates are joined with their own rows
+  (read here), not with every row of the files. Phrases of three or more tokens are pre-selected by
+  their bigrams and checked exactly on the item. An index published before text indexes existed
+  gets one built once into the cache.
 * Results are STAC item dicts in the Query's order (:data:`~earthops_runtime.stac.query.ORDER`:
   newest first, then collection, then id, descending, as pgstac), written as the SQL ORDER BY;
   relative hrefs resolved against the index's URL.
@@ -198,6 +203,8 @@ def _source(paths: Iterable[str], *, row_numbers: bool = False) -> str:
 # --------------------------------------------------------------------------------------------------
 # Row groups chosen here
 
+#: Free-text candidates tied with the last of a page above which their item times are read to cut them.
+TIES_READ_TIMES = 4096
 #: Rows of the chosen row groups above which a query streams the files through DuckDB instead.
 CHOSEN_ROWS_MAX = 250_000
 #: Row groups are chosen here only when those chosen are at most this share of all: DuckDB reads a row
@@ -301,52 +308,80 @@ def ruled_out(box: Box | None, start: datetime | None, end: datetime | None, xmi
     return out
 
 
-def _candidate_rows(file: Any, groups: RowGroups, picked: Any, query: Query, row_numbers: bool) -> Any:
-    """The rows of the ``picked`` row groups of ``file`` that may meet the query's bbox and datetime
-    (every column, and ``file_row_number`` when asked): the bbox and time columns are read first, and
-    the rest only of the row groups where some row may match. A superset of what the SQL predicates
-    select (a missing value keeps its row), which DuckDB then applies exactly."""
+def _candidate_rows(file: Any, groups: RowGroups, picked: Any, query: Query) -> Any:
+    """The row numbers (sorted) of the ``picked`` row groups of ``file`` that may meet the query's bbox
+    and datetime, from their bbox and time columns alone: a superset of what the SQL predicates select
+    (a missing value keeps its row), which DuckDB then applies exactly."""
     import numpy as np
-    import pyarrow as pa
 
     names = file.schema_arrow.names
     narrow = [c for c in ("bbox", *TIME_COLUMNS) if c in names]
     picked = [int(g) for g in picked]
-    keep = _may_match(file.read_row_groups(picked, columns=narrow), query) if picked else np.zeros(0, dtype=bool)
-    tables, numbers, at = [], [], 0
-    for g in picked:
-        n = int(groups.rows[g])
-        mask = keep[at:at + n]
-        at += n
-        if mask.any():
-            tables.append(file.read_row_group(g).filter(pa.array(mask)))
-            numbers.append(groups.first_row[g] + np.nonzero(mask)[0])
-    table = pa.concat_tables(tables) if tables else file.schema_arrow.empty_table()
+    if not picked:
+        return np.zeros(0, dtype=np.int64)
+    keep = _may_match(file.read_row_groups(picked, columns=narrow), query)
+    offsets = np.concatenate([groups.first_row[g] + np.arange(groups.rows[g]) for g in picked])
+    return offsets[keep].astype(np.int64)
+
+
+def _rows_table(path: str, rows: Any, row_numbers: bool, columns: Sequence[str] | None = None) -> Any:
+    """The given rows (sorted row numbers) of an index file as an Arrow table (``columns``, default
+    every one, then ``file_row_number`` when asked, then the file name): the row groups holding them
+    are read, and those rows taken."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    groups = row_groups(path)
+    file = pq.ParquetFile(path, metadata=groups.metadata)
+    where = np.searchsorted(groups.first_row, rows, side="right") - 1  # each row's row group
+    held = np.unique(where)
+    if len(held):
+        read = file.read_row_groups(held.tolist(), columns=columns)
+        starts = np.concatenate([[0], np.cumsum(groups.rows[held])[:-1]])  # each held group's first row in `read`
+        table = read.take(pa.array(starts[np.searchsorted(held, where)] + rows - groups.first_row[where]))
+    else:
+        table = file.schema_arrow.empty_table()
+        table = table if columns is None else table.select(columns)
     if row_numbers:
-        table = table.append_column(ROW_COLUMN, pa.array(
-            np.concatenate(numbers) if numbers else np.zeros(0, dtype=np.int64), type=pa.int64()))
-    return table
+        table = table.append_column(ROW_COLUMN, pa.array(np.asarray(rows, dtype=np.int64), type=pa.int64()))
+    return table.append_column(FILE_COLUMN, pa.repeat(pa.scalar(path, type=pa.string()), table.num_rows))
+
+
+def _rows_source(cur: Any, rows: Mapping[str, Any], row_numbers: bool) -> str:
+    """The given rows of each index file (path -> sorted row numbers), registered with ``cur`` (for as
+    long as it is open) as an SQL source with the file and row-number columns DuckDB's reader adds."""
+    names = []
+    for i, (path, numbers) in enumerate(rows.items()):
+        names.append(f"earthops_rows_{i}")
+        cur.register(names[-1], _rows_table(path, numbers, row_numbers))
+    return " UNION ALL BY NAME ".join(f"SELECT * FROM {name}" for name in names).join("()")
 
 
 def _may_match(table: Any, query: Query) -> Any:
     """Per row: False only when its bbox or its times prove the SQL predicates false (numpy bool array;
     a missing value is NaN, which keeps the row)."""
     import numpy as np
-    import pyarrow as pa
     import pyarrow.compute as pc
-
-    def values(column: Any) -> Any:
-        if pa.types.is_timestamp(column.type):  # microseconds since the epoch, as RowGroups reads them
-            column = pc.cast(pc.cast(column, pa.timestamp("us", tz="UTC")), pa.int64())
-        return pc.cast(column, pa.float64()).to_numpy()
 
     nan = np.full(table.num_rows, np.nan)
     bbox = table.column("bbox") if "bbox" in table.column_names else None
-    x0, y0, x1, y1 = (nan if bbox is None else values(pc.struct_field(bbox, k)) for k in ("xmin", "ymin", "xmax", "ymax"))
-    times = {c: values(table.column(c)) for c in TIME_COLUMNS if c in table.column_names}
+    x0, y0, x1, y1 = (nan if bbox is None else _floats(pc.struct_field(bbox, k)) for k in ("xmin", "ymin", "xmax", "ymax"))
+    times = {c: _floats(table.column(c)) for c in TIME_COLUMNS if c in table.column_names}
     lo = np.fmin(times.get("datetime", nan), times.get("start_datetime", nan))  # NaN only where both are
     hi = np.fmax(times.get("datetime", nan), times.get("end_datetime", nan))
     return ~ruled_out(query.space_box, query.start, query.end, x0, y0, x1, y1, lo, hi)
+
+
+def _floats(column: Any) -> Any:
+    """A numeric or timestamp column as float64 numpy (a timestamp in microseconds since the epoch, as
+    :class:`RowGroups` reads its statistics; a timestamp without a zone is UTC); NaN where null."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if pa.types.is_timestamp(column.type):
+        column = pc.cast(pc.cast(column, pa.timestamp("us", tz="UTC")), pa.int64())
+    return pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False)
 
 
 @functools.lru_cache(maxsize=256)
@@ -368,7 +403,6 @@ def _chosen_source(cur: Any, files: Iterable[str], query: Query, row_numbers: bo
     :data:`CHOSEN_ROWS_MAX` rows, or are more than :data:`CHOSEN_GROUPS_SHARE` of all. DuckDB would
     skip the same row groups by the same statistics, but it weighs every row group's statistics on
     every query (a third of a bbox + datetime query's time over a 10M-item index)."""
-    import pyarrow as pa
     import pyarrow.parquet as pq
 
     if query.space_box is None and not query.has_interval:
@@ -380,13 +414,8 @@ def _chosen_source(cur: Any, files: Iterable[str], query: Query, row_numbers: bo
     if sum(int(groups.rows[picked].sum()) for _, groups, picked in chosen) > CHOSEN_ROWS_MAX or \
             sum(len(picked) for *_, picked in chosen) > CHOSEN_GROUPS_SHARE * sum(len(g.rows) for _, g, _ in chosen):
         return None
-    names = []
-    for i, (path, groups, picked) in enumerate(chosen):
-        table = _candidate_rows(pq.ParquetFile(path, metadata=groups.metadata), groups, picked, query, row_numbers)
-        table = table.append_column(FILE_COLUMN, pa.array([path] * table.num_rows, type=pa.string()))
-        names.append(f"earthops_rows_{i}")
-        cur.register(names[-1], table)
-    return " UNION ALL BY NAME ".join(f"SELECT * FROM {name}" for name in names).join("()")
+    return _rows_source(cur, {path: _candidate_rows(pq.ParquetFile(path, metadata=groups.metadata), groups, picked, query)
+                              for path, groups, picked in chosen}, row_numbers)
 
 
 def _bbox_sql(box: Box, params: dict[str, Any]) -> str:
@@ -640,6 +669,34 @@ def _document_frequencies(text_files: Mapping[str, str], tokens: Sequence[str]) 
     return out
 
 
+def _rows_op(op: str, a: Any, b: Any) -> Any:
+    """``a`` union / intersection / difference ``b`` of sorted unique row numbers, sorted unique. Large
+    sets go through a bitmap of the rows (linear), small ones through numpy's sorting set operations
+    (which hash or sort millions of rows for a frequent term: seconds at 10M items)."""
+    import numpy as np
+
+    if not len(a) or not len(b):
+        return {"union": b if not len(a) else a, "intersection": a[:0], "difference": a}[op]
+    n = int(max(a[-1], b[-1])) + 1
+    if len(a) + len(b) < n // 64:
+        if op == "union":
+            return np.union1d(a, b)
+        if op == "intersection":
+            return np.intersect1d(a, b, assume_unique=True)
+        return np.setdiff1d(a, b, assume_unique=True)
+    mask = np.zeros(n, dtype=bool)
+    mask[a] = True
+    if op == "union":
+        mask[b] = True
+    elif op == "intersection":
+        hit = np.zeros(n, dtype=bool)
+        hit[b] = True
+        mask &= hit
+    else:
+        mask[b] = False
+    return np.flatnonzero(mask)
+
+
 def _evaluate(node: free_text.Node, path: str, universe: Any,
               postings: Mapping[tuple[str, str], tuple[Any, Any]]) -> Any:
     """The rows of one index file (among ``universe``, sorted row numbers) satisfying a query tree
@@ -651,34 +708,37 @@ def _evaluate(node: free_text.Node, path: str, universe: Any,
         rows = None
         for term in node.index_terms:
             docs = postings.get((path, term), (empty,))[0]
-            rows = docs if rows is None else np.intersect1d(rows, docs, assume_unique=True)
+            rows = docs if rows is None else _rows_op("intersection", rows, docs)
         return rows
     if isinstance(node, free_text.Optional):
         return universe
     if isinstance(node, free_text.Not):
-        return np.setdiff1d(universe, _evaluate(node.arg, path, universe, postings), assume_unique=True)
+        return _rows_op("difference", universe, _evaluate(node.arg, path, universe, postings))
     if isinstance(node, free_text.Or):
         rows = empty
         for arg in node.args:
-            rows = np.union1d(rows, _evaluate(arg, path, universe, postings))
+            rows = _rows_op("union", rows, _evaluate(arg, path, universe, postings))
         return rows
     positive = [a for a in node.args if not isinstance(a, (free_text.Not, free_text.Optional))]
     rows = None
     for arg in positive:
         part = _evaluate(arg, path, universe, postings)
-        rows = part if rows is None else np.intersect1d(rows, part, assume_unique=True)
+        rows = part if rows is None else _rows_op("intersection", rows, part)
     if rows is None:
         rows = universe
     for arg in node.args:
         if isinstance(arg, free_text.Not):
-            rows = np.setdiff1d(rows, _evaluate(arg.arg, path, universe, postings), assume_unique=True)
+            rows = _rows_op("difference", rows, _evaluate(arg.arg, path, universe, postings))
     return rows
 
 
 def _text_candidates(files: Mapping[str, str], text: free_text.TextQuery,
-                     selected: Mapping[str, Any] | None = None) -> Any:
+                     selected: Mapping[str, Any] | None = None, top: int | None = None) -> Any:
     """An Arrow table (file, row, relevance) of the rows matching ``text`` in every index file; among
-    the ``selected`` rows of each file only, when given (the other criteria's rows)."""
+    the ``selected`` rows of each file only, when given (the other criteria's rows). ``top``: only the
+    rows that can be among the ``top`` most relevant (relevance at least the ``top``-th highest, ties
+    kept: the order after relevance is SQL's), for a query whose every candidate meets its other
+    criteria and whose limit SQL applies."""
     import numpy as np
     import pyarrow as pa
 
@@ -698,12 +758,12 @@ def _text_candidates(files: Mapping[str, str], text: free_text.TextQuery,
         blocks = np.unique(np.concatenate([rows // block_rows[path] for path, rows in selected.items()]))
     wanted = list(dict.fromkeys([*free_text.index_terms(text.node), *tokens]))
     postings = _postings({p: text_files[p] for p in searched}, wanted, blocks)
-    paths, rows, scores = [], [], []
+    names, codes, rows, scores = [], [], [], []
     for path in searched:
         universe = selected[path] if selected is not None else np.arange(sizes[path], dtype=np.int64)
         found = _evaluate(text.node, path, universe, postings)
         if selected is not None:
-            found = np.intersect1d(found, universe, assume_unique=True)
+            found = _rows_op("intersection", found, universe)
         if not len(found):
             continue
         total = np.zeros(len(found), dtype=np.float64)
@@ -711,19 +771,59 @@ def _text_candidates(files: Mapping[str, str], text: free_text.TextQuery,
             docs, tf = postings.get((path, token), (None, None))
             if docs is None or not len(docs):
                 continue  # adds 0.0 to every row, as score() does
-            at = np.minimum(np.searchsorted(docs, found), len(docs) - 1)
-            counts = np.where(docs[at] == found, tf[at], 0)
-            distinct, inverse = np.unique(counts, return_inverse=True)
-            weights = np.array([free_text.weight(int(c), df[token], n_docs) for c in distinct], dtype=np.float64)
-            total += weights[inverse]
-        paths.append(np.full(len(found), path, dtype=object))
+            if len(docs) + len(found) > int(docs[-1]) // 64:  # dense: a table of the counts by row
+                by_row = np.zeros(max(int(docs[-1]), int(found[-1])) + 1, dtype=tf.dtype)
+                by_row[docs] = tf
+                counts = by_row[found]
+            else:
+                at = np.minimum(np.searchsorted(docs, found), len(docs) - 1)
+                counts = np.where(docs[at] == found, tf[at], 0)
+            # the weight of each count, computed once per distinct count (a table indexed by count)
+            distinct = np.flatnonzero(np.bincount(counts))
+            table = np.zeros(int(distinct[-1]) + 1, dtype=np.float64)
+            table[distinct] = [free_text.weight(int(c), df[token], n_docs) for c in distinct]
+            total += table[counts]
+        codes.append(np.full(len(found), len(names), dtype=np.int32))
+        names.append(path)
         rows.append(found)
         scores.append(total)
     if not rows:
         return None
-    return pa.table({"f": pa.array(np.concatenate(paths).tolist(), type=pa.string()),
-                     "r": pa.array(np.concatenate(rows), type=pa.int64()),
-                     "s": pa.array(np.concatenate(scores), type=pa.float64())})
+    code, row, score = np.concatenate(codes), np.concatenate(rows), np.concatenate(scores)
+    if top is not None and len(score) > top:
+        last = np.partition(score, len(score) - top)[len(score) - top]  # the relevance of the top-th
+        keep = score >= last
+        code, row, score = code[keep], row[keep], score[keep]
+        tied = np.flatnonzero(score == last)
+        if len(tied) > TIES_READ_TIMES:
+            # relevance ties (a frequent term weighs the same in millions of items): the item time orders
+            # them next, so of those tied only the ones at least as new as the page's last can be on it
+            wanted_tied = top - (len(score) - len(tied))  # the page's places left to the tied rows
+            when = np.full(len(score), np.inf)
+            for i, path in enumerate(names):
+                mine = tied[code[tied] == i]
+                when[mine] = _order_times(path, row[mine])
+            newest = np.partition(when[tied], len(tied) - wanted_tied)[len(tied) - wanted_tied]
+            keep = when >= newest  # the rows more relevant than the tied ones have +inf: kept
+            code, row, score = code[keep], row[keep], score[keep]
+    return pa.table({"f": pa.DictionaryArray.from_arrays(pa.array(code), pa.array(names, type=pa.string())),
+                     "r": pa.array(row, type=pa.int64()),
+                     "s": pa.array(score, type=pa.float64())})
+
+
+def _order_times(path: str, rows: Any) -> Any:
+    """The item time that orders the given rows of an index file (``_TIME_START``: the start of a range,
+    else ``datetime``) as float microseconds since the epoch, -inf where there is none (SQL orders
+    those last, newest first). Rounding (beyond the year 2255) can only make times equal, never swap them."""
+    import numpy as np
+
+    names = row_groups(path).metadata.schema.to_arrow_schema().names
+    table = _rows_table(path, rows, False, columns=[c for c in TIME_COLUMNS if c in names])
+    nan = np.full(table.num_rows, np.nan)
+    start, end, instant = (_floats(table.column(c)) if c in table.column_names else nan
+                           for c in ("start_datetime", "end_datetime", "datetime"))
+    when = np.where(~np.isnan(start) & ~np.isnan(end), start, instant)
+    return np.where(np.isnan(when), -np.inf, when)
 
 
 def _run(files: Mapping[str, str], query: Query, *, python_filter: bool = False) -> Iterator[dict[str, Any]]:
@@ -733,8 +833,8 @@ def _run(files: Mapping[str, str], query: Query, *, python_filter: bool = False)
     try:
         params: dict[str, Any] = {}
         where: list[str] = []
-        source = (_chosen_source(cur, files, query, row_numbers=query.text is not None)
-                  or _source(files, row_numbers=query.text is not None))
+        chosen = _chosen_source(cur, files, query, row_numbers=query.text is not None)
+        source = chosen or _source(files, row_numbers=query.text is not None)
         if query.collections is not None:
             where.append(_in_list("collection", query.collections, "c", params))
         if query.ids is not None:
@@ -751,6 +851,9 @@ def _run(files: Mapping[str, str], query: Query, *, python_filter: bool = False)
             sql_terms, residual = _split_filter(cur, source, query.expr)
         where += sql_terms
         condition = " AND ".join(where) or "TRUE"
+        # the geometry, the residual filter and long phrases are decided in Python: only without them is SQL exact
+        verify_text = query.text is not None and free_text.has_phrase(query.text.node)
+        exact_in_sql = residual is None and query.space_box is None and not verify_text
         join = order = ""
         if query.text is not None:
             # the other criteria first (row numbers only, cheap), then the posting blocks of those rows
@@ -761,15 +864,19 @@ def _run(files: Mapping[str, str], query: Query, *, python_filter: bool = False)
                     raise
                 yield from _run(files, query, python_filter=True)  # as below: a filter term failing on the data
                 return
-            candidates = _text_candidates(files, query.text, selected)
+            # every candidate meets the other criteria (selected): when SQL is exact and limits, and relevance
+            # orders first (no sortby), only the most relevant can be on the page
+            top = query.limit if exact_in_sql and not query.sortby else None
+            candidates = _text_candidates(files, query.text, selected, top)
             if candidates is None:
                 return
+            if not chosen:  # few candidates: their own rows, not every row of the files, are joined
+                by_file = _rows_by_file(candidates)
+                if sum(_held_rows(path, rows) for path, rows in by_file.items()) <= CHOSEN_ROWS_MAX:
+                    source = _rows_source(cur, by_file, row_numbers=True)
             cur.register("earthops_text_candidates", candidates)
             join = f" JOIN earthops_text_candidates c ON {FILE_COLUMN} = c.f AND {ROW_COLUMN} = c.r"
             order = "c.s DESC"
-        # the geometry, the residual filter and long phrases are decided in Python: only without them is SQL exact
-        verify_text = query.text is not None and free_text.has_phrase(query.text.node)
-        exact_in_sql = residual is None and query.space_box is None and not verify_text
         columns = "*" if not join else f"*, c.s AS {SCORE_COLUMN}"
         sql = (f"SELECT {columns} FROM {source}{join} WHERE {condition} "
                f"{_order_sql(files, query, order)}"
@@ -789,6 +896,24 @@ def _run(files: Mapping[str, str], query: Query, *, python_filter: bool = False)
         yield from _take(batches, rows, query, residual, verify_text)
     finally:
         cur.close()  # also drops the tables registered with it
+
+
+def _rows_by_file(candidates: Any) -> dict[str, Any]:
+    """Index file -> sorted row numbers of a (file, row, relevance) candidates table."""
+    import numpy as np
+
+    files = candidates.column("f").combine_chunks()
+    codes, rows = files.indices.to_numpy(zero_copy_only=False), candidates.column("r").to_numpy()
+    return {path: np.sort(rows[codes == i]) for i, path in enumerate(files.dictionary.to_pylist())
+            if (codes == i).any()}
+
+
+def _held_rows(path: str, rows: Any) -> int:
+    """How many rows the row groups holding ``rows`` of an index file have (what reading them decodes)."""
+    import numpy as np
+
+    groups = row_groups(path)
+    return int(groups.rows[np.unique(np.searchsorted(groups.first_row, rows, side="right") - 1)].sum())
 
 
 def _selected_rows(cur: Any, source: str, condition: str, params: Mapping[str, Any]) -> dict[str, Any]:
