@@ -11,7 +11,8 @@ the STAC API make it:
 * **free text + bbox**: a ``q`` (a keyword, a region, a platform, a quoted phrase, OR, NOT) and such a box;
 
 each as the whole answer (every hit built as a STAC item) and as its first page of 10 (``limit``, what
-one STAC API request returns by default).
+one STAC API request returns by default); and, outside the goal, the first page of each free-text
+query without a bbox (every item may match: ``scene`` matches all of them).
 
 Every answer is checked against a numpy brute force over all items: the same ids, and for free
 text the same order (relevance from the semantics' weights over the whole corpus, then newest
@@ -40,6 +41,8 @@ pytestmark = pytest.mark.bench
 
 SIZES = [int(v) for v in os.environ.get("EARTHOPS_BENCH_DISCOVERY_ITEMS", "1000000,10000000").split(",")]
 N_QUERIES = int(os.environ.get("EARTHOPS_BENCH_QUERIES", "200"))
+#: Free-text queries without a bbox (each of TEXT_QUERIES in turn), first page only: outside the goal.
+N_ALONE = int(os.environ.get("EARTHOPS_BENCH_TEXT_ALONE", "20"))
 SEED = 23
 PLATFORMS = np.array(["sentinel-2a", "sentinel-2b", "landsat-8", "landsat-9"])
 COLLECTIONS = np.array(["sentinel-2-l2a", "sentinel-2-l2a", "landsat-c2-l2", "landsat-c2-l2"])
@@ -233,6 +236,12 @@ def measure(n: int, root: Path) -> dict[str, object]:
         assert [f["id"] for f in first] == [f["id"] for f in found[:PAGE]]
         assert [f["id"] for f in ranked_first] == [f["id"] for f in ranked[:PAGE]]
         answers.append(({f["id"] for f in found}, [f["id"] for f in ranked]))
+    # free text alone (no bbox: every item may match), first page: beyond the goal, for the record
+    alone_times, alone_pages = [], []
+    for q in TEXT_QUERIES * max(1, N_ALONE // len(TEXT_QUERIES)):
+        t = time.perf_counter()
+        alone_pages.append((q, [f["id"] for f in search.search(store, q=q, limit=PAGE)]))
+        alone_times.append(time.perf_counter() - t)
     own1, (busy1, total1), load1 = os.times(), cpu_busy(), os.getloadavg()[0]
     own_cpu = (own1.user + own1.system) - (own0.user + own0.system)
     cores = os.cpu_count() or 1
@@ -243,10 +252,13 @@ def measure(n: int, root: Path) -> dict[str, object]:
         t0, t1 = (int(x.timestamp() * 1_000_000) for x in (start, end))
         assert found == corpus.bbox_datetime(box, t0, t1), (box, interval)
         assert ranked == corpus.answer(q, box), (q, box)
+    for q, page in alone_pages[:len(TEXT_QUERIES)]:  # the same queries repeat: checked once each
+        assert page == corpus.answer(q, [-180.0, -90.0, 180.0, 90.0])[:PAGE], q
     return {"n": n, "generate_s": generate_s, "index_s": index_s, "text_s": text_s, "index_mb": index_mb,
             "text_mb": text_mb, "bd": np.array(bd_times), "ft": np.array(ft_times), "bd_hits": np.mean(bd_hits),
             "bd_page": np.array(bd_page), "ft_page": np.array(ft_page),
-            "ft_hits": np.mean(ft_hits), "load": (load0 + load1) / 2, "others": others}
+            "ft_hits": np.mean(ft_hits), "load": (load0 + load1) / 2, "others": others,
+            "alone_page": np.array(alone_times)}
 
 
 @pytest.mark.timeout(4 * 3600)  # 10M items on a loaded 2-core machine: the index builds take minutes
@@ -266,7 +278,8 @@ def test_discovery_at_scale(tmp_path: Path) -> None:
         for kind, key, hits in (("bbox + datetime, all hits", "bd", "bd_hits"),
                                 ("free text + bbox, all hits", "ft", "ft_hits"),
                                 (f"bbox + datetime, first {PAGE}", "bd_page", None),
-                                (f"free text + bbox, first {PAGE}", "ft_page", None)):
+                                (f"free text + bbox, first {PAGE}", "ft_page", None),
+                                (f"free text alone, first {PAGE}", "alone_page", None)):
             t = r[key]
             rows.append((f"{r['n']:,}", kind, ms(np.percentile(t, 50)), ms(np.percentile(t, 99)), ms(t.mean()),
                          f"{r[hits]:.1f}" if hits else f"<= {PAGE}"))
