@@ -677,7 +677,8 @@ def _rows_op(op: str, a: Any, b: Any) -> Any:
 
     if not len(a) or not len(b):
         return {"union": b if not len(a) else a, "intersection": a[:0], "difference": a}[op]
-    n = int(max(a[-1], b[-1])) + 1
+    lo = int(min(a[0], b[0]))  # the bitmap spans the rows between the least and the greatest
+    n = int(max(a[-1], b[-1])) + 1 - lo
     if len(a) + len(b) < n // 64:
         if op == "union":
             return np.union1d(a, b)
@@ -685,16 +686,16 @@ def _rows_op(op: str, a: Any, b: Any) -> Any:
             return np.intersect1d(a, b, assume_unique=True)
         return np.setdiff1d(a, b, assume_unique=True)
     mask = np.zeros(n, dtype=bool)
-    mask[a] = True
+    mask[a - lo] = True
     if op == "union":
-        mask[b] = True
+        mask[b - lo] = True
     elif op == "intersection":
         hit = np.zeros(n, dtype=bool)
-        hit[b] = True
+        hit[b - lo] = True
         mask &= hit
     else:
-        mask[b] = False
-    return np.flatnonzero(mask)
+        mask[b - lo] = False
+    return np.flatnonzero(mask) + lo
 
 
 def _evaluate(node: free_text.Node, path: str, universe: Any,
@@ -771,10 +772,12 @@ def _text_candidates(files: Mapping[str, str], text: free_text.TextQuery,
             docs, tf = postings.get((path, token), (None, None))
             if docs is None or not len(docs):
                 continue  # adds 0.0 to every row, as score() does
-            if len(docs) + len(found) > int(docs[-1]) // 64:  # dense: a table of the counts by row
-                by_row = np.zeros(max(int(docs[-1]), int(found[-1])) + 1, dtype=tf.dtype)
-                by_row[docs] = tf
-                counts = by_row[found]
+            lo = int(min(docs[0], found[0]))
+            span = int(max(docs[-1], found[-1])) + 1 - lo
+            if len(docs) + len(found) > span // 64:  # dense: a table of the counts by row, over their span
+                by_row = np.zeros(span, dtype=tf.dtype)
+                by_row[docs - lo] = tf
+                counts = by_row[found - lo]
             else:
                 at = np.minimum(np.searchsorted(docs, found), len(docs) - 1)
                 counts = np.where(docs[at] == found, tf[at], 0)
