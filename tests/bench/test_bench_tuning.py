@@ -17,7 +17,8 @@ a 2-CPU local Ray.
   trial (``ray.get``), every trial for all its epochs, with the same Trainer and the engine's own
   config -> (model parameters, Training) mapping (:mod:`tests.bench.tuning_baselines`).
 * **(b) earthops, asynchronous, ``median``** (Maggy's rule: minTrials 3, gracePeriod 2) and
-* **(c) earthops, asynchronous, ``asha``** (gracePeriod 2, reductionFactor 3): the real entrypoint
+* **(c) earthops, asynchronous, ``asha``** (gracePeriod 2, reductionFactor 3; both rules' settings can be
+  changed by ``EARTHOPS_BENCH_TUNING_MEDIAN`` / ``EARTHOPS_BENCH_TUNING_ASHA``): the real entrypoint
   :func:`earthops_runtime.tuning.run` in process (Tune state, checkpoint every epoch, status reports,
   trials table, plots, registration of the best model, publication).
 * **(d) scaling**: earthops with ``none`` (no early stopping) at maxConcurrentTrials 1 and 2 on the
@@ -86,8 +87,13 @@ SPACE = [
     {"name": "training.learningRate", "type": "double", "min": 1e-4, "max": 1e-2, "scale": "log"},
 ]
 NAMES = [p["name"] for p in SPACE]
-MEDIAN = {"name": "median", "minTrials": 3, "gracePeriod": 2}
-ASHA = {"name": "asha", "gracePeriod": 2, "reductionFactor": 3}
+#: The rules of (b) and (c); ``EARTHOPS_BENCH_TUNING_MEDIAN`` / ``_ASHA`` (JSON objects of earlyStopping
+#: fields, e.g. ``{"gracePeriod": 1, "reductionFactor": 4}``) change them, to see what a more aggressive
+#: rule gains in time and costs in accuracy.
+MEDIAN = {"name": "median", "minTrials": 3, "gracePeriod": 2,
+          **json.loads(os.environ.get("EARTHOPS_BENCH_TUNING_MEDIAN") or "{}")}
+ASHA = {"name": "asha", "gracePeriod": 2, "reductionFactor": 3,
+        **json.loads(os.environ.get("EARTHOPS_BENCH_TUNING_ASHA") or "{}")}
 GOAL_SPEEDUP, GOAL_POINTS, GOAL_EFFICIENCY, GOAL_OVERHEAD = 2.5, 1.0, 0.9, 0.03
 
 
