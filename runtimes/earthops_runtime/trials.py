@@ -295,7 +295,7 @@ def _share_credentials() -> str:
     reference = uuid.uuid4().hex
     internal_kv._internal_kv_put(reference, json.dumps(creds).encode(), namespace=CREDENTIALS_NAMESPACE)
     # gone with the driver (a long-lived Ray cluster would otherwise keep every driver's credentials);
-    # registered after ray.init, so it runs before Ray's own exit handler disconnects
+    # registered after Ray's own exit handler (at Ray's import), so it runs first, while Ray is connected
     atexit.register(_forget_credentials, reference)
     return reference
 

@@ -246,6 +246,28 @@ def test_row_set_operations_equal_python_sets_sparse_and_dense() -> None:
             assert got.tolist() == sorted(want), (op, len(a), len(b), n)
 
 
+def test_a_page_over_files_of_different_columns_sorts_and_filters_by_a_column_only_some_have(tmp_path: Path) -> None:
+    """Candidates only in the files that lack a column: sorting or filtering by it still works (the
+    files without candidates keep their columns in the query) and answers as the semantics does."""
+    rng = random.Random(21)
+    store = Store.from_uri(tmp_path.as_uri())
+    everything = []
+    for k, words in enumerate((["alpha"], ["beta"])):
+        items = make_items(rng, 40, f"cols{k}")
+        for item in items:
+            item["properties"]["title"] = " ".join(words)
+            if k == 0:
+                item["properties"]["eo:cloud_cover"] = rng.uniform(0, 100)  # only the first index has it
+        everything += items
+        with store.publish(f"datasets/ns/cols{k}/g1-run") as run:
+            index.write_index(run, index.INDEX_NAME, items)
+    for kwargs in ({"q": "beta", "sortby": "-eo:cloud_cover"}, {"q": "beta", "limit": 5, "sortby": "+eo:cloud_cover"},
+                   {"q": "beta", "filter": "eo:cloud_cover IS NULL", "limit": 3},
+                   {"q": "alpha OR beta", "sortby": "-eo:cloud_cover", "limit": 50}):
+        got = [it["id"] for it in search.search(store, **kwargs)]
+        assert got == [it["id"] for it in Query.parse(**kwargs).select(everything)] and got, kwargs
+
+
 def test_relevance_orders_before_time(corpus: tuple[Store, list[dict[str, Any]]]) -> None:
     store, items = corpus
     found = search.search(store, q="iceberg ship")

@@ -831,6 +831,7 @@ def _order_times(path: str, rows: Any) -> Any:
 
 def _run(files: Mapping[str, str], query: Query, *, python_filter: bool = False) -> Iterator[dict[str, Any]]:
     import duckdb
+    import numpy as np
 
     cur = _cursor()
     try:
@@ -876,7 +877,10 @@ def _run(files: Mapping[str, str], query: Query, *, python_filter: bool = False)
             if not chosen:  # few candidates: their own rows, not every row of the files, are joined
                 by_file = _rows_by_file(candidates)
                 if sum(_held_rows(path, rows) for path, rows in by_file.items()) <= CHOSEN_ROWS_MAX:
-                    source = _rows_source(cur, by_file, row_numbers=True)
+                    # every file, those without candidates as no rows: the source keeps every file's
+                    # columns, which the sortby and the filter terms were bound against
+                    none = np.zeros(0, dtype=np.int64)
+                    source = _rows_source(cur, {path: by_file.get(path, none) for path in files}, row_numbers=True)
             cur.register("earthops_text_candidates", candidates)
             join = f" JOIN earthops_text_candidates c ON {FILE_COLUMN} = c.f AND {ROW_COLUMN} = c.r"
             order = "c.s DESC"
