@@ -276,6 +276,12 @@ class RowGroups:
             out.append((min(known) if agg == "min" else max(known)) if known else float("nan"))
         return np.array(out, dtype=np.float64)
 
+    def group_of(self, rows: Any) -> Any:
+        """The row group holding each of ``rows`` (row numbers in the file)."""
+        import numpy as np
+
+        return np.searchsorted(self.first_row, rows, side="right") - 1
+
     def chosen(self, box: Box | None, start: datetime | None, end: datetime | None) -> Any:
         """Indices of the row groups that may hold a row meeting the SQL bbox and datetime predicates
         (:func:`_bbox_sql`, :func:`_datetime_sql`): a row group is left out only when its statistics
@@ -334,7 +340,7 @@ def _rows_table(path: str, rows: Any, row_numbers: bool, columns: Sequence[str] 
 
     groups = row_groups(path)
     file = pq.ParquetFile(path, metadata=groups.metadata)
-    where = np.searchsorted(groups.first_row, rows, side="right") - 1  # each row's row group
+    where = groups.group_of(rows)
     held = np.unique(where)
     if len(held):
         read = file.read_row_groups(held.tolist(), columns=columns)
@@ -920,7 +926,7 @@ def _held_rows(path: str, rows: Any) -> int:
     import numpy as np
 
     groups = row_groups(path)
-    return int(groups.rows[np.unique(np.searchsorted(groups.first_row, rows, side="right") - 1)].sum())
+    return int(groups.rows[np.unique(groups.group_of(rows))].sum())
 
 
 def _selected_rows(cur: Any, source: str, condition: str, params: Mapping[str, Any]) -> dict[str, Any]:
