@@ -67,7 +67,9 @@ class LabelPlan:
             return np.asarray([self.index_of(v) for v in raw], dtype=np.int64)
         masks = np.asarray(raw)  # (N, H, W) int32 class indices, -1 unlabelled
         if self.task == "segmentation":
-            return np.where(masks < 0, 255, masks).astype(np.uint8)
+            out = masks.astype(np.uint8)  # one pass each, no int32 temporary
+            out[masks < 0] = 255
+            return out
         # classification from a label raster: the majority class of the chip's labelled pixels
         out = np.empty(n, dtype=np.int64)
         for i in range(n):
@@ -192,7 +194,7 @@ def process_scenes(scenes: list[Scene], spec_wire: dict[str, Any], run_uri: str,
                         elif "SCL" in scene.assets:
                             cloud = scl_cloud_mask(reader)
                     batches = cut_chips(reader, size, stride, chip_filter=chip_filter, cloud_mask=cloud,
-                                        extra_channels=len(plan.derived))
+                                        extra_channels=len(plan.derived), reuse_buffers=True)
                     for batch in stage.timed("read and cut chips", batches):
                         if not len(batch):
                             continue
@@ -216,13 +218,14 @@ def process_scenes(scenes: list[Scene], spec_wire: dict[str, Any], run_uri: str,
                                 pick, ys = pick[keep], ys[keep]
                                 if not pick.size:
                                     continue
-                            xs = x if pick.size == len(x) else x[pick]  # one split: no copy
+                            rows = None if pick.size == len(x) else pick  # a split's chips, not gathered
                             with stage("shard writes"):
-                                writer.write(split, xs, ys, [batch.ids[i] for i in pick], {
+                                writer.write(split, x, ys, [batch.ids[i] for i in pick], {
                                     "scene_id": [scene.id] * pick.size, "row": batch.rows[pick],
-                                    "col": batch.cols[pick], "x": batch.centres[pick, 0], "y": batch.centres[pick, 1]})
+                                    "col": batch.cols[pick], "x": batch.centres[pick, 0], "y": batch.centres[pick, 1]},
+                                    rows=rows)
                             with stage("statistics"):
-                                stats.update(split, xs, feature_names)
+                                stats.update(split, x, feature_names, rows=rows)
                                 if ys is not None:
                                     stats.update_labels(split, ys, task=labels.task,
                                                         ignore_index=255 if labels.task == "segmentation" else None)

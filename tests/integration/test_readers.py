@@ -252,15 +252,26 @@ def test_band_of_a_multiband_asset(tmp_path: Path) -> None:
         SceneReader(bad, ["B04"], Grid())
 
 
-@pytest.mark.parametrize("kind", ["nodata", "mask", "float-nan"])
+@pytest.mark.parametrize("kind", ["nodata", "int16-nodata", "uint32-nodata", "float64-nodata", "mask", "float-nan"])
 def test_files_on_the_grid_read_like_the_warper(tmp_path: Path, kind: str) -> None:
-    """Bands already on the grid are read straight from the file: the same values as the warp."""
+    """Bands already on the grid are read straight from the file: the same values as the warp, for
+    stored types that convert to float32 exactly (read by GDAL into the output) and those that do not
+    (a uint32 value next to its nodata rounds onto it in float32; float64 rounds)."""
     rng = np.random.default_rng(1)
     data = rng.integers(1, 3000, (50, 70)).astype(np.uint16)
     data[5:9, 10:30] = 0
     path = tmp_path / f"{kind}.tif"
     if kind == "nodata":
         write_tif(path, data, nodata=0)
+    elif kind == "int16-nodata":
+        write_tif(path, np.where(data == 0, -9999, data.astype(np.int16) - 1500).astype(np.int16), nodata=-9999)
+    elif kind == "uint32-nodata":
+        big = data.astype(np.uint32) + (1 << 24) - 3000
+        big[0, :4] = (1 << 24) + 2  # rounds to the nodata's float32 (1 << 24) + 2... and this one:
+        big[1, :4] = 1 << 24  # the float32 of nodata (1 << 24) + 1: a value, not nodata
+        write_tif(path, np.where(data == 0, (1 << 24) + 1, big).astype(np.uint32), nodata=(1 << 24) + 1)
+    elif kind == "float64-nodata":
+        write_tif(path, np.where(data == 0, -1.0, data * 1.0000001).astype(np.float64), nodata=-1.0)
     elif kind == "mask":
         with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True):
             write_tif(path, data)
@@ -276,10 +287,28 @@ def test_files_on_the_grid_read_like_the_warper(tmp_path: Path, kind: str) -> No
                       nodata=np.nan, dtype="float32", **({"src_nodata": np.nan} if kind == "float-nan" else {})) as vrt:
         for w in [grid.full_window, Window(0, 0, 5, 5), Window(8, 1, 30, 12), Window(75, 50, 15, 10),
                   Window(85, 55, 5, 5)]:
-            np.testing.assert_array_equal(reader.read(w)[0], vrt.read(1, window=w))
+            if kind not in ("uint32-nodata", "float64-nodata"):  # GDAL's warper compares those rounded
+                np.testing.assert_array_equal(reader.read(w)[0], vrt.read(1, window=w))
         full = reader.read(grid.full_window)[0]
     assert np.isnan(full[:3]).all() and np.isnan(full[:, :10]).all() and np.isnan(full[8:12, 20:40]).all()
-    np.testing.assert_array_equal(full[13:53, 10:80][data[10:50] != 0], data[10:50][data[10:50] != 0])
+    # the file lies at rows 3-52, columns 10-79 of the grid: nodata exactly where stored, values as numpy
+    # converts them
+    with rasterio.open(path) as src:
+        stored = src.read(1)
+        nodata = src.nodata
+    want = stored.astype(np.float32)
+    if kind == "mask" or kind == "nodata":
+        want[data == 0] = np.nan
+    elif nodata is not None:
+        want[stored == stored.dtype.type(nodata)] = np.nan
+    np.testing.assert_array_equal(full[3:53, 10:80], want)
+    assert np.isnan(full[3:53, 10:80]).sum() == (data == 0).sum()
+    with SceneReader(scene, ["B04"], Grid(), grid=grid) as reader:
+        out = np.full((1, 12, 30), 7.0, np.float32)
+        assert reader.read(Window(8, 1, 30, 12), out=out) is out and not (out == 7.0).all()
+        np.testing.assert_array_equal(out[0], full[1:13, 8:38])
+        with pytest.raises(ValueError, match=r"out: expected a float32 array of shape \(1, 12, 30\)"):
+            reader.read(Window(8, 1, 30, 12), out=np.empty((1, 12, 30), np.float64))
 
 
 # --------------------------------------------------------------------------------------------------

@@ -287,3 +287,23 @@ def test_fill_writes_the_derived_channels_beside_the_bands_in_place():
     np.testing.assert_array_equal(out, plan.apply(chips))
     with pytest.raises(ValueError, match="expected float32"):
         plan.fill(chips)
+
+
+@pytest.mark.parametrize("chunk", [1, 64, 100, 10**9])
+def test_fill_a_few_chips_at_a_time_gives_the_whole_batch_result(monkeypatch, chunk: int):
+    """fill evaluates a few chips at a time (temporaries in cache): any chunk gives the result of one
+    pass over the whole batch, NaN and division by zero included, for indices and SAR features."""
+    from earthops_runtime.data import features as features_module
+
+    rng = np.random.default_rng(5)
+    optical = plan_features(["B03", "B04", "B08", "B12"], ["NDVI", "NBR", "kNDVI"])
+    sar = plan_features(["HH", "HV"], [], ["band_avg", "ratio", "difference"])
+    for plan, chips in ((optical, rng.uniform(0.0, 0.6, (7, 4, 8, 8))), (sar, rng.normal(-15, 4, (7, 2, 8, 8)))):
+        chips = chips.astype(np.float32)
+        chips[2, 0, 1, :] = np.nan
+        chips[4, :, 3, 3] = 0.0
+        monkeypatch.setattr(features_module, "_FILL_CHUNK_ELEMENTS", 10**12)
+        whole = plan.apply(chips)
+        monkeypatch.setattr(features_module, "_FILL_CHUNK_ELEMENTS", chunk)
+        np.testing.assert_array_equal(plan.apply(chips), whole)
+        assert np.isnan(whole[:, len(plan.bands):]).any()

@@ -293,9 +293,17 @@ class ArrayReader:
         assert self.grid.contains(w), w
         return slice(w.row_off, w.row_off + w.height), slice(w.col_off, w.col_off + w.width)
 
-    def read(self, w: Window) -> np.ndarray:
+    @property
+    def bands(self) -> tuple[str, ...]:
+        return tuple(f"b{i}" for i in range(len(self.data)))
+
+    def read(self, w: Window, out: np.ndarray | None = None) -> np.ndarray:
         self.windows.append(w)
-        return self.data[(slice(None), *self._sl(w))].copy()
+        window = self.data[(slice(None), *self._sl(w))]
+        if out is None:
+            return window.copy()
+        out[...] = window
+        return out
 
     def labels(self, w: Window):
         if isinstance(self._labels, np.ndarray):
@@ -333,6 +341,31 @@ def test_cut_chips_matches_chip_windows(size: int, stride: int | None, per_block
     assert all(w.width <= limit and w.height <= limit for w in reader.windows)
     assert len(reader.windows) == math.ceil(chip_count(200, size, s) / per_block) * math.ceil(
         chip_count(300, size, s) / per_block)
+
+
+@pytest.mark.parametrize(("size", "stride", "per_block"), [(16, None, 4), (20, 30, 3), (16, 8, 5)])
+def test_cut_chips_with_reused_buffers_gives_the_same_batches(size: int, stride: int | None, per_block: int) -> None:
+    """Reused buffers (one for blocks, one for batches, one for labels) give every batch as fresh ones
+    do, each valid until the next is drawn; edge blocks are smaller, filtered batches shorter."""
+    data = _scene()
+    data[:, 40:70, 100:140] = np.nan  # some chips dropped: batches of different lengths
+    labels = (np.arange(200 * 300) % 7).reshape(200, 300).astype(np.int32)
+    fresh = [(b.ids, b.arrays.copy(), b.labels.copy()) for b in cut_chips(
+        ArrayReader(data, labels), size, stride, chip_filter=ChipFilter(max_nodata_fraction=0.2),
+        chips_per_block=per_block, extra_channels=1)]
+    reused = []
+    arrays_seen = set()
+    for b in cut_chips(ArrayReader(data, labels), size, stride, chip_filter=ChipFilter(max_nodata_fraction=0.2),
+                       chips_per_block=per_block, extra_channels=1, reuse_buffers=True):
+        arrays_seen.add(b.arrays.__array_interface__["data"][0])
+        reused.append((b.ids, b.arrays[:, :2].copy(), b.labels.copy()))
+        b.arrays[:, 2] = -1.0  # what a consumer writes into the extra channel does not leak into the next
+    assert [len(ids) for ids, _, _ in fresh] != [per_block * per_block] * len(fresh)  # some were filtered
+    assert len(arrays_seen) == 1  # one batch buffer
+    assert [ids for ids, _, _ in reused] == [ids for ids, _, _ in fresh]
+    for (_, xa, ya), (_, xb, yb) in zip(fresh, reused, strict=True):
+        np.testing.assert_array_equal(xa[:, :2], xb)
+        np.testing.assert_array_equal(ya, yb)
 
 
 def test_cut_chips_is_deterministic_and_block_size_independent() -> None:

@@ -200,6 +200,46 @@ def test_writer_copies_what_it_keeps_so_callers_may_reuse_buffers(tmp_path):
     np.testing.assert_array_equal(read_split(run, "train").x, d["x"])
 
 
+@pytest.mark.parametrize("task", ["classification", "segmentation", None])
+def test_writing_chosen_rows_writes_what_their_gather_writes(tmp_path, task):
+    """write(rows=...) stages the chosen chips straight from the batch: the same shards (files, row
+    groups, bytes of every column) as writing the gathered chips, across row groups and shards."""
+    d = make_chips(40, task)
+    # sizes that leave part of a row group staged between writes
+    picks = [np.arange(0, 40, 4), np.array([39, 1, 17, 17, 2]), np.arange(40)[::-1], np.array([], np.int64),
+             np.array([5, 6, 7])]
+    tables = []
+    for mode in ("rows", "gather"):
+        root = tmp_path / mode
+        run = Store.from_uri(root.as_uri())
+        with ShardWriter(run, FEATURES, SHAPE, task, CLASSES, 20, rows_per_group=7, task_id="t") as w:
+            for k, pick in enumerate(picks):
+                y = None if d["y"] is None else d["y"][pick]
+                meta = {name: np.asarray(v)[pick] for name, v in d["meta"].items()}
+                ids = [d["ids"][i] for i in pick]
+                split = "train" if k % 2 == 0 else "test"
+                if mode == "rows":
+                    w.write(split, d["x"], y, ids, meta, rows=pick)
+                else:
+                    w.write(split, d["x"][pick], y, ids, meta)
+        tables.append({f.path: (f.row_groups, pq.read_table(root / "shards" / f.path)) for f in w.summary.files})
+    assert tables[0].keys() == tables[1].keys() and len(tables[0]) > 2
+    for path, (groups, table) in tables[0].items():
+        assert groups == tables[1][path][0] and table.equals(tables[1][path][1]), path
+
+
+def test_chosen_rows_must_be_indices_of_the_batch(tmp_path):
+    d = make_chips(4, "classification")
+    w = ShardWriter(Store.from_uri(tmp_path.as_uri()), FEATURES, SHAPE, "classification", CLASSES, 16)
+    with pytest.raises(ValueError, match=r"rows: indices must be in \[0, 4\)"):
+        w.write("train", d["x"], d["y"][:2], d["ids"][:2], rows=[1, 4])
+    with pytest.raises(ValueError, match="rows: expected a 1-d array"):
+        w.write("train", d["x"], d["y"][:2], d["ids"][:2], rows=[[1, 2]])
+    with pytest.raises(ValueError, match="expected 3 chip ids"):
+        w.write("train", d["x"], d["y"][:3], d["ids"][:2], rows=[0, 1, 2])
+    w.close()
+
+
 def test_writers_must_agree_and_names_must_be_unique(store):
     with store.publish(RUN) as run:
         a = ShardWriter(run, FEATURES, SHAPE, "classification", CLASSES, 16, task_id="same")

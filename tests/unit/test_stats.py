@@ -372,3 +372,28 @@ def test_the_moment_pass_matches_numpy_for_every_value_type(dtype):
         assert fs.std == pytest.approx(good.std(), rel=1e-13), name
         if name == "a":
             assert (fs.below, fs.above) == (np.count_nonzero(good < 250.0), np.count_nonzero(good > 350.0))
+
+
+@pytest.mark.parametrize("rows", [[0, 1, 2, 3, 4, 5, 6], [5, 1, 6], [3], [], [2, 2, 0]])
+def test_chosen_chips_of_a_batch_count_as_their_gather(rows: list[int]):
+    """update(rows=...) adds the chosen chips as if they had been gathered first: the same moments,
+    range counts and sample (the same draws), for any order, repeats and none."""
+    x = batches(4, [7])[0]
+    x[1, 0, 2, :] = np.nan
+    x[5, 2, 0, 0] = np.inf
+    kwargs = {"ranges": {"B04": (0.0, 0.2)}, "sample_size": 300}
+    a = DatasetStats(9, **kwargs)
+    b = DatasetStats(9, **kwargs)
+    for _ in range(2):  # the second update shifts by the running mean
+        a.update("train", x, NAMES, rows=np.asarray(rows, dtype=np.int64))
+        b.update("train", x[np.asarray(rows, dtype=np.intp)], NAMES)
+    assert a.to_dict() == b.to_dict()
+    np.testing.assert_array_equal(a.samples["train"].values, b.samples["train"].values)
+
+
+def test_chosen_chips_must_be_indices_of_the_batch():
+    x = batches(4, [3])[0]
+    for bad, match in (([3], r"rows: indices must be in \[0, 3\)"), ([-1], r"rows: indices must be in"),
+                       ([[0, 1]], "rows: expected a 1-d array"), ([0.5], "rows: expected a 1-d array")):
+        with pytest.raises(ValueError, match=match):
+            DatasetStats(1).update("train", x, NAMES, rows=bad)

@@ -161,15 +161,18 @@ def scl_cloud_mask(reader: Any, asset: str = "SCL", classes: Sequence[int] = S2_
 
 def cut_chips(reader: Any, size: int, stride: int | None = None, *, chip_filter: ChipFilter | None = None,
               cloud_mask: Callable[[Window], np.ndarray] | None = None,
-              chips_per_block: int = 8, extra_channels: int = 0) -> Iterator[ChipBatch]:
+              chips_per_block: int = 8, extra_channels: int = 0, reuse_buffers: bool = False) -> Iterator[ChipBatch]:
     """Chips of the reader's scene, block by block.
 
-    ``reader``: a :class:`~earthops_runtime.data.readers.SceneReader` (``grid``, ``scene``,
+    ``reader``: a :class:`~earthops_runtime.data.readers.SceneReader` (``grid``, ``scene``, ``bands``,
     ``read(window)``, ``labels(window)``). ``cloud_mask``: a function of a grid window returning a
     boolean (h, w) mask (see :func:`scl_cloud_mask`). Batches with no kept chip are not yielded.
     ``extra_channels``: room left after the bands in each batch's ``arrays`` (uninitialised), so that
     derived features are written straight beside them (:meth:`FeaturePlan.fill`) without copying
-    the bands again.
+    the bands again. ``reuse_buffers``: read every block into one buffer and cut every batch into
+    another (``reader.read(window, out=...)``): a batch's ``arrays`` are then valid only until the next
+    batch is drawn. A scene's blocks and batches are tens of MB each, past the size where the allocator
+    returns memory to the system, so fresh ones are page-faulted anew for every block.
     """
     stride = size if stride is None else int(stride)
     if chips_per_block < 1:
@@ -178,13 +181,23 @@ def cut_chips(reader: Any, size: int, stride: int | None = None, *, chip_filter:
     scene_id: str = reader.scene.id
     n_rows, n_cols = chip_count(grid.height, size, stride), chip_count(grid.width, size, stride)
     k = chips_per_block
+    block_flat: np.ndarray | None = None
+    batch_buf: np.ndarray | None = None
+    labels_buf: np.ndarray | None = None
     for bi in range(0, n_rows, k):
         for bj in range(0, n_cols, k):
             ci = range(bi, min(bi + k, n_rows))
             cj = range(bj, min(bj + k, n_cols))
             row0, col0 = ci[0] * stride, cj[0] * stride
             block = Window(col0, row0, (cj[-1] * stride + size) - col0, (ci[-1] * stride + size) - row0)
-            data = reader.read(block)
+            if reuse_buffers:
+                bh, bw = int(block.height), int(block.width)
+                bands = len(reader.bands)
+                if block_flat is None:
+                    block_flat = np.empty(bands * ((k - 1) * stride + size) ** 2, dtype=np.float32)
+                data = reader.read(block, out=block_flat[:bands * bh * bw].reshape(bands, bh, bw))
+            else:
+                data = reader.read(block)
             labels = reader.labels(block)
             clouds = cloud_mask(block) if cloud_mask is not None else None
             ids: list[str] = []
@@ -215,12 +228,23 @@ def cut_chips(reader: Any, size: int, stride: int | None = None, *, chip_filter:
             xs = t.c + t.a * (cols_a + size / 2.0)
             ys = t.f + t.e * (rows_a + size / 2.0)
             if isinstance(labels, np.ndarray):
-                out_labels: Any = np.ascontiguousarray(np.stack(chip_labels))
+                if reuse_buffers:
+                    if labels_buf is None or labels_buf.dtype != labels.dtype:
+                        labels_buf = np.empty((k * k, size, size), dtype=labels.dtype)
+                    out_labels: Any = np.stack(chip_labels, out=labels_buf[:len(chip_labels)])
+                else:
+                    out_labels = np.ascontiguousarray(np.stack(chip_labels))
             elif labels is None:
                 out_labels = None
             else:
                 out_labels = chip_labels
-            arrays = np.empty((len(picked), data.shape[0] + extra_channels, size, size), dtype=data.dtype)
+            shape = (len(picked), data.shape[0] + extra_channels, size, size)
+            if not reuse_buffers:
+                arrays = np.empty(shape, dtype=data.dtype)
+            else:
+                if batch_buf is None:
+                    batch_buf = np.empty((k * k, *shape[1:]), dtype=data.dtype)
+                arrays = batch_buf[:len(picked)]
             for k_, sl in enumerate(picked):
                 arrays[k_, :data.shape[0]] = data[(slice(None), *sl)]
             yield ChipBatch(scene_id=scene_id, ids=ids, rows=rows_a, cols=cols_a, arrays=arrays, labels=out_labels,

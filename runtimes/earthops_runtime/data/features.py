@@ -269,11 +269,21 @@ class FeaturePlan:
         """Compute the derived channels in place: ``out`` is float32 ``(N, len(names), H, W)`` whose
         first ``len(bands)`` channels hold the bands (:func:`~earthops_runtime.data.chips.cut_chips`
         with ``extra_channels`` makes such batches). Returns ``out``."""
-        c = len(self.bands)
         if out.ndim != 4 or out.shape[1] != len(self.names) or out.dtype != np.float32:
             raise ValueError(f"chips of shape {out.shape} ({out.dtype}) do not match the plan: expected float32 "
                              f"(N, {len(self.names)}, H, W), the bands {list(self.bands)} then room for "
                              f"{list(self.derived)}")
+        if not self.features:
+            return out
+        # a few chips at a time: the formulas' temporaries stay in the CPU cache instead of being
+        # batch-sized arrays (the same element-wise results)
+        step = max(1, _FILL_CHUNK_ELEMENTS // max(1, out.shape[2] * out.shape[3]))
+        for i in range(0, len(out), step):
+            self._fill(out[i:i + step])
+        return out
+
+    def _fill(self, out: np.ndarray) -> None:
+        c = len(self.bands)
         linear_cache: dict[int, np.ndarray] = {}
         db_cache: dict[int, np.ndarray] = {}
 
@@ -303,7 +313,10 @@ class FeaturePlan:
                 bad = ~np.isfinite(dst)
                 if bad.any():
                     dst[bad] = np.nan
-        return out
+
+
+#: Pixels per chunk of :meth:`FeaturePlan.fill` (a float32 temporary of 1 MiB).
+_FILL_CHUNK_ELEMENTS = 1 << 18
 
 
 @functools.lru_cache(maxsize=512)

@@ -428,6 +428,9 @@ class _Band:
     shift: tuple[int, int] | None = None
     #: The file has a per-dataset mask or alpha band (honoured like the warper does).
     masked: bool = False
+    #: Read straight into the output's dtype (GDAL converts): every stored value, and so the nodata
+    #: comparison, is exact in it. Else read as stored and converted here.
+    direct: bool = False
 
 
 class SceneReader:
@@ -543,11 +546,17 @@ class SceneReader:
         return {b.name: b.resampling.name for b in self._bands}
 
     # -- reads -------------------------------------------------------------------------------------
-    def read(self, window: Window) -> np.ndarray:
-        """The bands over ``window`` of the grid: ``float32`` (C, h, w), physical values, NaN nodata."""
+    def read(self, window: Window, out: np.ndarray | None = None) -> np.ndarray:
+        """The bands over ``window`` of the grid: ``float32`` (C, h, w), physical values, NaN nodata.
+        ``out``: a float32 (C, h, w) array to read into (a long run reuses one instead of page-faulting
+        a fresh one per window); returned."""
         window = self._check(window)
         h, w = int(window.height), int(window.width)
-        out = np.empty((len(self._bands), h, w), dtype=np.float32)
+        shape = (len(self._bands), h, w)
+        if out is None:
+            out = np.empty(shape, dtype=np.float32)
+        elif out.shape != shape or out.dtype != np.float32:
+            raise ValueError(f"out: expected a float32 array of shape {shape}, got {out.dtype} {out.shape}")
         with self._env():
             for i, band in enumerate(self._bands):
                 self._read_band(band, window, out[i])
@@ -653,6 +662,7 @@ class SceneReader:
         if floating and np.issubdtype(np.dtype(dtype), np.integer):
             band.shift = None  # float label rasters: let GDAL convert NaN and nodata
         if band.shift is not None:
+            band.direct = _exact_in(np.dtype(ds.dtypes[i]), np.dtype(dtype))
             return None  # read straight from the file
         kwargs: dict[str, Any] = {}
         if src_nodata is not None:
@@ -681,11 +691,16 @@ class SceneReader:
                 out.fill(band.fill)
             target = out[rs - r0:re_ - r0, cs - c0:ce - c0]
             src_window = Window(cs, rs, ce - cs, re_ - rs)
-            raw = ds.read(band.index, window=src_window)
-            target[...] = raw
             nd = band.src_nodata
-            if nd is not None and not math.isnan(nd):
-                target[raw == nd] = band.fill
+            if band.direct:  # GDAL converts into the target: no temporary, one pass fewer
+                ds.read(band.index, window=src_window, out=target)
+                if nd is not None and not math.isnan(nd):
+                    target[target == nd] = band.fill
+            else:
+                raw = ds.read(band.index, window=src_window)
+                target[...] = raw
+                if nd is not None and not math.isnan(nd):
+                    target[raw == nd] = band.fill
             if band.masked:
                 target[ds.read_masks(band.index, window=src_window) == 0] = band.fill
 
@@ -768,6 +783,19 @@ class SceneReader:
             return np.full(shape, LABEL_NODATA, dtype=np.int32)
         return rasterio.features.rasterize(shapes, out_shape=shape, transform=self.grid.window_transform(window),
                                            fill=LABEL_NODATA, dtype="int32")
+
+
+def _exact_in(stored: np.dtype, target: np.dtype) -> bool:
+    """Every value of ``stored`` is exact in ``target`` (the same as a numpy cast, and nodata compares
+    alike after the conversion): integers of up to 16 bits into float32, integers into wider ones,
+    float32 into float32."""
+    if stored == target:
+        return True
+    if np.issubdtype(stored, np.integer):
+        if target == np.float32:
+            return stored.itemsize <= 2
+        return np.issubdtype(target, np.integer) and np.can_cast(stored, target, casting="safe")
+    return False
 
 
 def _grid_shift(ds: Any, grid: TargetGrid) -> tuple[int, int] | None:

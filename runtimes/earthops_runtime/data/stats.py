@@ -46,6 +46,8 @@ from typing import Any
 
 import numpy as np
 
+from earthops_runtime.data.rows import chip_rows
+
 DEFAULT_SAMPLE_SIZE = 65_536
 PERCENTILES: tuple[int, ...] = (1, 5, 25, 50, 75, 95, 99)
 HISTOGRAM_BINS = 64
@@ -168,9 +170,11 @@ class FeatureStats:
                 f"max={self.max:.6g}, mean={self.mean:.6g}, std={self.std:.6g})")
 
 
-def _moments(x3: np.ndarray, feats: Sequence[FeatureStats]) -> None:
-    """Add a batch ``x3`` of shape ``(N, C, P)`` (C-contiguous) to the C features' exact statistics."""
-    n, c, p = x3.shape
+def _moments(x3: np.ndarray, feats: Sequence[FeatureStats], chips: np.ndarray | None = None) -> None:
+    """Add a batch ``x3`` of shape ``(N, C, P)`` (C-contiguous) to the C features' exact statistics;
+    only its chips ``chips`` (indices) when given."""
+    c, p = x3.shape[1:]
+    n = x3.shape[0] if chips is None else len(chips)
     if n == 0 or p == 0:
         return
     floating = np.issubdtype(x3.dtype, np.floating)
@@ -181,10 +185,16 @@ def _moments(x3: np.ndarray, feats: Sequence[FeatureStats]) -> None:
         if fs.count:
             shift[i] = fs.mean
         else:
-            first = x3[0, i].astype(np.float64)
+            first = x3[0 if chips is None else chips[0], i].astype(np.float64)
             ok = np.isfinite(first)
             shift[i] = first[ok].mean() if ok.any() else 0.0
-    rows = x3.reshape(n * c, p)
+    all_rows = x3.reshape(-1, p)
+    # the (chip, channel) rows to add, in order: all of them, or those of the chosen chips
+    picked = None if chips is None else (chips[:, None] * c + np.arange(c)).ravel()
+
+    def rows_at(i: int, j: int) -> np.ndarray:
+        return all_rows[i:j] if picked is None else all_rows.take(picked[i:j], axis=0)
+
     nrows = n * c
     row_shift = np.tile(shift, n)
     s1 = np.empty(nrows)
@@ -195,7 +205,7 @@ def _moments(x3: np.ndarray, feats: Sequence[FeatureStats]) -> None:
     buf = np.empty((min(step, nrows), p))
     for i in range(0, nrows, step):
         j = min(i + step, nrows)
-        chunk = rows[i:j]
+        chunk = rows_at(i, j)
         b = buf[: j - i]
         np.subtract(chunk, row_shift[i:j, None], out=b)  # the float64 copy and the shift in one pass
         s1[i:j] = b.sum(axis=1)
@@ -206,7 +216,7 @@ def _moments(x3: np.ndarray, feats: Sequence[FeatureStats]) -> None:
     # rows holding NaN or inf have sums that are not finite: redo them with their finite values only
     bad = np.flatnonzero(~np.isfinite(s1)) if floating else np.empty(0, np.int64)
     for r in bad:
-        v = rows[r]
+        v = rows_at(r, r + 1)[0]
         good = v[np.isfinite(v)]
         rcount[r] = good.size
         if good.size:
@@ -230,7 +240,7 @@ def _moments(x3: np.ndarray, feats: Sequence[FeatureStats]) -> None:
         mean_off = S1[i] / k
         fs._absorb(k, n * p - k, mins[i], maxs[i], shift[i] + mean_off, max(S2[i] - S1[i] * mean_off, 0.0))
         if fs.value_range is not None and (mins[i] < fs.value_range[0] or maxs[i] > fs.value_range[1]):
-            v = x3[:, i]
+            v = x3[:, i] if chips is None else x3[chips, i]
             lo, hi = fs.value_range
             below, above = v < lo, v > hi
             if i in bad_channels:  # -inf < lo and +inf > hi: nodata, not out of range
@@ -271,10 +281,12 @@ class PixelSample:
         v = self.values[:, i].astype(np.float64)
         return v[np.isfinite(v)]
 
-    def add(self, x3: np.ndarray, rng: np.random.Generator) -> None:
-        """Sample a batch ``(N, C, P)`` without drawing a key per pixel: draw how many of its keys fall
-        below the threshold, those keys, and which pixels carry them."""
-        n, c, p = x3.shape
+    def add(self, x3: np.ndarray, rng: np.random.Generator, chips: np.ndarray | None = None) -> None:
+        """Sample a batch ``(N, C, P)`` (only its chips ``chips`` when given) without drawing a key per
+        pixel: draw how many of its keys fall below the threshold, those keys, and which pixels carry
+        them."""
+        c, p = x3.shape[1:]
+        n = x3.shape[0] if chips is None else len(chips)
         total = n * p
         if total == 0:
             return
@@ -293,7 +305,8 @@ class PixelSample:
         m = keys.size
         pick = np.arange(total) if m == total else np.sort(rng.choice(total, m, replace=False, shuffle=False))
         # flat index of (chip, channel, pixel) in x3; sorted pixels keep the gather close to sequential
-        base = (pick // p) * (c * p) + pick % p
+        chip = pick // p if chips is None else chips[pick // p]
+        base = chip * (c * p) + pick % p
         values = x3.reshape(-1).take(base[:, None] + np.arange(c) * p)
         self._absorb(keys, values.astype(np.float32, copy=False))
 
@@ -561,11 +574,15 @@ class DatasetStats:
     def names(self, split: str) -> list[str]:
         return list(self.features.get(split, {}))
 
-    def update(self, split: str, chips: np.ndarray, names: Sequence[str]) -> DatasetStats:
-        """Add chips ``(N, C, H, W)`` (or one chip ``(C, H, W)``) whose channels are ``names``."""
+    def update(self, split: str, chips: np.ndarray, names: Sequence[str], *,
+               rows: np.ndarray | Sequence[int] | None = None) -> DatasetStats:
+        """Add chips ``(N, C, H, W)`` (or one chip ``(C, H, W)``) whose channels are ``names``; only
+        the chips ``rows`` (indices) of them when given, without gathering them first."""
         x = np.asarray(chips)
         if x.ndim == 3:
             x = x[None]
+        if rows is not None:
+            rows = chip_rows(rows, len(x))
         names = list(names)
         if x.ndim != 4 or x.shape[1] != len(names):
             raise ValueError(f"chips of shape {np.shape(chips)} do not match {len(names)} feature names: "
@@ -580,13 +597,13 @@ class DatasetStats:
         for name in names:
             if name not in feats:
                 feats[name] = FeatureStats(self.ranges.get(name))
-        self.chips[split] = self.chips.get(split, 0) + x.shape[0]
-        x3 = np.ascontiguousarray(x).reshape(x.shape[0], x.shape[1], -1)
-        _moments(x3, [feats[n] for n in names])
+        self.chips[split] = self.chips.get(split, 0) + (x.shape[0] if rows is None else len(rows))
+        x3 = np.ascontiguousarray(x).reshape(*x.shape[:2], math.prod(x.shape[2:]))  # -1 fails on no chips
+        _moments(x3, [feats[n] for n in names], rows)
         sample = self.samples.get(split)
         if sample is None:
             sample = self.samples[split] = PixelSample(len(names), self.sample_size)
-        sample.add(x3, self._rng)
+        sample.add(x3, self._rng, rows)
         return self
 
     def update_labels(self, split: str, labels: Any, task: str | None = None,
