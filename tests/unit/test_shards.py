@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import fsspec
 import numpy as np
@@ -238,6 +239,41 @@ def test_chosen_rows_must_be_indices_of_the_batch(tmp_path):
     with pytest.raises(ValueError, match="expected 3 chip ids"):
         w.write("train", d["x"], d["y"][:3], d["ids"][:2], rows=[0, 1, 2])
     w.close()
+
+
+def test_local_shards_are_written_out_whole_and_failures_are_the_stores(tmp_path, monkeypatch):
+    """Every local shard goes through write_out (on disk, out of the page cache) row group by row
+    group, the last time once complete; a failure there (a disk error) is the writer's StoreError
+    naming the shard, raised by the write or close that waits for it."""
+    from earthops_runtime.data import shards as shards_module
+
+    real = shards_module.write_out
+    seen: list[tuple[str, int]] = []
+
+    def recording(path: str) -> None:
+        real(path)
+        seen.append((path, os.path.getsize(path)))
+
+    monkeypatch.setattr(shards_module, "write_out", recording)
+    d = make_chips(50, "classification")
+    run = Store.from_uri(tmp_path.as_uri())
+    with ShardWriter(run, FEATURES, SHAPE, "classification", CLASSES, 20, rows_per_group=6, task_id="w") as w:
+        w.write("train", d["x"], d["y"], d["ids"])
+    last = {p: size for p, size in seen}
+    assert {os.path.basename(p) for p in last} == {os.path.basename(f.path) for f in w.summary.files}
+    assert all(os.path.getsize(p) == size == f.bytes for p, size in last.items()
+               for f in w.summary.files if p.endswith(f.path))
+    assert len(seen) > len(last)  # row groups too, not only whole files
+
+    def failing(path: str) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(shards_module, "write_out", failing)
+    w = ShardWriter(Store.from_uri((tmp_path / "b").as_uri()), FEATURES, SHAPE, "classification", CLASSES, 100,
+                    rows_per_group=6, task_id="w")  # one shard, still open after the write
+    with pytest.raises(StoreError, match=r"write .*shards/train/part-w-00000.parquet: .*Input/output error"):
+        w.write("train", d["x"], d["y"], d["ids"])  # the second row group waits for the first's
+    w.abort()  # and the writer can still be abandoned cleanly
 
 
 def test_writers_must_agree_and_names_must_be_unique(store):

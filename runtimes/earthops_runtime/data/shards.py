@@ -76,6 +76,7 @@ import re
 import threading
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -334,6 +335,10 @@ class ShardWriter:
         self._files: list[ShardFile] = []
         self._summary: ShardSummary | None = None
         self._lock = threading.Lock()
+        # local files are written out (write_out) by a thread behind the writer: the worker goes on
+        # cutting chips while the disk takes the last row group; at most one waits
+        self._write_out_pool: ThreadPoolExecutor | None = None
+        self._writing_out: tuple[str, Future[None]] | None = None
 
     # -- public --
 
@@ -409,6 +414,7 @@ class ShardWriter:
                         self._flush(split, state)
                     self._close_file(split, state)
                     state.features = state.labels = None
+                self._stop_writing_out()
                 self._summary = ShardSummary(
                     features=self.features, dtype=self.dtype, chip_shape=self.chip_shape,
                     label_task=self.label_task, classes=self.classes, label_width=self._label_width,
@@ -437,6 +443,10 @@ class ShardWriter:
                     except Exception:  # noqa: BLE001 - best effort on the way out of a failure
                         pass
                     state.file = None
+            try:
+                self._stop_writing_out()
+            except Exception:  # noqa: BLE001 - the failure being handled is the one to report
+                pass
 
     def __enter__(self) -> ShardWriter:
         return self
@@ -523,13 +533,35 @@ class ShardWriter:
         table = self._table(state)
         with self.store.errors("write", state.file.key):
             state.file.writer.write_table(table, row_group_size=table.num_rows)
-            if state.file.handle is None:
-                write_out(_fs_path(self.store, state.file.key))
+        if state.file.handle is None:
+            self._write_out_later(state.file.key)
         state.file.chips += table.num_rows
         state.file.row_groups.append(table.num_rows)
         state.ids, state.meta, state.staged = [], {}, 0
         if state.file.chips >= self.chips_per_shard:
             self._close_file(split, state)
+
+    def _write_out_later(self, key: str) -> None:
+        self._written_out()
+        if self._write_out_pool is None:
+            self._write_out_pool = ThreadPoolExecutor(1, thread_name_prefix="shard-write-out")
+        self._writing_out = (key, self._write_out_pool.submit(write_out, _fs_path(self.store, key)))
+
+    def _written_out(self) -> None:
+        """Wait for the file being written out; its failure is this write's (as the store's error)."""
+        if self._writing_out is not None:
+            key, future = self._writing_out
+            self._writing_out = None
+            with self.store.errors("write", key):
+                future.result()
+
+    def _stop_writing_out(self) -> None:
+        try:
+            self._written_out()
+        finally:
+            if self._write_out_pool is not None:
+                self._write_out_pool.shutdown()
+                self._write_out_pool = None
 
     def _ensure_schema(self) -> pa.Schema:
         if self._schema is None:
@@ -601,6 +633,7 @@ class ShardWriter:
                 size = f.handle.tell()
                 f.handle.close()
             else:
+                self._written_out()
                 path = _fs_path(self.store, f.key)
                 write_out(path)
                 size = os.path.getsize(path)
