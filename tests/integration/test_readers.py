@@ -460,6 +460,14 @@ def test_vector_labels_from_geojson(tmp_path: Path) -> None:
         assert (lab[:, :55] == 1).all() and (lab[:55, 65:] == 0).all() and (lab[65:, 65:] == LABEL_NODATA).all()
         np.testing.assert_array_equal(r.labels(Window(60, 60, 60, 60)), lab[60:, 60:])
         assert (r.labels(Window(70, 70, 8, 8)) == LABEL_NODATA).all()  # no feature there at all
+        # into a reused buffer, whatever it held before (a window with shapes, then one without)
+        buf = np.full((60, 60), 9, np.int32)
+        assert r.labels(Window(60, 60, 60, 60), out=buf) is buf
+        np.testing.assert_array_equal(buf, lab[60:, 60:])
+        small = np.full((8, 8), 9, np.int32)
+        assert (r.labels(Window(70, 70, 8, 8), out=small) == LABEL_NODATA).all()
+        with pytest.raises(ValueError, match=r"out: expected an int32 array of shape \(8, 8\)"):
+            r.labels(Window(70, 70, 8, 8), out=np.empty((8, 8), np.int64))
     # explicit classes fix the indices; a legacy GeoJSON in UTM works too
     utm = [dict(f, geometry=poly(*c, crs="EPSG:32633")) for f, c in zip(features, [
         (404400, 5341200, 405000, 5342400), (405000, 5341800, 405600, 5342400), (405000, 5341200, 405600, 5341800)],

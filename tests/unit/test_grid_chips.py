@@ -305,9 +305,12 @@ class ArrayReader:
         out[...] = window
         return out
 
-    def labels(self, w: Window):
+    def labels(self, w: Window, out: np.ndarray | None = None):
         if isinstance(self._labels, np.ndarray):
-            return self._labels[self._sl(w)].copy()
+            if out is None:
+                return self._labels[self._sl(w)].copy()
+            out[...] = self._labels[self._sl(w)]
+            return out
         return self._labels
 
 

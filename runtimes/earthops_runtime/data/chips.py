@@ -165,7 +165,7 @@ def cut_chips(reader: Any, size: int, stride: int | None = None, *, chip_filter:
     """Chips of the reader's scene, block by block.
 
     ``reader``: a :class:`~earthops_runtime.data.readers.SceneReader` (``grid``, ``scene``, ``bands``,
-    ``read(window)``, ``labels(window)``). ``cloud_mask``: a function of a grid window returning a
+    ``read(window, out=None)``, ``labels(window, out=None)``). ``cloud_mask``: a function of a grid window returning a
     boolean (h, w) mask (see :func:`scl_cloud_mask`). Batches with no kept chip are not yielded.
     ``extra_channels``: room left after the bands in each batch's ``arrays`` (uninitialised), so that
     derived features are written straight beside them (:meth:`FeaturePlan.fill`) without copying
@@ -184,6 +184,7 @@ def cut_chips(reader: Any, size: int, stride: int | None = None, *, chip_filter:
     block_flat: np.ndarray | None = None
     batch_buf: np.ndarray | None = None
     labels_buf: np.ndarray | None = None
+    label_flat: np.ndarray | None = None
     for bi in range(0, n_rows, k):
         for bj in range(0, n_cols, k):
             ci = range(bi, min(bi + k, n_rows))
@@ -196,9 +197,12 @@ def cut_chips(reader: Any, size: int, stride: int | None = None, *, chip_filter:
                 if block_flat is None:
                     block_flat = np.empty(bands * ((k - 1) * stride + size) ** 2, dtype=np.float32)
                 data = reader.read(block, out=block_flat[:bands * bh * bw].reshape(bands, bh, bw))
+                if label_flat is None:
+                    label_flat = np.empty(((k - 1) * stride + size) ** 2, dtype=np.int32)
+                labels = reader.labels(block, out=label_flat[:bh * bw].reshape(bh, bw))
             else:
                 data = reader.read(block)
-            labels = reader.labels(block)
+                labels = reader.labels(block)
             clouds = cloud_mask(block) if cloud_mask is not None else None
             ids: list[str] = []
             rows: list[int] = []

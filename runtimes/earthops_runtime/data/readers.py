@@ -589,21 +589,26 @@ class SceneReader:
             self._read_band(band, window, out)
             return out
 
-    def labels(self, window: Window) -> Any:
+    def labels(self, window: Window, out: np.ndarray | None = None) -> Any:
         """Labels over ``window``: ``int32`` (h, w) for raster and vector labels (-1: unlabelled);
-        the scene's class (or class list) for property labels; None without a labels spec."""
+        the scene's class (or class list) for property labels; None without a labels spec.
+        ``out``: an int32 (h, w) array that raster and vector labels are written into (returned)."""
         window = self._check(window)
         if self.label_kind is None:
             return None
         if self.label_kind == "property":
             return self._property_value
+        shape = (int(window.height), int(window.width))
+        if out is None:
+            out = np.empty(shape, dtype=np.int32)
+        elif out.shape != shape or out.dtype != np.int32:
+            raise ValueError(f"out: expected an int32 array of shape {shape}, got {out.dtype} {out.shape}")
         if self.label_kind == "raster":
             assert self._label_band is not None
-            out = np.empty((int(window.height), int(window.width)), dtype=np.int32)
             with self._env():
                 self._read_band(self._label_band, window, out)
             return out
-        return self._rasterize(window)
+        return self._rasterize(window, out)
 
     # -- internals ---------------------------------------------------------------------------------
     def _env(self) -> rasterio.Env:
@@ -772,17 +777,16 @@ class SceneReader:
         boxes = [_geom_bounds(g) for g in geoms]
         self._vector = (list(geoms), np.asarray([c for _, c in keep], dtype=np.int64), boxes)
 
-    def _rasterize(self, window: Window) -> np.ndarray:
+    def _rasterize(self, window: Window, out: np.ndarray) -> np.ndarray:
         assert self._vector is not None
         geoms, codes, boxes = self._vector
         left, bottom, right, top = self.grid.window_bounds(window)
         shapes = [(g, int(c)) for g, c, b in zip(geoms, codes, boxes, strict=True)
                   if b[0] < right and b[2] > left and b[1] < top and b[3] > bottom]
-        shape = (int(window.height), int(window.width))
-        if not shapes:
-            return np.full(shape, LABEL_NODATA, dtype=np.int32)
-        return rasterio.features.rasterize(shapes, out_shape=shape, transform=self.grid.window_transform(window),
-                                           fill=LABEL_NODATA, dtype="int32")
+        out.fill(LABEL_NODATA)
+        if shapes:
+            rasterio.features.rasterize(shapes, out=out, transform=self.grid.window_transform(window))
+        return out
 
 
 def _exact_in(stored: np.dtype, target: np.dtype) -> bool:
