@@ -234,7 +234,7 @@ def write_out(path: str) -> None:
     durable before the run is published by a rename."""
     fd = os.open(path, os.O_RDONLY)
     try:
-        os.fdatasync(fd)
+        getattr(os, "fdatasync", os.fsync)(fd)  # macOS has only fsync
         if hasattr(os, "posix_fadvise"):  # Linux; elsewhere the cache keeps the pages
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
     finally:
