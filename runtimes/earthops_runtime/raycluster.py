@@ -6,6 +6,8 @@ import os
 import tempfile
 from typing import Any
 
+from earthops.core.rayenv import RAY_WORKER_ENV
+
 #: Object store of an embedded local Ray: small, so /dev/shm is not filled on a laptop or CI box.
 LOCAL_OBJECT_STORE_BYTES = 256 * 1024 * 1024
 
@@ -28,6 +30,7 @@ def connect(ray_address: str | None) -> Any:
     num_cpus = int(os.environ.get("EARTHOPS_RAY_NUM_CPUS") or os.cpu_count() or 1)
     ray.init(
         num_cpus=num_cpus,
+        runtime_env={"env_vars": dict(RAY_WORKER_ENV)},  # in the workers' environment from their start
         include_dashboard=False,
         object_store_memory=LOCAL_OBJECT_STORE_BYTES,
         _node_ip_address="127.0.0.1",

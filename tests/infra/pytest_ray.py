@@ -28,12 +28,14 @@ def ray_local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         import ray
     except ImportError as exc:
         unavailable(f"ray is not installed: {exc}")
+    from earthops.core.rayenv import RAY_WORKER_ENV
     from earthops_runtime.raycluster import loopback_only
 
     loopback_only()  # also when a test module imported Ray (Ray Tune) before this fixture
     try:
         ray.init(
             num_cpus=2,
+            runtime_env={"env_vars": dict(RAY_WORKER_ENV)},  # the workers' environment, as earthops starts Ray
             include_dashboard=False,
             object_store_memory=OBJECT_STORE_BYTES,
             _node_ip_address="127.0.0.1",

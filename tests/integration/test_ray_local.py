@@ -36,19 +36,24 @@ def test_ray_runs_tasks_in_parallel_on_loopback(ray_local):
 
 def test_embedded_ray_stays_on_loopback_after_ray_tune_was_imported():
     """The tuning runtime imports Ray Tune before it starts its local Ray: that Ray must still be on
-    127.0.0.1 (Ray fixes its node-address mode when first imported)."""
+    127.0.0.1 (Ray fixes its node-address mode when first imported). Its workers start with
+    :data:`earthops.core.rayenv.RAY_WORKER_ENV`."""
     import json
     import os
     import subprocess
     import sys
 
     code = ("import json, ray.tune\nfrom earthops_runtime import raycluster\nr = raycluster.connect(None)\n"
-            "print(json.dumps([n['NodeManagerAddress'] for n in r.nodes() if n['Alive']]))\nr.shutdown()\n")
+            "environ = r.get(r.remote(lambda: open('/proc/self/environ', 'rb').read().decode()).remote())\n"
+            "print(json.dumps([n['NodeManagerAddress'] for n in r.nodes() if n['Alive']]))\n"
+            "print(json.dumps(environ.split(chr(0))))\nr.shutdown()\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     env["EARTHOPS_RAY_NUM_CPUS"] = "1"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert json.loads(out.stdout.strip().splitlines()[-1]) == ["127.0.0.1"]
+    assert json.loads(out.stdout.strip().splitlines()[-2]) == ["127.0.0.1"]
+    # its workers start with the environment earthops gives Ray's workers (glibc reads it at start)
+    assert "MALLOC_ARENA_MAX=1" in json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def test_a_driver_credentials_stay_in_ray_only_while_it_runs(ray_local):

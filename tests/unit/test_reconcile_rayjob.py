@@ -118,6 +118,8 @@ def test_a_tuning_experiment_with_gpu_workers_and_fractional_trials(runnable):
         assert p["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
         assert p["containers"][0]["envFrom"] == [{"secretRef": {"name": "s3-creds"}}]
         assert {"name": "EARTHOPS_STORE", "value": "s3://experiments/iceberg"} in p["containers"][0]["env"]
+        # the Ray processes start with one malloc arena (trials run in a thread of their actor)
+        assert {"name": "MALLOC_ARENA_MAX", "value": "1"} in p["containers"][0]["env"]
     argv = shlex.split(job["spec"]["entrypoint"])
     assert argv[argv.index("--store") + 1] == "s3://experiments/iceberg"
     assert argv[argv.index("--input") + 1] == f"dataset={DATASET_RUN}"

@@ -24,6 +24,7 @@ from earthops.api import API_VERSION, KINDS, KindInfo, Resource
 from earthops.api.common import RayCompute, RayNodeGroup, duration_seconds
 from earthops.control.status import Execution
 from earthops.core.inputs import input_args
+from earthops.core.rayenv import RAY_WORKER_ENV
 
 RAY_VERSION = "2.60.0"
 RESOURCE_MOUNT = "/etc/earthops"
@@ -201,7 +202,7 @@ def desired_children(resource: Resource[Any, Any], *, run: str, run_key: str, ge
     }
 
     env = [{"name": "EARTHOPS_STORE", "value": store_uri}, {"name": "RAY_USAGE_STATS_ENABLED", "value": "0"},
-           *SCRATCH_ENV]
+           *({"name": k, "value": v} for k, v in RAY_WORKER_ENV.items()), *SCRATCH_ENV]
     env_from = [{"secretRef": {"name": storage.secret_ref.name}}] if storage and storage.secret_ref else []
     image = compute.image or defaults.runtime_image
     entrypoint = shlex.join([
