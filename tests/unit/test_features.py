@@ -289,7 +289,7 @@ def test_fill_writes_the_derived_channels_beside_the_bands_in_place():
         plan.fill(chips)
 
 
-@pytest.mark.parametrize("chunk", [1, 64, 100, 10**9])
+@pytest.mark.parametrize("chunk", [1, 128, 192, 320, 10**9])  # 8x8 chips: 1, 2, 3, 5 or all 7 at a time
 def test_fill_a_few_chips_at_a_time_gives_the_whole_batch_result(monkeypatch, chunk: int):
     """fill evaluates a few chips at a time (temporaries in cache): any chunk gives the result of one
     pass over the whole batch, NaN and division by zero included, for indices and SAR features."""

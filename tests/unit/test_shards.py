@@ -193,12 +193,17 @@ def test_writer_copies_what_it_keeps_so_callers_may_reuse_buffers(tmp_path):
     run = Store.from_uri(tmp_path.as_uri())
     d = make_chips(10, "classification")
     buf = np.empty_like(d["x"][:5])
+    xs = np.empty(5)
     with ShardWriter(run, FEATURES, SHAPE, "classification", CLASSES, 64, rows_per_group=8) as w:
         for part in (slice(0, 5), slice(5, 10)):
             buf[:] = d["x"][part]  # one buffer, refilled: the first 5 chips wait for a row group of 8
-            w.write("train", buf, d["y"][part], d["ids"][part])
+            xs[:] = d["meta"]["x"][part]  # metadata too
+            w.write("train", buf, d["y"][part], d["ids"][part], {**{k: np.asarray(v)[part] for k, v in
+                                                                    d["meta"].items()}, "x": xs})
     write_index(run, [w.summary])
     np.testing.assert_array_equal(read_split(run, "train").x, d["x"])
+    (f,) = w.summary.files
+    assert pq.read_table(tmp_path / "shards" / f.path).column("x").to_pylist() == list(d["meta"]["x"])
 
 
 @pytest.mark.parametrize("task", ["classification", "segmentation", None])
@@ -274,6 +279,26 @@ def test_local_shards_are_written_out_whole_and_failures_are_the_stores(tmp_path
     with pytest.raises(StoreError, match=r"write .*shards/train/part-w-00000.parquet: .*Input/output error"):
         w.write("train", d["x"], d["y"], d["ids"])  # the second row group waits for the first's
     w.abort()  # and the writer can still be abandoned cleanly
+
+    # a caller that closes after such a failure gets what was written, each chip once
+    calls: list[str] = []
+
+    def flaky(path: str) -> None:
+        calls.append(path)
+        if len(calls) == 1:
+            raise OSError(5, "Input/output error")
+        real(path)
+
+    monkeypatch.setattr(shards_module, "write_out", flaky)
+    run = Store.from_uri((tmp_path / "c").as_uri())
+    w = ShardWriter(run, FEATURES, SHAPE, "classification", CLASSES, 100, rows_per_group=6, task_id="w")
+    with pytest.raises(StoreError, match="Input/output error"):
+        w.write("train", d["x"], d["y"], d["ids"])
+    summary = w.close()
+    (f,) = summary.files
+    table = pq.read_table(tmp_path / "c" / "shards" / f.path)
+    assert f.chips == table.num_rows == sum(f.row_groups) == 12
+    assert table.column("chip_id").to_pylist() == d["ids"][:12]
 
 
 def test_writers_must_agree_and_names_must_be_unique(store):

@@ -398,8 +398,8 @@ class ShardWriter:
                     assert state.labels is not None
                     state.labels[at] = y[done:done + k]
                 state.ids += ids_list[done:done + k]
-                for name, values in columns.items():
-                    state.meta.setdefault(name, []).append(values[done:done + k])
+                for name, values in columns.items():  # copied: the caller may reuse its arrays
+                    state.meta.setdefault(name, []).append(np.array(values[done:done + k]))
                 state.staged += k
                 done += k
                 if state.staged == self._group_size(state):
@@ -531,13 +531,15 @@ class ShardWriter:
         if state.file is None:
             state.file = self._open_file(split, state)
         table = self._table(state)
+        # the row group leaves the staging whatever follows: a failed write is the run's, never a
+        # second copy of the same chips at close
+        state.ids, state.meta, state.staged = [], {}, 0
         with self.store.errors("write", state.file.key):
             state.file.writer.write_table(table, row_group_size=table.num_rows)
-        if state.file.handle is None:
-            self._write_out_later(state.file.key)
         state.file.chips += table.num_rows
         state.file.row_groups.append(table.num_rows)
-        state.ids, state.meta, state.staged = [], {}, 0
+        if state.file.handle is None:
+            self._write_out_later(state.file.key)  # may raise the previous row group's failure
         if state.file.chips >= self.chips_per_shard:
             self._close_file(split, state)
 
