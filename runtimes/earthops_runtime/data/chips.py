@@ -194,11 +194,12 @@ def cut_chips(reader: Any, size: int, stride: int | None = None, *, chip_filter:
             if reuse_buffers:
                 bh, bw = int(block.height), int(block.width)
                 bands = len(reader.bands)
-                if block_flat is None:
-                    block_flat = np.empty(bands * ((k - 1) * stride + size) ** 2, dtype=np.float32)
+                if block_flat is None:  # room for the largest block, (k - 1) strides and a chip a side
+                    side = (k - 1) * stride + size
+                    block_flat = np.empty(bands * side * side, dtype=np.float32)
+                    label_flat = np.empty(side * side, dtype=np.int32)
                 data = reader.read(block, out=block_flat[:bands * bh * bw].reshape(bands, bh, bw))
-                if label_flat is None:
-                    label_flat = np.empty(((k - 1) * stride + size) ** 2, dtype=np.int32)
+                assert label_flat is not None
                 labels = reader.labels(block, out=label_flat[:bh * bw].reshape(bh, bw))
             else:
                 data = reader.read(block)

@@ -552,11 +552,7 @@ class SceneReader:
         a fresh one per window); returned."""
         window = self._check(window)
         h, w = int(window.height), int(window.width)
-        shape = (len(self._bands), h, w)
-        if out is None:
-            out = np.empty(shape, dtype=np.float32)
-        elif out.shape != shape or out.dtype != np.float32:
-            raise ValueError(f"out: expected a float32 array of shape {shape}, got {out.dtype} {out.shape}")
+        out = _output(out, (len(self._bands), h, w), np.float32)
         with self._env():
             for i, band in enumerate(self._bands):
                 self._read_band(band, window, out[i])
@@ -598,11 +594,7 @@ class SceneReader:
             return None
         if self.label_kind == "property":
             return self._property_value
-        shape = (int(window.height), int(window.width))
-        if out is None:
-            out = np.empty(shape, dtype=np.int32)
-        elif out.shape != shape or out.dtype != np.int32:
-            raise ValueError(f"out: expected an int32 array of shape {shape}, got {out.dtype} {out.shape}")
+        out = _output(out, (int(window.height), int(window.width)), np.int32)
         if self.label_kind == "raster":
             assert self._label_band is not None
             with self._env():
@@ -787,6 +779,17 @@ class SceneReader:
         if shapes:
             rasterio.features.rasterize(shapes, out=out, transform=self.grid.window_transform(window))
         return out
+
+
+def _output(out: np.ndarray | None, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+    """The array a read writes into: ``out`` when it has ``shape`` and ``dtype``, a new one without."""
+    if out is None:
+        return np.empty(shape, dtype=dtype)
+    if out.shape != shape or out.dtype != dtype:
+        name = np.dtype(dtype).name
+        raise ValueError(f"out: expected {'an' if name[0] in 'aeiou' else 'a'} {name} array of shape {shape}, "
+                         f"got {out.dtype} {out.shape}")
+    return out
 
 
 def _exact_in(stored: np.dtype, target: np.dtype) -> bool:
