@@ -362,6 +362,56 @@ def test_answers_are_the_same_whoever_chooses_the_row_groups(corpus, monkeypatch
     assert sum(bool(a) for a in here) >= 20
 
 
+def test_repeated_strings_are_read_as_their_dictionary(corpus) -> None:
+    """Rows read for a query keep the string columns stored with a dictionary as dictionary arrays (no
+    string per row is decoded), the others as plain strings; the items are the same either way
+    (test_answers_are_the_same_whoever_chooses_the_row_groups)."""
+    import pyarrow as pa
+
+    store, _ = corpus
+    for path in search.local_index_files(store):
+        groups = search.row_groups(path)
+        assert "collection" in groups.dictionary and "type" in groups.dictionary
+        assert "id" not in groups.dictionary and "geometry" not in groups.dictionary
+        table = search._rows_table(path, np.array([0, 1, int(groups.rows.sum()) - 1]), False)
+        assert pa.types.is_dictionary(table.schema.field("collection").type)
+        assert pa.types.is_string(table.schema.field("id").type)
+        assert len(set(table.column("collection").to_pylist())) >= 1
+
+
+def test_a_page_python_leaves_short_is_filled_from_every_row(corpus, monkeypatch) -> None:
+    """With a limit and a criterion Python decides (the geometry, a residual filter, a long phrase),
+    SQL hands over only the first rows of its order; a page Python leaves short while more rows could
+    follow is filled by running the query again over every row: the same items as without the shortcut."""
+    store, _ = corpus
+    rng = np.random.default_rng(13)
+    queries = []
+    for _ in range(50):
+        query: dict[str, Any] = {"limit": int(rng.integers(1, 9))}
+        if (box := _random_box(rng)) is not None:
+            query["bbox"] = box
+        if rng.random() < 0.4:
+            query["filter"] = FILTERS[int(rng.integers(0, len(FILTERS)))]
+        if rng.random() < 0.3:
+            query["q"] = ["coast", "landsat OR urban", "sentinel -ice", '"landsat scene over"'][int(rng.integers(0, 4))]
+        queries.append(query)
+    monkeypatch.setattr(search, "overfetch", lambda limit: 10**9)  # every row: never short
+    expected = [search.search(store, **q) for q in queries]
+    whole = []
+    real = search._run
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        whole.append(kwargs.get("whole", False))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(search, "_run", spy)
+    monkeypatch.setattr(search, "overfetch", lambda limit: 1)  # one row: any rejection leaves the page short
+    for q, want in zip(queries, expected):
+        assert search.search(store, **q) == want, q
+    assert sum(whole) >= 5
+    assert sum(bool(w) for w in expected) >= 25
+
+
 def test_geometry_decides_not_the_bbox(corpus) -> None:
     store, items = corpus
     diamond = next(it for it in items if it["geometry"]["type"] == "Polygon" and len(it["geometry"]["coordinates"][0]) == 5

@@ -19,9 +19,10 @@ filter, limit) without a server:
   the item has both, else its ``datetime``, meeting the interval. **Row groups are chosen here**
   (:class:`RowGroups`, :func:`ruled_out`): the statistics of every file version are read once, a
   query keeps the row groups they do not rule out (the index is Hilbert-sorted, so a bbox keeps few),
-  reads their bbox and time columns, then every column of the row groups where some row may match,
-  and hands DuckDB those rows as Arrow tables (with the file name and row number columns its reader
-  would add), where the same SQL decides. More than :data:`CHOSEN_ROWS_MAX` rows (a large bbox, a
+  reads their bbox and time columns, then every column of the row groups where some row may match
+  (string columns stored with a dictionary read as one: a third of the decoding saved), and hands
+  DuckDB those rows as Arrow tables (with the file name and row number columns its reader would
+  add), where the same SQL decides. More than :data:`CHOSEN_ROWS_MAX` rows (a large bbox, a
   datetime alone over a long archive), more than :data:`CHOSEN_GROUPS_SHARE` of the row groups (a
   small index), or no bbox or datetime: the files are streamed through DuckDB's reader instead.
   DuckDB would skip the same row groups itself, but it weighs every row group's statistics on every
@@ -44,6 +45,11 @@ filter, limit) without a server:
   (read here), not with every row of the files. Phrases of three or more tokens are pre-selected by
   their bigrams and checked exactly on the item. An index published before text indexes existed
   gets one built once into the cache.
+* **A page** (a limit): when SQL decides every criterion, it applies the limit itself; when Python
+  decides one (the geometry, a residual filter, a long phrase), SQL hands over only the first
+  :func:`overfetch` rows of its order (free text: of the most relevant candidates), a top-N rather
+  than a whole sort, and a page Python leaves short while more rows could follow runs again over
+  every row.
 * Results are STAC item dicts in the Query's order (:data:`~earthops_runtime.stac.query.ORDER`:
   newest first, then collection, then id, descending, as pgstac), written as the SQL ORDER BY;
   relative hrefs resolved against the index's URL.
@@ -223,6 +229,7 @@ class RowGroups:
 
     def __init__(self, path: str):
         import numpy as np
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
         self.metadata = md = pq.read_metadata(path)
@@ -235,6 +242,13 @@ class RowGroups:
         # the greatest datetime or end_datetime; a column with no value in the row group says nothing
         self.time_lo = self._time_bound(columns, ("datetime", "start_datetime"), "min")
         self.time_hi = self._time_bound(columns, ("datetime", "end_datetime"), "max")
+        # string columns stored with a dictionary are read as one (indices into it; what a query decodes
+        # of them is then the dictionary, not a string per row: a third of a row group's decoding)
+        schema = md.schema.to_arrow_schema()
+        self.dictionary = [
+            field.name for field in schema
+            if (pa.types.is_string(field.type) or pa.types.is_large_string(field.type)) and n
+            and field.name in columns and md.row_group(0).column(columns[field.name]).has_dictionary_page]
 
     def _values(self, column: int | None, agg: str) -> list[float | None]:
         """Per row group: the min or max of ``column`` (a float; a datetime as microseconds), None when
@@ -339,7 +353,7 @@ def _rows_table(path: str, rows: Any, row_numbers: bool, columns: Sequence[str] 
     import pyarrow.parquet as pq
 
     groups = row_groups(path)
-    file = pq.ParquetFile(path, metadata=groups.metadata)
+    file = pq.ParquetFile(path, metadata=groups.metadata, read_dictionary=groups.dictionary)
     where = groups.group_of(rows)
     held = np.unique(where)
     if len(held):
@@ -835,7 +849,23 @@ def _order_times(path: str, rows: Any) -> Any:
     return np.where(np.isnan(when), -np.inf, when)
 
 
-def _run(files: Mapping[str, str], query: Query, *, python_filter: bool = False) -> Iterator[dict[str, Any]]:
+def overfetch(limit: int) -> int:
+    """Rows SQL hands over for a page of ``limit`` items when Python decides the last criterion (the
+    geometry, a residual filter, a long phrase): enough that it rarely rejects so many that the page
+    is short, few enough that SQL keeps only the best of its order (a top-N, not a whole sort)."""
+    return 2 * limit + OVERFETCH_EXTRA
+
+
+#: Rows beyond twice a page SQL hands over when Python decides the last criterion (:func:`overfetch`).
+OVERFETCH_EXTRA = 32
+
+
+def _run(files: Mapping[str, str], query: Query, *, python_filter: bool = False,
+         whole: bool = False) -> Iterator[dict[str, Any]]:
+    """The items of ``query``. With a limit and a criterion Python decides (not ``whole``), SQL first
+    hands over only the first :func:`overfetch` rows of its order (a free-text query: of the most
+    relevant candidates); when Python rejects so many of them that the page is short while more rows
+    could follow, the query runs again over every row (``whole``)."""
     import duckdb
     import numpy as np
 
@@ -864,6 +894,8 @@ def _run(files: Mapping[str, str], query: Query, *, python_filter: bool = False)
         # the geometry, the residual filter and long phrases are decided in Python: only without them is SQL exact
         verify_text = query.text is not None and free_text.has_phrase(query.text.node)
         exact_in_sql = residual is None and query.space_box is None and not verify_text
+        # the rows SQL hands over: the page when SQL is exact, a few more when Python decides the rest
+        sql_limit = query.limit if exact_in_sql or query.limit is None else None if whole else overfetch(query.limit)
         join = order = ""
         if query.text is not None:
             # the other criteria first (row numbers only, cheap), then the posting blocks of those rows
@@ -872,11 +904,11 @@ def _run(files: Mapping[str, str], query: Query, *, python_filter: bool = False)
             except duckdb.Error:
                 if not sql_terms:
                     raise
-                yield from _run(files, query, python_filter=True)  # as below: a filter term failing on the data
+                yield from _run(files, query, python_filter=True, whole=whole)  # as below: a filter term failing on the data
                 return
-            # every candidate meets the other criteria (selected): when SQL is exact and limits, and relevance
-            # orders first (no sortby), only the most relevant can be on the page
-            top = query.limit if exact_in_sql and not query.sortby else None
+            # every candidate meets the other criteria (selected): when SQL limits and relevance orders first
+            # (no sortby), only the most relevant can be among the rows it hands over
+            top = sql_limit if sql_limit is not None and not query.sortby else None
             candidates = _text_candidates(files, query.text, selected, top)
             if candidates is None:
                 return
@@ -893,7 +925,7 @@ def _run(files: Mapping[str, str], query: Query, *, python_filter: bool = False)
         columns = "*" if not join else f"*, c.s AS {SCORE_COLUMN}"
         sql = (f"SELECT {columns} FROM {source}{join} WHERE {condition} "
                f"{_order_sql(files, query, order)}"
-               + (f" LIMIT {int(query.limit)}" if exact_in_sql and query.limit is not None else ""))
+               + (f" LIMIT {int(sql_limit)}" if sql_limit is not None else ""))
         rows = _Rows(files)
         try:
             reader = cur.sql(sql, params=params).to_arrow_reader(BATCH_ROWS)
@@ -903,12 +935,28 @@ def _run(files: Mapping[str, str], query: Query, *, python_filter: bool = False)
             if not sql_terms:
                 raise
             # a filter term that binds but fails on the data (a cast): all of it in Python instead
-            yield from _run(files, query, python_filter=True)
+            yield from _run(files, query, python_filter=True, whole=whole)
             return
         batches = itertools.chain([first], reader) if first is not None else iter(())
-        yield from _take(batches, rows, query, residual, verify_text)
+        if exact_in_sql or whole or query.limit is None:
+            yield from _take(batches, rows, query, residual, verify_text)
+            return
+        handed: list[int] = []  # rows SQL handed over, counted as they pass
+        page = list(_take(_counted(batches, handed), rows, query, residual, verify_text))
+        if len(page) < int(query.limit) and sum(handed) >= sql_limit:  # short, and more rows may follow
+            cur.close()
+            yield from _run(files, query, python_filter=python_filter, whole=True)
+            return
+        yield from page
     finally:
         cur.close()  # also drops the tables registered with it
+
+
+def _counted(batches: Iterable[Any], handed: list[int]) -> Iterator[Any]:
+    """``batches``, appending each one's row count to ``handed`` as it passes."""
+    for batch in batches:
+        handed.append(batch.num_rows)
+        yield batch
 
 
 def _rows_by_file(candidates: Any) -> dict[str, Any]:
