@@ -3,7 +3,7 @@
 For each size in ``EARTHOPS_BENCH_DISCOVERY_ITEMS`` (default ``1000000,10000000``) synthetic items are
 built column-wise (footprints of about one Sentinel-2 tile over land, ten years of acquisitions, a
 platform, a title ``"<platform> scene over <region> <year>"``, two keywords out of eight), published
-as one run's ``index.parquet`` + ``text.parquet`` (timed: build time, size on disk), then queried
+as one run's ``index.parquet`` + ``text.parquet`` + ``rows.arrow`` (timed: build time, size on disk), then queried
 through :func:`earthops_runtime.catalog.search.search` — the whole call, as ``earthops search`` and
 the STAC API make it:
 
@@ -33,7 +33,7 @@ import pyarrow.compute as pc
 import pytest
 
 from earthops.core.store import Store
-from earthops_runtime.catalog import index, search, textindex
+from earthops_runtime.catalog import index, rowstore, search, textindex
 from earthops_runtime.stac import text
 from tests.bench.test_bench_search import LAND, T_END, T_START, land_points, ms, random_queries
 
@@ -203,10 +203,14 @@ def measure(n: int, root: Path) -> dict[str, object]:
         run.write_bytes(textindex.TEXT_NAME, textindex.text_index_bytes(
             sorted_table, core=frozenset(index.CORE_COLUMNS)))
         text_s = time.perf_counter() - t
+        t = time.perf_counter()
+        run.write_bytes(rowstore.ROWS_NAME, rowstore.rows_bytes(sorted_table))
+        rows_s = time.perf_counter() - t
     del sorted_table
     run_dir = store.local_path("datasets/bench/discovery/g1-bench")
     index_mb = (run_dir / index.INDEX_NAME).stat().st_size / 1e6
     text_mb = (run_dir / textindex.TEXT_NAME).stat().st_size / 1e6
+    rows_mb = (run_dir / rowstore.ROWS_NAME).stat().st_size / 1e6
 
     queries = random_queries(N_QUERIES, seed=SEED + 1)
     rng = np.random.default_rng(SEED + 2)
@@ -255,7 +259,7 @@ def measure(n: int, root: Path) -> dict[str, object]:
     for q, page in alone_pages[:len(TEXT_QUERIES)]:  # the same queries repeat: checked once each
         assert page == corpus.answer(q, [-180.0, -90.0, 180.0, 90.0])[:PAGE], q
     return {"n": n, "generate_s": generate_s, "index_s": index_s, "text_s": text_s, "index_mb": index_mb,
-            "text_mb": text_mb, "bd": np.array(bd_times), "ft": np.array(ft_times), "bd_hits": np.mean(bd_hits),
+            "text_mb": text_mb, "rows_s": rows_s, "rows_mb": rows_mb, "bd": np.array(bd_times), "ft": np.array(ft_times), "bd_hits": np.mean(bd_hits),
             "bd_page": np.array(bd_page), "ft_page": np.array(ft_page),
             "ft_hits": np.mean(ft_hits), "load": (load0 + load1) / 2, "others": others,
             "alone_page": np.array(alone_times)}
@@ -288,15 +292,15 @@ def test_discovery_at_scale(tmp_path: Path) -> None:
     for r in results:
         lines.append(f"{r['n']:,} items: generated in {r['generate_s']:.1f} s; index.parquet built in "
                      f"{r['index_s']:.1f} s ({r['index_mb']:.0f} MB), text.parquet in {r['text_s']:.1f} s "
-                     f"({r['text_mb']:.0f} MB); load average {r['load']:.1f} on {os.cpu_count()} cores, other "
+                     f"({r['text_mb']:.0f} MB), rows.arrow in {r['rows_s']:.1f} s ({r['rows_mb']:.0f} MB); load average {r['load']:.1f} on {os.cpu_count()} cores, other "
                      f"processes took {100 * r['others']:.0f}% of the CPU time while measuring")
     if len(results) > 1:
         a, b = results[0], results[-1]
         growth = b["n"] / a["n"]
         lines.append(f"growth x{growth:g} items: bbox+datetime p50 x{np.percentile(b['bd'], 50) / np.percentile(a['bd'], 50):.2f}, "
                      f"free text+bbox p50 x{np.percentile(b['ft'], 50) / np.percentile(a['ft'], 50):.2f}, "
-                     f"build x{(b['index_s'] + b['text_s']) / (a['index_s'] + a['text_s']):.1f}, "
-                     f"size x{(b['index_mb'] + b['text_mb']) / (a['index_mb'] + a['text_mb']):.1f}")
+                     f"build x{(b['index_s'] + b['text_s'] + b['rows_s']) / (a['index_s'] + a['text_s'] + a['rows_s']):.1f}, "
+                     f"size x{(b['index_mb'] + b['text_mb'] + b['rows_mb']) / (a['index_mb'] + a['text_mb'] + a['rows_mb']):.1f}")
     last = results[-1]
     for kind, key in (("bbox + datetime, all hits", "bd"), ("free text + bbox, all hits", "ft"),
                       (f"bbox + datetime, first {PAGE}", "bd_page"), (f"free text + bbox, first {PAGE}", "ft_page")):

@@ -123,7 +123,7 @@ def test_two_registrations_publish_v1_and_v2_and_versions_are_immutable(registry
         assert r.uri == store.url(key) and r.item_href == store.url(f"{key}/item.json")
         assert store.is_published(key)
         files = {k.rsplit("/", 1)[1] for k in store.list(key)}
-        assert files == {"weights.pt", "model.pt2", "item.json", "stats.json", "index.parquet", "text.parquet", "_published.json"}
+        assert files == {"weights.pt", "model.pt2", "item.json", "stats.json", "index.parquet", "text.parquet", "rows.arrow", "_published.json"}
     # the training statistics are the dataset's, byte for byte the same document
     stats = Store.from_uri(dataset.uri).read_json("stats.json")
     assert store.read_json(f"models/{NS}/{MODEL}/v1/stats.json") == stats

@@ -273,6 +273,17 @@ def _random_interval(rng: np.random.Generator) -> tuple[datetime | None, datetim
     return (None, None) if kind < 0.2 else (a, None) if kind < 0.35 else (None, b) if kind < 0.5 else (a, b)
 
 
+def _random_space_time(rng: np.random.Generator) -> dict[str, Any]:
+    """Query arguments: a random bbox (or none) and a random datetime interval (or none, or open)."""
+    query: dict[str, Any] = {}
+    if (box := _random_box(rng)) is not None:
+        query["bbox"] = box
+    start, end = _random_interval(rng)
+    if start or end:
+        query["datetime"] = f"{index.format_datetime(start) if start else '..'}/{index.format_datetime(end) if end else '..'}"
+    return query
+
+
 def _meets_sql(row: dict[str, Any], box: list[float] | None, start: datetime | None, end: datetime | None) -> bool:
     """The SQL bbox and datetime predicates of the search (_bbox_sql, _datetime_sql) on one index row,
     NULL being false."""
@@ -332,12 +343,7 @@ def test_answers_are_the_same_whoever_chooses_the_row_groups(corpus, monkeypatch
 
     queries = []
     for _ in range(60):
-        query: dict[str, Any] = {}
-        if (box := _random_box(rng)) is not None:
-            query["bbox"] = box
-        start, end = _random_interval(rng)
-        if start or end:
-            query["datetime"] = f"{index.format_datetime(start) if start else '..'}/{index.format_datetime(end) if end else '..'}"
+        query = _random_space_time(rng)
         if rng.random() < 0.3:
             query["filter"] = FILTERS[int(rng.integers(0, len(FILTERS)))]
         if rng.random() < 0.25:
@@ -410,6 +416,69 @@ def test_a_page_python_leaves_short_is_filled_from_every_row(corpus, monkeypatch
         assert search.search(store, **q) == want, q
     assert sum(whole) >= 5
     assert sum(bool(w) for w in expected) >= 25
+
+
+def test_pages_are_taken_from_the_row_store(corpus, monkeypatch) -> None:
+    """Each published index has its row store (rows.arrow, the same rows in the same order); a query
+    without a filter or sortby is decided on the narrow columns and its rows are taken whole from the
+    row stores: the same items, in the same order, as from the index's own rows."""
+    from earthops_runtime.catalog import rowstore
+
+    store, _ = corpus
+    for path in search.local_index_files(store):
+        rows = search.row_store_of(path)
+        assert rows is not None and rows.rows == int(search.row_groups(path).rows.sum())
+    rng = np.random.default_rng(14)
+    queries = []
+    for _ in range(40):
+        query = _random_space_time(rng)
+        if rng.random() < 0.3:
+            query["q"] = ["coast", "landsat OR urban", "sentinel -ice"][int(rng.integers(0, 3))]
+        if rng.random() < 0.5:
+            query["limit"] = int(rng.integers(1, 8))
+        queries.append(query)
+    monkeypatch.setattr(search, "CHOSEN_GROUPS_SHARE", 1.0)  # this small index would be streamed
+    taken = []
+    real = rowstore.RowStore.take
+    monkeypatch.setattr(rowstore.RowStore, "take", lambda self, rows: taken.append(len(rows)) or real(self, rows))
+    from_stores = [search.search(store, **q) for q in queries]
+    assert len(taken) >= 20
+    monkeypatch.setattr(search, "row_store_of", lambda path: None)
+    taken.clear()
+    from_index = [search.search(store, **q) for q in queries]
+    assert not taken
+    for q, a, b in zip(queries, from_stores, from_index):
+        assert a == b, q
+    assert sum(bool(a) for a in from_stores) >= 15  # (19 of 40 with this seed)
+
+
+def test_a_row_store_that_does_not_match_its_index_is_not_used(tmp_path: Path) -> None:
+    from earthops_runtime.catalog import rowstore
+
+    store = Store.from_uri(tmp_path.as_uri())
+    items = make_items(np.random.default_rng(6), "coll-a", 30)
+    with store.publish("datasets/default/mismatch/g1") as run:
+        index.write_index(run, "index.parquet", items, row_group_size=8)
+        table, _ = index.items_table(items[:20])  # another row count
+        run.write_bytes(rowstore.ROWS_NAME, rowstore.rows_bytes(index.sorted_table(table)))
+    (path,) = search.local_index_files(store)
+    assert search.row_store_of(path) is None
+    query = {"bbox": [-10.0, 35.0, 30.0, 60.0], "limit": 4}
+    assert ids_of(search.search(store, **query)) == brute_force(items, **query)
+
+
+def test_free_text_items_are_the_items(corpus, monkeypatch) -> None:
+    """A free-text hit is the same STAC item an id lookup gives (nothing of the ranking leaks into its
+    properties), however its rows are read."""
+    store, _ = corpus
+    for share in (1.0, 0.0):  # row groups chosen here (row stores), or the files streamed through DuckDB
+        monkeypatch.setattr(search, "CHOSEN_GROUPS_SHARE", share)
+        for query in ({"q": "landsat OR urban", "bbox": [-20.0, 30.0, 35.0, 65.0]},
+                      {"q": "coast", "datetime": "2015-01-01T00:00:00Z/2030-01-01T00:00:00Z", "limit": 5}):
+            ranked = search.search(store, **query)
+            assert ranked
+            for item in ranked:
+                assert search.search(store, ids=[item["id"]], collections=[item["collection"]]) == [item]
 
 
 def test_geometry_decides_not_the_bbox(corpus) -> None:
@@ -497,6 +566,11 @@ def test_a_remote_store_is_searched_through_a_local_cache(tmp_path, monkeypatch)
         assert ids_of(ranked) == [it["id"] for it in Query.parse(q="sentinel OR 2a", **query).select(items)]
         assert len(ranked) < len(found)
         assert len(list((tmp_path / "cache" / "index").glob("*.parquet"))) == 2
+        # its row store is copied beside it, and a page without a filter is taken from it
+        (rows,) = (tmp_path / "cache" / "index").glob("*.rows.arrow")
+        assert rows.name == cached[0].replace(".parquet", ".rows.arrow")
+        page = {"bbox": [-10.0, 35.0, 30.0, 60.0], "limit": 5}
+        assert ids_of(search.search(remote, **page)) == brute_force(items, **page)
     finally:
         fs.rm("/earthops-search-test", recursive=True)
 

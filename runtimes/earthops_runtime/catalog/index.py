@@ -53,6 +53,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from earthops_runtime.catalog.encoding import COMPRESSION, dictionary_columns, leaves
+from earthops_runtime.catalog.rowstore import ROWS_NAME, rows_bytes
 from earthops_runtime.catalog.textindex import TEXT_NAME, text_index_bytes
 from earthops_runtime.stac.query import item_time
 
@@ -430,8 +431,8 @@ def _statistics_columns(schema: pa.Schema) -> list[str]:
 def write_index(store: Any, key: str, items: Sequence[Mapping[str, Any]], *,
                 row_group_size: int = ROW_GROUP_SIZE) -> int:
     """Write the index of ``items`` (STAC item dicts, relative hrefs relative to the folder of ``key``)
-    to ``key`` of ``store``, and its free-text index to ``text.parquet`` beside it (write both into a
-    run being published: they appear together). Returns the number of rows."""
+    to ``key`` of ``store``, and its free-text index (``text.parquet``) and row store (``rows.arrow``)
+    beside it (write them into a run being published: they appear together). Returns the number of rows."""
     table, json_columns = items_table(items)
     types = {it["geometry"]["type"] for it in items if it.get("geometry")} or {"Polygon"}
     return write_index_table(store, key, table, json_columns=json_columns, geometry_types=types,
@@ -441,8 +442,9 @@ def write_index(store: Any, key: str, items: Sequence[Mapping[str, Any]], *,
 def write_index_table(store: Any, key: str, table: pa.Table, *, json_columns: Sequence[str] = (),
                       geometry_types: Iterable[str] = ("Polygon",), row_group_size: int = ROW_GROUP_SIZE) -> int:
     """Write an index built column-wise (large or synthetic sets; see :func:`box_wkb_array`) and its
-    free-text index (:mod:`earthops_runtime.catalog.textindex`) beside it: the table must follow the
-    schema above. Returns the number of rows."""
+    free-text index (:mod:`earthops_runtime.catalog.textindex`) and row store
+    (:mod:`earthops_runtime.catalog.rowstore`) beside it: the table must follow the schema above.
+    Returns the number of rows."""
     for name, wanted in (("bbox", BBOX), *((t, TIMESTAMP) for t in TIME_COLUMNS)):
         if name in table.column_names and table.schema.field(name).type != wanted:
             raise IndexBuildError(f"column {name} is {table.schema.field(name).type}, expected {wanted}")
@@ -452,6 +454,7 @@ def write_index_table(store: Any, key: str, table: pa.Table, *, json_columns: Se
     folder = key.rsplit("/", 1)[0] + "/" if "/" in key else ""
     store.write_bytes(folder + TEXT_NAME, text_index_bytes(table, json_columns=frozenset(json_columns),
                                                            core=frozenset(CORE_COLUMNS)))
+    store.write_bytes(folder + ROWS_NAME, rows_bytes(table))
     return table.num_rows
 
 

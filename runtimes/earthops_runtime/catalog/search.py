@@ -75,7 +75,7 @@ from typing import Any
 
 from earthops.core.store import MARKER
 from earthops_runtime.cache import cache_root
-from earthops_runtime.catalog import textindex
+from earthops_runtime.catalog import rowstore, textindex
 from earthops_runtime.catalog.index import (
     CORE_COLUMNS,
     EXTRA_PROPERTIES,
@@ -130,8 +130,9 @@ def _local_files(store: Any, keys: Sequence[str]) -> dict[str, str]:
         published = store.read_json(f"{run_key}/{MARKER}").get("published", "")
         digest = hashlib.sha256(f"{url}\n{published}".encode()).hexdigest()[:32]
         path = cache_root("index") / f"{digest}.parquet"
-        text_key = f"{run_key}/{textindex.TEXT_NAME}"
-        for source, dest in ((text_key, _cached_text_path(path)), (key, path)):  # the index last: it marks a copy complete
+        beside = ((f"{run_key}/{textindex.TEXT_NAME}", _cached_text_path(path)),
+                  (f"{run_key}/{rowstore.ROWS_NAME}", _cached_rows_path(path)))
+        for source, dest in (*beside, (key, path)):  # the index last: it marks a copy complete
             if not dest.is_file() and (source == key or store.exists(source)):
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 tmp = dest.with_name(f"{dest.name}.tmp-{os.getpid()}-{threading.get_ident()}")
@@ -146,6 +147,30 @@ def _cached_text_path(index_path: os.PathLike[str] | str) -> Any:
 
     path = Path(index_path)
     return path.with_name(path.stem + ".text.parquet")
+
+
+def _cached_rows_path(index_path: os.PathLike[str] | str) -> Any:
+    from pathlib import Path
+
+    path = Path(index_path)
+    return path.with_name(path.stem + ".rows.arrow")
+
+
+def row_store_of(index_path: str) -> rowstore.RowStore | None:
+    """The row store of a local index file (``rows.arrow`` beside it in the store, or beside its cached
+    copy), None when it has none (published before row stores existed) or one that does not match it
+    (another row count or other columns)."""
+    from pathlib import Path
+
+    path = Path(index_path)
+    rows = rowstore.row_store(os.fspath(path.with_name(rowstore.ROWS_NAME) if path.name == INDEX_NAME
+                                        else _cached_rows_path(path)))
+    if rows is None:
+        return None
+    groups = row_groups(index_path)
+    if rows.rows != int(groups.rows.sum()) or rows.schema.names != groups.metadata.schema.to_arrow_schema().names:
+        return None
+    return rows
 
 
 def text_file(index_path: str) -> str:
@@ -328,20 +353,24 @@ def ruled_out(box: Box | None, start: datetime | None, end: datetime | None, xmi
     return out
 
 
-def _candidate_rows(file: Any, groups: RowGroups, picked: Any, query: Query) -> Any:
+def _candidate_rows(file: Any, groups: RowGroups, picked: Any, query: Query,
+                    columns: Sequence[str] = ()) -> tuple[Any, Any]:
     """The row numbers (sorted) of the ``picked`` row groups of ``file`` that may meet the query's bbox
     and datetime, from their bbox and time columns alone: a superset of what the SQL predicates select
-    (a missing value keeps its row), which DuckDB then applies exactly."""
+    (a missing value keeps its row), which DuckDB then applies exactly; and, when ``columns`` are
+    named, those columns of these rows (read with the bbox and time columns: one read), else None."""
     import numpy as np
 
     names = file.schema_arrow.names
     narrow = [c for c in ("bbox", *TIME_COLUMNS) if c in names]
+    wanted = list(dict.fromkeys([*narrow, *(c for c in columns if c in names)]))
     picked = [int(g) for g in picked]
     if not picked:
-        return np.zeros(0, dtype=np.int64)
-    keep = _may_match(file.read_row_groups(picked, columns=narrow), query)
+        return np.zeros(0, dtype=np.int64), file.schema_arrow.empty_table().select(wanted) if columns else None
+    read = file.read_row_groups(picked, columns=wanted)
+    keep = _may_match(read, query)
     offsets = np.concatenate([groups.first_row[g] + np.arange(groups.rows[g]) for g in picked])
-    return offsets[keep].astype(np.int64)
+    return offsets[keep].astype(np.int64), read.filter(keep).select([c for c in columns if c in names]) if columns else None
 
 
 def _rows_table(path: str, rows: Any, row_numbers: bool, columns: Sequence[str] | None = None) -> Any:
@@ -368,13 +397,24 @@ def _rows_table(path: str, rows: Any, row_numbers: bool, columns: Sequence[str] 
     return table.append_column(FILE_COLUMN, pa.repeat(pa.scalar(path, type=pa.string()), table.num_rows))
 
 
-def _rows_source(cur: Any, rows: Mapping[str, Any], row_numbers: bool) -> str:
+def _rows_source(cur: Any, rows: Mapping[str, Any], row_numbers: bool,
+                 tables: Mapping[str, Any] | None = None) -> str:
     """The given rows of each index file (path -> sorted row numbers), registered with ``cur`` (for as
-    long as it is open) as an SQL source with the file and row-number columns DuckDB's reader adds."""
+    long as it is open) as an SQL source with the file and row-number columns DuckDB's reader adds:
+    every column read here, or the ``tables`` given (path -> those rows, already read)."""
+    import pyarrow as pa
+
     names = []
     for i, (path, numbers) in enumerate(rows.items()):
         names.append(f"earthops_rows_{i}")
-        cur.register(names[-1], _rows_table(path, numbers, row_numbers))
+        if tables is None:
+            table = _rows_table(path, numbers, row_numbers)
+        else:
+            table = tables[path]
+            if row_numbers:
+                table = table.append_column(ROW_COLUMN, pa.array(numbers, type=pa.int64()))
+            table = table.append_column(FILE_COLUMN, pa.repeat(pa.scalar(path, type=pa.string()), table.num_rows))
+        cur.register(names[-1], table)
     return " UNION ALL BY NAME ".join(f"SELECT * FROM {name}" for name in names).join("()")
 
 
@@ -415,14 +455,22 @@ def row_groups(path: str) -> RowGroups:
     return _row_groups_of(path, st.st_size, st.st_mtime_ns)
 
 
-def _chosen_source(cur: Any, files: Iterable[str], query: Query, row_numbers: bool) -> str | None:
+#: The columns a query without a filter or sortby needs in SQL (its criteria and its order) when the
+#: rows of its page are taken from the row stores.
+NARROW_COLUMNS = ("id", "collection", "bbox", *TIME_COLUMNS)
+
+
+def _chosen_source(cur: Any, files: Iterable[str], query: Query, row_numbers: bool,
+                   narrow: bool = False) -> str | None:
     """A bbox or datetime query over few row groups: the rows of those row groups of every file that
     may match, read here (Arrow, with the file and row-number columns DuckDB's reader would add) and
     registered with ``cur`` (for as long as it is open), as an SQL source. None (stream the files
     through DuckDB) without a bbox or datetime, when the row groups chosen hold more than
     :data:`CHOSEN_ROWS_MAX` rows, or are more than :data:`CHOSEN_GROUPS_SHARE` of all. DuckDB would
     skip the same row groups by the same statistics, but it weighs every row group's statistics on
-    every query (a third of a bbox + datetime query's time over a 10M-item index)."""
+    every query (a third of a bbox + datetime query's time over a 10M-item index). ``narrow``: only
+    :data:`NARROW_COLUMNS` and the row numbers (read with the bbox and time columns), for a query
+    whose items are then taken from the row stores."""
     import pyarrow.parquet as pq
 
     if query.space_box is None and not query.has_interval:
@@ -434,8 +482,13 @@ def _chosen_source(cur: Any, files: Iterable[str], query: Query, row_numbers: bo
     if sum(int(groups.rows[picked].sum()) for _, groups, picked in chosen) > CHOSEN_ROWS_MAX or \
             sum(len(picked) for *_, picked in chosen) > CHOSEN_GROUPS_SHARE * sum(len(g.rows) for _, g, _ in chosen):
         return None
-    return _rows_source(cur, {path: _candidate_rows(pq.ParquetFile(path, metadata=groups.metadata), groups, picked, query)
-                              for path, groups, picked in chosen}, row_numbers)
+    found = {path: _candidate_rows(pq.ParquetFile(path, metadata=groups.metadata, read_dictionary=groups.dictionary),
+                                   groups, picked, query, NARROW_COLUMNS if narrow else ())
+             for path, groups, picked in chosen}
+    if narrow:
+        return _rows_source(cur, {p: rows for p, (rows, _) in found.items()}, True,
+                            tables={p: table for p, (_, table) in found.items()})
+    return _rows_source(cur, {p: rows for p, (rows, _) in found.items()}, row_numbers)
 
 
 def _bbox_sql(box: Box, params: dict[str, Any]) -> str:
@@ -550,11 +603,31 @@ def _order_sql(files: Iterable[str], query: Query, relevance: str) -> str:
 
 
 class _Rows:
-    """Turns index rows into STAC item dicts (per-file JSON columns and href bases)."""
+    """Turns index rows into STAC item dicts (per-file JSON columns and href bases). With ``stores``
+    (index file -> its row store), the rows SQL hands over are narrow (the file and row number are what
+    counts) and are taken whole from the row stores (:meth:`whole`)."""
 
-    def __init__(self, files: Mapping[str, str]):
+    def __init__(self, files: Mapping[str, str], stores: Mapping[str, rowstore.RowStore | None] | None = None):
         self.base = {path: url.rsplit("/", 1)[0] for path, url in files.items()}
         self.json_columns = {path: _json_columns(path) for path in files}
+        self.stores = stores
+
+    def whole(self, batch: Any) -> list[dict[str, Any]]:
+        """The rows of a record batch as dicts: as they are, or (row stores) each taken whole from its
+        file's row store, with the file column."""
+        if self.stores is None:
+            return batch.to_pylist()
+        import numpy as np
+
+        files = batch.column(FILE_COLUMN).to_pylist()
+        numbers = batch.column(ROW_COLUMN).to_numpy(zero_copy_only=False)
+        out: list[dict[str, Any]] = [{} for _ in files]
+        for path in dict.fromkeys(files):
+            mine = np.flatnonzero([f == path for f in files])
+            for i, row in zip(mine.tolist(), self.stores[path].take(numbers[mine]).to_pylist()):  # type: ignore[union-attr]
+                row[FILE_COLUMN] = path
+                out[i] = row
+        return out
 
     def item(self, row: dict[str, Any]) -> dict[str, Any]:
         path = row.pop(FILE_COLUMN)
@@ -873,7 +946,12 @@ def _run(files: Mapping[str, str], query: Query, *, python_filter: bool = False,
     try:
         params: dict[str, Any] = {}
         where: list[str] = []
-        chosen = _chosen_source(cur, files, query, row_numbers=query.text is not None)
+        # a query without a filter or sortby over indexes with row stores: SQL decides on the narrow
+        # columns, and the rows it hands over are taken whole from the row stores
+        stores = {path: row_store_of(path) for path in files} if query.expr is None and not query.sortby else {}
+        narrow = bool(stores) and all(v is not None for v in stores.values())
+        chosen = _chosen_source(cur, files, query, row_numbers=query.text is not None, narrow=narrow)
+        narrow = narrow and chosen is not None
         source = chosen or _source(files, row_numbers=query.text is not None)
         if query.collections is not None:
             where.append(_in_list("collection", query.collections, "c", params))
@@ -922,11 +1000,12 @@ def _run(files: Mapping[str, str], query: Query, *, python_filter: bool = False,
             cur.register("earthops_text_candidates", candidates)
             join = f" JOIN earthops_text_candidates c ON {FILE_COLUMN} = c.f AND {ROW_COLUMN} = c.r"
             order = "c.s DESC"
-        columns = "*" if not join else f"*, c.s AS {SCORE_COLUMN}"
-        sql = (f"SELECT {columns} FROM {source}{join} WHERE {condition} "
+        # the candidates' own columns (file, row, relevance) are not the item's: only the relevance, renamed
+        columns = "*" if not join else f"i.*, c.s AS {SCORE_COLUMN}"
+        sql = (f"SELECT {columns} FROM {source}{' AS i' if join else ''}{join} WHERE {condition} "
                f"{_order_sql(files, query, order)}"
                + (f" LIMIT {int(sql_limit)}" if sql_limit is not None else ""))
-        rows = _Rows(files)
+        rows = _Rows(files, stores if narrow else None)
         try:
             reader = cur.sql(sql, params=params).to_arrow_reader(BATCH_ROWS)
             # ORDER BY is blocking: every WHERE term has run once the first batch is there
@@ -1001,12 +1080,13 @@ def _next_batch(reader: Any) -> Any:
         return None
 
 
-def _rows_of(batch: Any, first: int = 32) -> Iterator[dict[str, Any]]:
-    """The rows of a record batch as dicts, converted a slice at a time (32 rows, then doubling): a
-    page of 10 converts 32 rows, not the 2,048 of a batch."""
+def _rows_of(batch: Any, rows: _Rows, first: int = 32) -> Iterator[dict[str, Any]]:
+    """The rows of a record batch as dicts (:meth:`_Rows.whole`), converted a slice at a time (``first``
+    rows, then doubling): a page of 10 converts 10 rows (each taken from the row store on its own),
+    not the 2,048 of a batch."""
     start, size = 0, first
     while start < batch.num_rows:
-        yield from batch.slice(start, size).to_pylist()
+        yield from rows.whole(batch.slice(start, size))
         start += size
         size = min(size * 2, BATCH_ROWS)
 
@@ -1015,7 +1095,7 @@ def _take(batches: Iterable[Any], rows: _Rows, query: Query, residual: Any,
           verify_text: bool = False) -> Iterator[dict[str, Any]]:
     n = 0
     for batch in batches:
-        for row in _rows_of(batch):
+        for row in _rows_of(batch, rows, first=32 if query.limit is None else max(1, min(32, query.limit - n))):
             item = rows.item(row)
             # the bbox pre-selected in SQL; the geometry decides
             if not query.matches_space(item):
