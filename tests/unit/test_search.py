@@ -284,6 +284,19 @@ def _random_space_time(rng: np.random.Generator) -> dict[str, Any]:
     return query
 
 
+def _watch_reruns(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """Records, for every run of a query (search._run), whether it runs over every row (``whole``)."""
+    seen: list[bool] = []
+    real = search._run
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        seen.append(kwargs.get("whole", False))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(search, "_run", spy)
+    return seen
+
+
 def _meets_sql(row: dict[str, Any], box: list[float] | None, start: datetime | None, end: datetime | None) -> bool:
     """The SQL bbox and datetime predicates of the search (_bbox_sql, _datetime_sql) on one index row,
     NULL being false."""
@@ -403,14 +416,7 @@ def test_a_page_python_leaves_short_is_filled_from_every_row(corpus, monkeypatch
         queries.append(query)
     monkeypatch.setattr(search, "overfetch", lambda limit: 10**9)  # every row: never short
     expected = [search.search(store, **q) for q in queries]
-    whole = []
-    real = search._run
-
-    def spy(*args: Any, **kwargs: Any) -> Any:
-        whole.append(kwargs.get("whole", False))
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(search, "_run", spy)
+    whole = _watch_reruns(monkeypatch)
     monkeypatch.setattr(search, "overfetch", lambda limit: 1)  # one row: any rejection leaves the page short
     for q, want in zip(queries, expected):
         assert search.search(store, **q) == want, q
@@ -450,6 +456,33 @@ def test_pages_are_taken_from_the_row_store(corpus, monkeypatch) -> None:
     for q, a, b in zip(queries, from_stores, from_index):
         assert a == b, q
     assert sum(bool(a) for a in from_stores) >= 15  # (19 of 40 with this seed)
+
+
+def test_free_text_pages_over_a_superset_of_the_rows_are_exact(corpus, monkeypatch) -> None:
+    """Free text with only a bbox and a datetime on row-store indexes ranks the rows their bbox and time
+    columns let through (a superset), and the join applies the criteria: a page whose most relevant
+    candidates fail them runs again with the rows SQL selects. Every row of the chosen row groups let
+    through here: each page equals the head of the whole answer."""
+    store, _ = corpus
+    monkeypatch.setattr(search, "CHOSEN_GROUPS_SHARE", 1.0)  # this small index would be streamed
+    rng = np.random.default_rng(15)
+    queries = []
+    while len(queries) < 30:
+        query = _random_space_time(rng)
+        if "bbox" in query:  # boxes large enough to hold a few pages
+            w, s = rng.uniform(-25, 0), rng.uniform(25, 45)
+            query["bbox"] = [float(w), float(s), float(w + rng.uniform(15, 50)), float(s + rng.uniform(10, 30))]
+        if query:
+            query["q"] = ["coast", "landsat OR urban", "sentinel -ice", "sentinel OR landsat"][int(rng.integers(0, 4))]
+            queries.append(query)
+    whole_answers = [search.search(store, **q) for q in queries]
+    monkeypatch.setattr(search, "_may_match", lambda table, query: np.ones(table.num_rows, dtype=bool))
+    reruns = _watch_reruns(monkeypatch)
+    for q, want in zip(queries, whole_answers):
+        for limit in (1, 3, 6):
+            assert search.search(store, limit=limit, **q) == want[:limit], (q, limit)
+    assert sum(reruns) >= 5
+    assert sum(len(w) >= 6 for w in whole_answers) >= 10
 
 
 def test_a_row_store_that_does_not_match_its_index_is_not_used(tmp_path: Path) -> None:

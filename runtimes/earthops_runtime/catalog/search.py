@@ -45,6 +45,13 @@ filter, limit) without a server:
   (read here), not with every row of the files. Phrases of three or more tokens are pre-selected by
   their bigrams and checked exactly on the item. An index published before text indexes existed
   gets one built once into the cache.
+* **Row stores** (:mod:`earthops_runtime.catalog.rowstore`, ``rows.arrow`` beside each index): a
+  query without a filter or sortby over row groups chosen here registers only the narrow columns
+  (:data:`NARROW_COLUMNS`, read with the candidates' bbox and times) and the row numbers; SQL decides
+  on them, and the rows it hands over are taken whole from the row stores (a page: its own rows, not
+  whole row groups decoded). Free text there with only a bbox and a datetime ranks the rows their
+  bbox and times let through (a superset: no statement selects them first); the join applies the
+  criteria, and a page whose most relevant candidates fail them runs again with the rows SQL selects.
 * **A page** (a limit): when SQL decides every criterion, it applies the limit itself; when Python
   decides one (the geometry, a residual filter, a long phrase), SQL hands over only the first
   :func:`overfetch` rows of its order (free text: of the most relevant candidates), a top-N rather
@@ -461,7 +468,7 @@ NARROW_COLUMNS = ("id", "collection", "bbox", *TIME_COLUMNS)
 
 
 def _chosen_source(cur: Any, files: Iterable[str], query: Query, row_numbers: bool,
-                   narrow: bool = False) -> str | None:
+                   narrow: bool = False, rows_out: dict[str, Any] | None = None) -> str | None:
     """A bbox or datetime query over few row groups: the rows of those row groups of every file that
     may match, read here (Arrow, with the file and row-number columns DuckDB's reader would add) and
     registered with ``cur`` (for as long as it is open), as an SQL source. None (stream the files
@@ -470,7 +477,8 @@ def _chosen_source(cur: Any, files: Iterable[str], query: Query, row_numbers: bo
     skip the same row groups by the same statistics, but it weighs every row group's statistics on
     every query (a third of a bbox + datetime query's time over a 10M-item index). ``narrow``: only
     :data:`NARROW_COLUMNS` and the row numbers (read with the bbox and time columns), for a query
-    whose items are then taken from the row stores."""
+    whose items are then taken from the row stores. ``rows_out`` gets the row numbers registered, per
+    file: a superset of those meeting the bbox and datetime predicates."""
     import pyarrow.parquet as pq
 
     if query.space_box is None and not query.has_interval:
@@ -485,6 +493,8 @@ def _chosen_source(cur: Any, files: Iterable[str], query: Query, row_numbers: bo
     found = {path: _candidate_rows(pq.ParquetFile(path, metadata=groups.metadata, read_dictionary=groups.dictionary),
                                    groups, picked, query, NARROW_COLUMNS if narrow else ())
              for path, groups, picked in chosen}
+    if rows_out is not None:
+        rows_out.update({p: rows for p, (rows, _) in found.items()})
     if narrow:
         return _rows_source(cur, {p: rows for p, (rows, _) in found.items()}, True,
                             tables={p: table for p, (_, table) in found.items()})
@@ -950,7 +960,9 @@ def _run(files: Mapping[str, str], query: Query, *, python_filter: bool = False,
         # columns, and the rows it hands over are taken whole from the row stores
         stores = {path: row_store_of(path) for path in files} if query.expr is None and not query.sortby else {}
         narrow = bool(stores) and all(v is not None for v in stores.values())
-        chosen = _chosen_source(cur, files, query, row_numbers=query.text is not None, narrow=narrow)
+        registered: dict[str, Any] = {}
+        chosen = _chosen_source(cur, files, query, row_numbers=query.text is not None, narrow=narrow,
+                                rows_out=registered)
         narrow = narrow and chosen is not None
         source = chosen or _source(files, row_numbers=query.text is not None)
         if query.collections is not None:
@@ -975,10 +987,15 @@ def _run(files: Mapping[str, str], query: Query, *, python_filter: bool = False,
         # the rows SQL hands over: the page when SQL is exact, a few more when Python decides the rest
         sql_limit = query.limit if exact_in_sql or query.limit is None else None if whole else overfetch(query.limit)
         join = order = ""
+        cut = False
         if query.text is not None:
-            # the other criteria first (row numbers only, cheap), then the posting blocks of those rows
+            # the other criteria first (row numbers only, cheap), then the posting blocks of those rows. With
+            # only a bbox and a datetime on narrow rows, the rows registered (a superset: their bbox and times
+            # may meet them) stand for them, and the join below applies them; a page that comes out short
+            # then runs again with the rows SQL selects (whole)
+            superset = narrow and not whole and query.collections is None and query.ids is None
             try:
-                selected = _selected_rows(cur, source, condition, params) if where else None
+                selected = registered if superset else _selected_rows(cur, source, condition, params) if where else None
             except duckdb.Error:
                 if not sql_terms:
                     raise
@@ -990,6 +1007,8 @@ def _run(files: Mapping[str, str], query: Query, *, python_filter: bool = False,
             candidates = _text_candidates(files, query.text, selected, top)
             if candidates is None:
                 return
+            # candidates of a superset cut to the most relevant: some may fail the criteria, leaving a page short
+            cut = superset and top is not None and candidates.num_rows >= top
             if not chosen:  # few candidates: their own rows, not every row of the files, are joined
                 by_file = _rows_by_file(candidates)
                 if sum(_held_rows(path, rows) for path, rows in by_file.items()) <= CHOSEN_ROWS_MAX:
@@ -1017,12 +1036,12 @@ def _run(files: Mapping[str, str], query: Query, *, python_filter: bool = False,
             yield from _run(files, query, python_filter=True, whole=whole)
             return
         batches = itertools.chain([first], reader) if first is not None else iter(())
-        if exact_in_sql or whole or query.limit is None:
+        if whole or query.limit is None or (exact_in_sql and not cut):
             yield from _take(batches, rows, query, residual, verify_text)
             return
         handed: list[int] = []  # rows SQL handed over, counted as they pass
         page = list(_take(_counted(batches, handed), rows, query, residual, verify_text))
-        if len(page) < int(query.limit) and sum(handed) >= sql_limit:  # short, and more rows may follow
+        if len(page) < int(query.limit) and (cut or sum(handed) >= int(sql_limit)):  # short, more may follow
             cur.close()
             yield from _run(files, query, python_filter=python_filter, whole=True)
             return
