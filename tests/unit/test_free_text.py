@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
 from earthops.core.store import Store
@@ -122,7 +123,7 @@ def test_the_inverted_index_holds_what_the_semantics_gives_each_item() -> None:
                                           core=frozenset(index.CORE_COLUMNS))
     ids = table.column("id").to_pylist()
     got = {}
-    for row in inverted.to_pylist():
+    for row in _posting_rows(inverted):
         assert row["df"] == len(row["docs"]) and row["docs"] == sorted(row["docs"])
         got.update({(row["term"], ids[d]): f for d, f in zip(row["docs"], row["tf"], strict=True)})
     want = {(term, it["id"]): c for it in items for term, c in text.item_terms(it).items()}
@@ -310,9 +311,19 @@ def test_posting_blocks_are_read_for_the_rows_the_other_criteria_select(
         assert got == [it["id"] for it in Query.parse(q=q, bbox=box).select(items)], (q, box)
 
 
+def _posting_rows(inverted: pa.Table) -> list[dict[str, Any]]:
+    """The rows of a text index table with its packed posting values as lists of numbers."""
+    rows = inverted.to_pylist()
+    for row in rows:
+        row["docs"] = np.frombuffer(row["docs"], dtype="<u4").tolist()
+        row["tf"] = np.frombuffer(row["tf"], dtype="<u2").tolist()
+    return rows
+
+
+@pytest.mark.parametrize("packed", [True, False], ids=["format-2-packed", "format-1-lists"])
 @pytest.mark.parametrize("bisection", [True, False], ids=["bisection", "every-row-group"])
 def test_text_lookups_read_only_row_groups_that_may_hold_their_terms(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                                     bisection: bool) -> None:
+                                                                     bisection: bool, packed: bool) -> None:
     """TextIndex chooses row groups by their term and block statistics: over a file cut into row groups
     of 40 rows, its postings and document frequencies equal a read of the whole file, for terms present
     and absent, with and without blocks (the counts asked again come from its cache), and every row group
@@ -327,7 +338,11 @@ def test_text_lookups_read_only_row_groups_that_may_hold_their_terms(tmp_path: P
     inverted = textindex.text_index_table(index.sorted_table(table), json_columns=frozenset(json_columns),
                                           core=frozenset(index.CORE_COLUMNS))
     path = tmp_path / textindex.TEXT_NAME
-    facts = {textindex.META_KEY: json.dumps({"version": 1, "items": 400, "block_rows": 16}).encode()}
+    rows = _posting_rows(inverted)
+    if not packed:  # as the first format wrote them: lists
+        inverted = inverted.set_column(3, "docs", pa.array([r["docs"] for r in rows], type=pa.list_(pa.uint32())))
+        inverted = inverted.set_column(4, "tf", pa.array([r["tf"] for r in rows], type=pa.list_(pa.uint16())))
+    facts = {textindex.META_KEY: json.dumps({"version": 2 if packed else 1, "items": 400, "block_rows": 16}).encode()}
     pq.write_table(inverted.replace_schema_metadata(facts), path, row_group_size=40,
                    write_statistics=["term", "block"])
     lookup = textindex.TextIndex(str(path))
@@ -335,7 +350,6 @@ def test_text_lookups_read_only_row_groups_that_may_hold_their_terms(tmp_path: P
     assert lookup._term_bounds is not None  # written sorted by term: bisection applies
     if not bisection:
         lookup._term_bounds = None
-    rows = inverted.to_pylist()
     vocabulary = sorted({r["term"] for r in rows})
     rng = random.Random(5)
     skipped = 0
