@@ -449,6 +449,14 @@ def test_pages_are_taken_from_the_row_store(corpus, monkeypatch) -> None:
     monkeypatch.setattr(rowstore.RowStore, "take", lambda self, rows: taken.append(len(rows)) or real(self, rows))
     from_stores = [search.search(store, **q) for q in queries]
     assert len(taken) >= 20
+    # many rows of a file in one slice come from its row groups decoded whole (each once a query)
+    decoded = []
+    real_groups = search._Rows._from_row_groups
+    monkeypatch.setattr(search._Rows, "_from_row_groups",
+                        lambda self, path, numbers: decoded.append(len(numbers)) or real_groups(self, path, numbers))
+    monkeypatch.setattr(search, "ROW_STORE_ROWS_MAX", 2)
+    assert [search.search(store, **q) for q in queries] == from_stores
+    assert len(decoded) >= 10
     monkeypatch.setattr(search, "row_store_of", lambda path: None)
     taken.clear()
     from_index = [search.search(store, **q) for q in queries]
