@@ -56,3 +56,18 @@ def test_only_a_row_store_is_opened_as_one(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="not a row store"):
         rowstore.RowStore(str(path))
     assert rowstore.row_store(str(tmp_path / "absent.arrow")) is None
+
+
+def test_threads_share_one_row_store(tmp_path: Path) -> None:
+    """The queries of a server's threads take rows from the same opened row store at once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    table = _table(3000)
+    path = tmp_path / "rows.arrow"
+    path.write_bytes(rowstore.rows_bytes(table, batch_rows=32))
+    store = rowstore.RowStore(str(path))
+    asks = [np.random.default_rng(seed).integers(0, 3000, 40) for seed in range(64)]
+    with ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(lambda rows: store.take(rows).to_pylist(), asks))
+    for rows, rows_got in zip(asks, got):
+        assert rows_got == table.take(pa.array(rows)).to_pylist()

@@ -27,6 +27,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import threading
 from typing import Any
 
 import numpy as np
@@ -57,7 +58,8 @@ class RowStore:
 
     def __init__(self, path: str):
         self.path = path
-        self._reader = reader = ipc.open_file(pa.OSFile(path))  # positional reads: safe across threads
+        self._reader = reader = ipc.open_file(pa.OSFile(path))  # positional reads
+        self._lock = threading.Lock()  # one reader, shared by the queries of a server's threads
         facts = json.loads((reader.schema.metadata or {}).get(META_KEY, b"{}"))
         self.batch_rows = int(facts.get("batch_rows", 0))
         self.schema = reader.schema.remove_metadata()
@@ -77,8 +79,9 @@ class RowStore:
         wanted, inverse = np.unique(rows, return_inverse=True)
         batch = wanted // self.batch_rows
         cuts = np.flatnonzero(np.diff(batch)) + 1
-        parts = [self._reader.get_batch(int(b[0])).take(pa.array(r - int(b[0]) * self.batch_rows))
-                 for b, r in zip(np.split(batch, cuts), np.split(wanted, cuts))]
+        with self._lock:
+            parts = [self._reader.get_batch(int(b[0])).take(pa.array(r - int(b[0]) * self.batch_rows))
+                     for b, r in zip(np.split(batch, cuts), np.split(wanted, cuts))]
         table = pa.Table.from_batches(parts).replace_schema_metadata(None)
         return table.take(pa.array(inverse.reshape(-1)))
 
