@@ -126,6 +126,17 @@ def test_write_read_list_round_trip(s3_server, s3_bucket, s3_env, prefix):
     assert Store.from_uri(uri).read_bytes("datasets/ns/a/blob.bin") == every_byte
 
 
+def test_download_streams_an_object_to_a_local_file(store, tmp_path):
+    import os
+
+    data = os.urandom(12 * 1024 * 1024 + 3)  # several of s3fs's blocks
+    store.write_bytes("datasets/ns/big/run-1/rows.arrow", data)
+    store.download("datasets/ns/big/run-1/rows.arrow", tmp_path / "rows.arrow")
+    assert (tmp_path / "rows.arrow").read_bytes() == data
+    with pytest.raises(StoreError, match="not found"):
+        store.download("datasets/ns/big/run-1/absent", tmp_path / "absent")
+
+
 def test_delete_removes_a_prefix(s3_server, s3_bucket, store, store_uri):
     store.write_bytes("datasets/ns/a/run-1/x.bin", b"x")
     store.write_bytes("datasets/ns/a/run-1/sub/y.bin", b"y")

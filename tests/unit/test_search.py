@@ -616,6 +616,37 @@ def test_a_remote_store_is_searched_through_a_local_cache(tmp_path, monkeypatch)
         fs.rm("/earthops-search-test", recursive=True)
 
 
+def test_a_failed_copy_into_the_cache_leaves_no_part_of_it(tmp_path, monkeypatch) -> None:
+    """A remote index whose copy fails half way (the connection drops) leaves nothing in the cache:
+    the next search copies it again, whole."""
+    import fsspec
+
+    from earthops.core.errors import StoreError
+
+    monkeypatch.setenv("EARTHOPS_CACHE", str(tmp_path / "cache"))
+    fs = fsspec.filesystem("memory")
+    remote = Store("memory://earthops-cache-fault", fs, "/earthops-cache-fault")
+    items = make_items(np.random.default_rng(8), "coll-remote", 20)
+    with remote.publish("datasets/default/remote/g1") as run:
+        index.write_index(run, "index.parquet", items)
+    real = Store.download
+
+    def dropped(self: Store, key: str, dest: Any) -> None:
+        Path(dest).write_bytes(b"part of it")
+        raise StoreError(f"read {self.url(key)}: connection reset")
+
+    try:
+        monkeypatch.setattr(Store, "download", dropped)
+        with pytest.raises(StoreError, match="connection reset"):
+            search.search(remote, bbox=[-10.0, 35.0, 30.0, 60.0])
+        assert not [p for p in (tmp_path / "cache").rglob("*") if p.is_file()]
+        monkeypatch.setattr(Store, "download", real)
+        query = {"bbox": [-10.0, 35.0, 30.0, 60.0], "limit": 5}
+        assert ids_of(search.search(remote, **query)) == brute_force(items, **query)
+    finally:
+        fs.rm("/earthops-cache-fault", recursive=True)
+
+
 def test_an_empty_store_answers_nothing(tmp_path: Path) -> None:
     assert search.search(Store.from_uri(tmp_path.as_uri()), bbox=[0, 0, 1, 1]) == []
 

@@ -36,6 +36,17 @@ def test_errors_name_the_uri(store):
         store.read_bytes("a/../../etc/passwd")
 
 
+def test_download_copies_an_object_to_a_local_file(store, tmp_path):
+    data = os.urandom(3 * 1024 * 1024 + 7)
+    store.write_bytes("datasets/ns/big/blob", data)
+    dest = tmp_path / "copy" / "blob"
+    dest.parent.mkdir()
+    store.download("datasets/ns/big/blob", dest)
+    assert dest.read_bytes() == data
+    with pytest.raises(StoreError, match=r"read file://.*/missing: not found"):
+        store.download("missing", tmp_path / "copy" / "missing")
+
+
 def test_publish_is_atomic(store):
     seen_during = []
     with store.publish("datasets/ns/d/run-1") as run:

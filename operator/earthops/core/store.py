@@ -270,6 +270,12 @@ class Store:
         with self.errors("read", key):
             return self.fs.cat_file(self._path(key))
 
+    def download(self, key: str, dest: os.PathLike[str] | str) -> None:
+        """Copy one object to a local file, streamed (an object of gigabytes is never held in memory
+        whole, as :meth:`read_bytes` would)."""
+        with self.errors("read", key):
+            self.fs.get_file(self._path(key), os.fspath(dest))
+
     def write_bytes(self, key: str, data: bytes) -> None:
         """Write one object atomically (readers see the old or the new content, never a part)."""
         path = self._path(key)

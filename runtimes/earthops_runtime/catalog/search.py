@@ -143,7 +143,11 @@ def _local_files(store: Any, keys: Sequence[str]) -> dict[str, str]:
             if not dest.is_file() and (source == key or store.exists(source)):
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 tmp = dest.with_name(f"{dest.name}.tmp-{os.getpid()}-{threading.get_ident()}")
-                tmp.write_bytes(store.read_bytes(source))
+                try:
+                    store.download(source, tmp)  # streamed: a 10M-item row store is gigabytes
+                except BaseException:
+                    tmp.unlink(missing_ok=True)  # no part of a copy is left in the cache
+                    raise
                 os.replace(tmp, dest)
         out[os.fspath(path)] = url
     return out
