@@ -451,9 +451,9 @@ def test_pages_are_taken_from_the_row_store(corpus, monkeypatch) -> None:
     assert len(taken) >= 20
     # many rows of a file in one slice come from its row groups decoded whole (each once a query)
     decoded = []
-    real_groups = search._Rows._from_row_groups
-    monkeypatch.setattr(search._Rows, "_from_row_groups",
-                        lambda self, path, numbers: decoded.append(len(numbers)) or real_groups(self, path, numbers))
+    real_rows = search._rows_table
+    monkeypatch.setattr(search, "_rows_table", lambda *args, **kwargs: (
+        decoded.append(len(args[1])) if kwargs.get("decoded") is not None else None) or real_rows(*args, **kwargs))
     monkeypatch.setattr(search, "ROW_STORE_ROWS_MAX", 2)
     assert [search.search(store, **q) for q in queries] == from_stores
     assert len(decoded) >= 10

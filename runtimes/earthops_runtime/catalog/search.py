@@ -179,7 +179,7 @@ def row_store_of(index_path: str) -> rowstore.RowStore | None:
     if rows is None:
         return None
     groups = row_groups(index_path)
-    if rows.rows != int(groups.rows.sum()) or rows.schema.names != groups.metadata.schema.to_arrow_schema().names:
+    if rows.rows != int(groups.rows.sum()) or rows.schema.names != groups.names:
         return None
     return rows
 
@@ -281,6 +281,8 @@ class RowGroups:
         # string columns stored with a dictionary are read as one (indices into it; what a query decodes
         # of them is then the dictionary, not a string per row: a third of a row group's decoding)
         schema = md.schema.to_arrow_schema()
+        #: the file's column names
+        self.names = schema.names
         self.dictionary = [
             field.name for field in schema
             if (pa.types.is_string(field.type) or pa.types.is_large_string(field.type)) and n
@@ -384,10 +386,12 @@ def _candidate_rows(file: Any, groups: RowGroups, picked: Any, query: Query,
     return offsets[keep].astype(np.int64), read.filter(keep).select([c for c in columns if c in names]) if columns else None
 
 
-def _rows_table(path: str, rows: Any, row_numbers: bool, columns: Sequence[str] | None = None) -> Any:
-    """The given rows (sorted row numbers) of an index file as an Arrow table (``columns``, default
-    every one, then ``file_row_number`` when asked, then the file name): the row groups holding them
-    are read, and those rows taken."""
+def _rows_table(path: str, rows: Any, row_numbers: bool, columns: Sequence[str] | None = None,
+                decoded: dict[int, Any] | None = None) -> Any:
+    """The given rows (row numbers, in the order wanted) of an index file as an Arrow table
+    (``columns``, default every one, then ``file_row_number`` when asked, then the file name): the row
+    groups holding them are read, and those rows taken. ``decoded`` (every column): row group -> its
+    table, kept across calls, so a row group is decoded once for its caller."""
     import numpy as np
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -397,7 +401,15 @@ def _rows_table(path: str, rows: Any, row_numbers: bool, columns: Sequence[str] 
     where = groups.group_of(rows)
     held = np.unique(where)
     if len(held):
-        read = file.read_row_groups(held.tolist(), columns=columns)
+        if decoded is None:
+            read = file.read_row_groups(held.tolist(), columns=columns)
+        else:
+            missing = [g for g in held.tolist() if g not in decoded]
+            if missing:
+                fresh = file.read_row_groups(missing, columns=columns)
+                for g, start in zip(missing, np.concatenate([[0], np.cumsum(groups.rows[missing])[:-1]]).tolist()):
+                    decoded[g] = fresh.slice(start, int(groups.rows[g]))
+            read = pa.concat_tables([decoded[g] for g in held.tolist()])
         starts = np.concatenate([[0], np.cumsum(groups.rows[held])[:-1]])  # each held group's first row in `read`
         table = read.take(pa.array(starts[np.searchsorted(held, where)] + rows - groups.first_row[where]))
     else:
@@ -631,27 +643,6 @@ class _Rows:
         self.stores = stores
         self._decoded: dict[str, dict[int, Any]] = {}  # index file -> row group -> its decoded table
 
-    def _from_row_groups(self, path: str, numbers: Any) -> Any:
-        """The given rows (row numbers, any order) of an index file, from its row groups decoded whole
-        (each once for the query: the slices of a long answer come back to them)."""
-        import numpy as np
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        groups = row_groups(path)
-        where = groups.group_of(numbers)
-        held = np.unique(where).tolist()
-        decoded = self._decoded.setdefault(path, {})
-        missing = [g for g in held if g not in decoded]
-        if missing:
-            read = pq.ParquetFile(path, metadata=groups.metadata, read_dictionary=groups.dictionary).read_row_groups(missing)
-            for g, start in zip(missing, np.concatenate([[0], np.cumsum(groups.rows[missing])[:-1]]).tolist()):
-                decoded[g] = read.slice(start, int(groups.rows[g]))
-        table = pa.concat_tables([decoded[g] for g in held])
-        starts = np.concatenate([[0], np.cumsum(groups.rows[held])[:-1]])  # each held group's first row in `table`
-        at = np.searchsorted(np.asarray(held), where)
-        return table.take(pa.array(starts[at] + numbers - groups.first_row[where]))
-
     def whole(self, batch: Any) -> list[dict[str, Any]]:
         """The rows of a record batch as dicts: as they are, or (row stores) each taken whole from its
         file's row store, with the file column."""
@@ -666,7 +657,8 @@ class _Rows:
             mine = np.flatnonzero([f == path for f in files])
             # a few rows: one row store batch each; many (a long answer): their row groups decoded whole
             few = len(mine) <= ROW_STORE_ROWS_MAX and path not in self._decoded
-            taken = self.stores[path].take(numbers[mine]) if few else self._from_row_groups(path, numbers[mine])  # type: ignore[union-attr]
+            taken = (self.stores[path].take(numbers[mine]) if few  # type: ignore[union-attr]
+                     else _rows_table(path, numbers[mine], False, decoded=self._decoded.setdefault(path, {})))
             for i, row in zip(mine.tolist(), taken.to_pylist()):
                 row[FILE_COLUMN] = path
                 out[i] = row
@@ -956,7 +948,7 @@ def _order_times(path: str, rows: Any) -> Any:
     those last, newest first). Rounding (beyond the year 2255) can only make times equal, never swap them."""
     import numpy as np
 
-    names = row_groups(path).metadata.schema.to_arrow_schema().names
+    names = row_groups(path).names
     table = _rows_table(path, rows, False, columns=[c for c in TIME_COLUMNS if c in names])
     nan = np.full(table.num_rows, np.nan)
     start, end, instant = (_floats(table.column(c)) if c in table.column_names else nan
