@@ -85,6 +85,13 @@ def log_tail(log_path: Path, lines: int = 40) -> str:
         return "(no log)"
 
 
+def denied_access(log: str) -> list[str]:
+    """The lines of a log that show the API server refusing access (``Forbidden``, an HTTP 403), the
+    leading ``[time]`` of each line not counted (``21:17:33,403`` is a time, not a status)."""
+    return [line for line in log.splitlines()
+            if "Forbidden" in line or re.search(r"\b403\b", re.sub(r"^\[[^]]*\]", "", line))]
+
+
 def wait_for(
     ready: Callable[[], bool],
     *,

@@ -21,7 +21,7 @@ from earthops_runtime import facade
 from tests.infra.earthops_kube import apply_example, condition, succeed_run, wait_status
 from tests.infra.kserve_standin import kserve_standin, register_versions
 from tests.infra.operator import running_operator
-from tests.infra.proc import log_tail, wait_for
+from tests.infra.proc import denied_access, log_tail, wait_for
 
 pytestmark = pytest.mark.integration
 KIND, NAME = "ModelDeployment", "iceberg-classifier"
@@ -122,7 +122,7 @@ def test_deployment_lifecycle_with_a_real_predictor(kube_controller_manager, kub
             wait_for(lambda: kube.kubectl("get", "inferenceservices", "-n", ns, "-o", "name").stdout.strip() == "",
                      timeout=60, what="the InferenceService garbage-collected")
         log = log_tail(op.log, 400)
-        assert "Forbidden" not in log and "403" not in log, log
+        assert not denied_access(log), log
 
 
 def test_a_model_that_fails_to_load_fails_the_deployment_naming_its_uri(kube_apiserver, kube_namespace, tmp_path,
