@@ -7,6 +7,7 @@ never leaves a half entry and two processes never build the same entry at once."
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -14,11 +15,35 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from filelock import FileLock
 
 MARKER = ".earthops-cache.json"
+
+T = TypeVar("T")
+
+
+def per_file_version(maxsize: int) -> Callable[[Callable[[str], T]], Callable[[str], T]]:
+    """Decorator: ``fn(path)`` computed once per version of the local file at ``path`` (its size and
+    modification time: a file rewritten in place is a new version), the ``maxsize`` most recently used
+    kept in memory. For what a query reads from a file's footer or opens once (index row groups, text
+    indexes, row stores). A missing file raises :class:`FileNotFoundError` from ``os.stat``."""
+
+    def wrap(fn: Callable[[str], T]) -> Callable[[str], T]:
+        @functools.lru_cache(maxsize=maxsize)
+        def of_version(path: str, size: int, mtime_ns: int) -> T:
+            return fn(path)
+
+        @functools.wraps(fn)
+        def get(path: str) -> T:
+            st = os.stat(path)
+            return of_version(path, st.st_size, st.st_mtime_ns)
+
+        get.cache_clear = of_version.cache_clear  # type: ignore[attr-defined]
+        return get
+
+    return wrap
 
 
 def cache_root(part: str) -> Path:

@@ -71,3 +71,15 @@ def test_threads_share_one_row_store(tmp_path: Path) -> None:
         got = list(pool.map(lambda rows: store.take(rows).to_pylist(), asks))
     for rows, rows_got in zip(asks, got):
         assert rows_got == table.take(pa.array(rows)).to_pylist()
+
+
+def test_a_row_store_is_opened_once_per_file_version(tmp_path: Path) -> None:
+    path = tmp_path / "rows.arrow"
+    assert rowstore.row_store(str(path)) is None  # none written: the index is read as before
+    path.write_bytes(rowstore.rows_bytes(_table(10), batch_rows=4))
+    first = rowstore.row_store(str(path))
+    assert first is not None and rowstore.row_store(str(path)) is first
+    path.write_bytes(rowstore.rows_bytes(_table(300), batch_rows=4))  # republished: a new version
+    second = rowstore.row_store(str(path))
+    assert second is not None and second is not first
+    assert second.take(np.asarray([299])).column("id").to_pylist() == ["item-00299"]

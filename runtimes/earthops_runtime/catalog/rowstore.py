@@ -24,15 +24,15 @@ Parquet as before; a row store whose row count or columns do not match its index
 
 from __future__ import annotations
 
-import functools
 import json
-import os
 import threading
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.ipc as ipc
+
+from earthops_runtime.cache import per_file_version
 
 ROWS_NAME = "rows.arrow"
 #: Rows per record batch: the least read (sliced, not decoded) for one row.
@@ -86,18 +86,17 @@ class RowStore:
         return table.take(pa.array(inverse.reshape(-1)))
 
 
-@functools.lru_cache(maxsize=256)
-def _row_store_of(path: str, size: int, mtime_ns: int) -> RowStore:
+@per_file_version(maxsize=256)
+def _opened(path: str) -> RowStore:
     return RowStore(path)
 
 
 def row_store(path: str) -> RowStore | None:
     """The :class:`RowStore` of a row store file (opened once per file version), None when there is none."""
     try:
-        st = os.stat(path)
+        return _opened(path)
     except FileNotFoundError:
         return None
-    return _row_store_of(path, st.st_size, st.st_mtime_ns)
 
 
 __all__ = ["BATCH_ROWS", "ROWS_NAME", "RowStore", "row_store", "rows_bytes"]

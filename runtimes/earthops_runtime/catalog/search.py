@@ -69,7 +69,6 @@ DuckDB's extension auto-install and auto-load are switched off, so a query never
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import itertools
 import json
@@ -81,7 +80,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from earthops.core.store import MARKER
-from earthops_runtime.cache import cache_root
+from earthops_runtime.cache import cache_root, per_file_version
 from earthops_runtime.catalog import rowstore, textindex
 from earthops_runtime.catalog.index import (
     CORE_COLUMNS,
@@ -467,15 +466,10 @@ def _floats(column: Any) -> Any:
     return pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False)
 
 
-@functools.lru_cache(maxsize=256)
-def _row_groups_of(path: str, size: int, mtime_ns: int) -> RowGroups:
-    return RowGroups(path)
-
-
+@per_file_version(maxsize=256)
 def row_groups(path: str) -> RowGroups:
     """The :class:`RowGroups` of an index file (its footer read once per file version)."""
-    st = os.stat(path)
-    return _row_groups_of(path, st.st_size, st.st_mtime_ns)
+    return RowGroups(path)
 
 
 #: Rows of one index file in one slice of an answer above which they are read from its row groups decoded
@@ -593,20 +587,15 @@ def _resolve(href: str, base: str) -> str:
     return f"{scheme}://{host}{joined}"
 
 
+@per_file_version(maxsize=1024)
 def _json_columns(path: str) -> frozenset[str]:
-    st = os.stat(path)
-    return _json_columns_of(path, st.st_size, st.st_mtime_ns)
+    """The JSON-encoded property columns of an index file (once per file version)."""
+    return frozenset(json_properties(_schema(path)))
 
 
-@functools.lru_cache(maxsize=1024)
-def _json_columns_of(path: str, size: int, mtime_ns: int) -> frozenset[str]:
-    """The JSON-encoded property columns of an index file (its footer read once per file version)."""
-    return frozenset(json_properties(_schema_of(path, size, mtime_ns)))
-
-
-def _schema_of(path: str, size: int, mtime_ns: int) -> Any:
-    """The Arrow schema of an index file version (from the footer :class:`RowGroups` read)."""
-    return _row_groups_of(path, size, mtime_ns).metadata.schema.to_arrow_schema()
+def _schema(path: str) -> Any:
+    """The Arrow schema of an index file (from the footer :func:`row_groups` read)."""
+    return row_groups(path).metadata.schema.to_arrow_schema()
 
 
 def _order_sql(files: Iterable[str], query: Query, relevance: str) -> str:
@@ -615,8 +604,7 @@ def _order_sql(files: Iterable[str], query: Query, relevance: str) -> str:
     if query.sortby:
         schemas = []
         for path in files:
-            st = os.stat(path)
-            schemas.append((_schema_of(path, st.st_size, st.st_mtime_ns), _json_columns(path)))
+            schemas.append((_schema(path), _json_columns(path)))
         for field, desc in query.sortby:
             if field in _ORDER_SQL:
                 expr = _ORDER_SQL[field]
@@ -765,16 +753,11 @@ def _in_list(column: str, values: Sequence[str], prefix: str, params: dict[str, 
 # Free text over the inverted indexes
 
 
-@functools.lru_cache(maxsize=256)
-def _text_index_of(path: str, size: int, mtime_ns: int) -> textindex.TextIndex:
-    return textindex.TextIndex(path)
-
-
+@per_file_version(maxsize=256)
 def _text_index(path: str) -> textindex.TextIndex:
     """The :class:`~earthops_runtime.catalog.textindex.TextIndex` of a text index file (its footer read
     once per file version)."""
-    st = os.stat(path)
-    return _text_index_of(path, st.st_size, st.st_mtime_ns)
+    return textindex.TextIndex(path)
 
 
 def _postings(text_files: Mapping[str, str], terms: Sequence[str],
