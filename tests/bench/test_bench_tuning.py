@@ -9,8 +9,8 @@ something to separate.
 Model ``iceberg-cnn`` with ``width`` 0.25 (a few seconds per epoch on one core), the paper's search space
 (kernel size {2,3,5}, pool size {2,3}, dropout 0.01-0.5, learning rate 1e-4-1e-2 log), objective
 ``val_accuracy``; ``EARTHOPS_BENCH_TUNING_TRIALS`` (default 12) trials of ``EARTHOPS_BENCH_TUNING_EPOCHS``
-(default 12) epochs, random search with seed ``EARTHOPS_BENCH_TUNING_SEED`` (default 1; which configuration comes
-last moves the asynchronous modes' walls, see docs/tuning.md), P = 2 concurrent trials of 1 CPU (1 torch thread) each on
+(default 12) epochs, random search with seed ``EARTHOPS_BENCH_TUNING_SEED`` (default 1; the configurations drawn, and
+which comes last, move the asynchronous modes' walls: see docs/tuning.md), P = 2 concurrent trials of 1 CPU (1 torch thread) each on
 a 2-CPU local Ray.
 
 * **(a) synchronous waves** (the paper's Spark baseline): the same N configurations that (b) tried
