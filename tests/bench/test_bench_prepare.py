@@ -169,13 +169,13 @@ def test_preparation_throughput_against_raw_reads(tmp_path):
     name = f"raw writes of the shards' bytes ({write_bytes / 1e6:.0f} MB, {write_bytes / raw_bytes:.1f}x those read)"
     print(f"{name:66s} {write_s:8.1f} {write_bytes / 1e6 / write_s:8.1f} {'':>8s} {write_cores:11.2f}")
     print(f"ratio preparation / raw limit: {rows[1][2] / rows[0][2]:.2f}   (goal >= 0.7)")
-    floor = raw_s + write_s
-    print(f"ratio preparation / (raw reads + raw writes of its shards, {floor:.1f} s): {floor / prep_s:.2f}   "
-          f"(what the preparation's own I/O allows without overlapping reads and writes; by CPU seconds "
-          f"{(raw_cpu + write_cpu) / summary['taskCpuSeconds']:.2f})")
     # CPU seconds of the tasks do not depend on what else runs on the machine: the same ratio on a
     # machine where the work is CPU-bound and nothing else competes
     cpu = summary["taskCpuSeconds"]
+    floor = raw_s + write_s
+    print(f"ratio preparation / (raw reads + raw writes of its shards, {floor:.1f} s): {floor / prep_s:.2f}   "
+          f"(what the preparation's own I/O allows without overlapping reads and writes; by CPU seconds "
+          f"{(raw_cpu + write_cpu) / cpu:.2f})")
     print(f"ratio by task CPU seconds (raw {raw_cpu:.1f} s / preparation {cpu:.1f} s): {raw_cpu / cpu:.2f}")
     print(f"chips: {chips}; pipeline task time {summary['taskSeconds']:.1f} s; peak memory per worker: "
           f"pipeline {summary['peakWorkerMemoryMiB']:.0f} MiB, raw reads {peak:.0f} MiB")
